@@ -1,0 +1,129 @@
+//! Assembles a relay instance: [`App::build`] opens the store, warms the registry and binds the
+//! listener (so callers learn the port before serving); [`App::run`] serves HTTP and runs the
+//! delivery workers until shutdown, then drains both within the grace period. The only module
+//! that starts long-lived tasks.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::delivery::{DeliveryClient, DeliveryQueue, Dispatcher};
+use crate::http::{self, AppState};
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+
+/// Why an instance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened or read.
+    #[error("cannot open the store")]
+    Store(#[from] StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The outbound HTTP client could not be built.
+    #[error("cannot build the delivery client")]
+    Client(#[from] reqwest::Error),
+}
+
+/// A built, bound, not yet serving relay.
+pub struct App {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    dispatcher: Dispatcher,
+}
+
+impl App {
+    /// Opens the store, loads the registry and binds the listener.
+    ///
+    /// # Errors
+    /// See [`StartError`].
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let store = Store::open(&config.database).await?;
+        let registry = Registry::load(&store, config.ingest_rate).await?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let queue = DeliveryQueue::default();
+        let dispatcher = Dispatcher {
+            store: store.clone(),
+            registry: registry.clone(),
+            client: DeliveryClient::new(config.targets.clone(), config.delivery_timeout)?,
+            schedule: config.retry_schedule.clone(),
+            hook_rate: config.hook_rate,
+            lease: config.delivery_timeout * 2 + Duration::from_secs(60),
+            queue: queue.clone(),
+        };
+        let state = Arc::new(AppState::new(config, store, registry, queue));
+        Ok(Self {
+            listener,
+            state,
+            dispatcher,
+        })
+    }
+
+    /// The bound address (useful after asking for port 0).
+    ///
+    /// # Errors
+    /// The socket has no local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        http::local_addr(&self.listener)
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, starts no new attempts, and waits
+    /// up to the shutdown grace for in-flight requests and attempts.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            listener,
+            state,
+            dispatcher,
+        } = self;
+        let grace = state.config.shutdown_grace;
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+        tracker.spawn(dispatcher.run(tracker.clone(), token.clone()));
+        tracker.spawn(prune_auth_failures(Arc::clone(&state), token.clone()));
+        let server = tokio::spawn(http::serve(listener, state, token.clone(), grace));
+        shutdown.await;
+        tracing::info!("shutting down");
+        token.cancel();
+        tracker.close();
+        let drained = tokio::time::timeout(grace, async {
+            let _ = server.await;
+            tracker.wait().await;
+        });
+        if drained.await.is_err() {
+            tracing::warn!(
+                "work still running after the shutdown grace; pending deliveries resume at next start"
+            );
+        }
+        tracing::info!("stopped");
+    }
+}
+
+async fn prune_auth_failures(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = every.tick() => state.auth_failures.prune(),
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Settings of `stencil-relay serve`: flags and `RELAY_*` variables (flags win, clap reads
+//! both), validated into a typed [`Config`]. The only module that declares environment
+//! variables. A bad value becomes a [`ConfigError`] naming the variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use url::Url;
+
+use crate::target::{DEFAULT_HOSTS, TargetPolicy};
+
+/// Raw settings exactly as given; [`Config::from_args`] validates them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "RELAY_LISTEN")]
+    pub listen: Option<String>,
+    /// `sqlite://PATH` (embedded, default) or `postgres://…`.
+    #[arg(long, env = "RELAY_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Bearer token of the admin API; unset turns the admin API off.
+    #[arg(long, env = "RELAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Default ingest events per second per connection (burst the same).
+    #[arg(long, env = "RELAY_INGEST_RATE")]
+    pub ingest_rate: Option<String>,
+    /// Delivery requests per second per hook.
+    #[arg(long, env = "RELAY_HOOK_RATE")]
+    pub hook_rate: Option<String>,
+    /// Comma-separated waits between attempts, such as `5s,30s,2m`.
+    #[arg(long, env = "RELAY_RETRY_SCHEDULE")]
+    pub retry_schedule: Option<String>,
+    /// Timeout of one delivery attempt.
+    #[arg(long, env = "RELAY_DELIVERY_TIMEOUT")]
+    pub delivery_timeout: Option<String>,
+    /// Largest ingest body in bytes.
+    #[arg(long, env = "RELAY_MAX_BODY")]
+    pub max_body: Option<String>,
+    /// Comma-separated allowed target host patterns (`*` = one label; `*` alone = any host).
+    #[arg(long, env = "RELAY_TARGET_HOSTS")]
+    pub target_hosts: Option<String>,
+    /// Allow http and loopback/private targets (local development and tests only).
+    #[arg(long, env = "RELAY_ALLOW_PRIVATE_TARGETS")]
+    pub allow_private_targets: Option<String>,
+    /// Log filter, such as `info` or `stencil_relay=debug`.
+    #[arg(long, env = "RELAY_LOG")]
+    pub log: Option<String>,
+    /// `text` or `json`.
+    #[arg(long, env = "RELAY_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Public base URL used in `ingest_url` answers; default: from the request's Host.
+    #[arg(long, env = "RELAY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// How long shutdown waits for in-flight requests and attempts.
+    #[arg(long, env = "RELAY_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+}
+
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// Embedded SQLite file.
+    Sqlite(PathBuf),
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated settings of a relay instance.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The store.
+    pub database: DatabaseUrl,
+    /// Admin API bearer token; `None` disables the admin API.
+    pub admin_token: Option<String>,
+    /// Default ingest rate per connection (events/s, burst the same).
+    pub ingest_rate: u32,
+    /// Delivery rate per hook (requests/s).
+    pub hook_rate: u32,
+    /// Waits between attempts; its length is the number of retries.
+    pub retry_schedule: Vec<Duration>,
+    /// Per-attempt timeout.
+    pub delivery_timeout: Duration,
+    /// Largest ingest body in bytes.
+    pub max_body: usize,
+    /// Target-URL rules.
+    pub targets: TargetPolicy,
+    /// Log filter directive.
+    pub log: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Public base URL for `ingest_url`.
+    pub public_url: Option<Url>,
+    /// Bound on graceful shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// A setting that stops the start: which variable, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable (its flag says the same).
+    pub var: &'static str,
+    /// What is wrong, for a human.
+    pub problem: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::from_args(&ServeArgs::default()).expect("the defaults are valid")
+    }
+}
+
+impl Config {
+    /// Validates raw settings, filling in the defaults of API.md §6.
+    ///
+    /// # Errors
+    /// The first bad value, naming its variable.
+    pub fn from_args(a: &ServeArgs) -> Result<Self, ConfigError> {
+        Ok(Self {
+            listen: setting(&a.listen, "RELAY_LISTEN", "127.0.0.1:8080", |v| {
+                v.parse()
+                    .map_err(|_| "expected an address such as 127.0.0.1:8080".to_owned())
+            })?,
+            database: setting(
+                &a.database_url,
+                "RELAY_DATABASE_URL",
+                "sqlite://./data/relay.db",
+                parse_database,
+            )?,
+            admin_token: match a.admin_token.as_deref() {
+                None => None,
+                Some(t) if t.trim().is_empty() => {
+                    return Err(err("RELAY_ADMIN_TOKEN", "must not be empty"));
+                }
+                Some(t) => Some(t.to_owned()),
+            },
+            ingest_rate: setting(&a.ingest_rate, "RELAY_INGEST_RATE", "50", parse_rate)?,
+            hook_rate: setting(&a.hook_rate, "RELAY_HOOK_RATE", "5", parse_rate)?,
+            retry_schedule: setting(
+                &a.retry_schedule,
+                "RELAY_RETRY_SCHEDULE",
+                "5s,30s,2m,10m,30m,1h,3h,6h,12h,24h",
+                parse_schedule,
+            )?,
+            delivery_timeout: setting(
+                &a.delivery_timeout,
+                "RELAY_DELIVERY_TIMEOUT",
+                "10s",
+                parse_positive_duration,
+            )?,
+            max_body: setting(&a.max_body, "RELAY_MAX_BODY", "1048576", |v| {
+                match v.parse::<usize>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err("expected a whole number of bytes above 0".to_owned()),
+                }
+            })?,
+            targets: TargetPolicy {
+                hosts: setting(
+                    &a.target_hosts,
+                    "RELAY_TARGET_HOSTS",
+                    DEFAULT_HOSTS,
+                    TargetPolicy::parse_hosts,
+                )?,
+                allow_private: setting(
+                    &a.allow_private_targets,
+                    "RELAY_ALLOW_PRIVATE_TARGETS",
+                    "false",
+                    parse_bool,
+                )?,
+            },
+            log: setting(&a.log, "RELAY_LOG", "info", |v| {
+                tracing_subscriber::EnvFilter::try_new(v)
+                    .map(|_| v.to_owned())
+                    .map_err(|e| format!("not a log filter ({e})"))
+            })?,
+            log_format: setting(&a.log_format, "RELAY_LOG_FORMAT", "text", |v| match v {
+                "text" | "pretty" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("expected text or json".to_owned()),
+            })?,
+            public_url: match a.public_url.as_deref() {
+                None => None,
+                Some(v) => Some(parse_public_url(v).map_err(|p| err("RELAY_PUBLIC_URL", &p))?),
+            },
+            shutdown_grace: setting(
+                &a.shutdown_grace,
+                "RELAY_SHUTDOWN_GRACE",
+                "10s",
+                parse_duration,
+            )?,
+        })
+    }
+}
+
+fn err(var: &'static str, problem: &str) -> ConfigError {
+    ConfigError {
+        var,
+        problem: problem.to_owned(),
+    }
+}
+
+fn setting<T>(
+    value: &Option<String>,
+    var: &'static str,
+    default: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    let raw = value.as_deref().unwrap_or(default).trim();
+    parse(raw).map_err(|problem| ConfigError {
+        var,
+        problem: format!("{problem}, got {raw:?}"),
+    })
+}
+
+fn parse_rate(v: &str) -> Result<u32, String> {
+    match v.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a whole number per second above 0".to_owned()),
+    }
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".to_owned()),
+    }
+}
+
+fn parse_duration(v: &str) -> Result<Duration, String> {
+    humantime::parse_duration(v)
+        .map_err(|_| "expected a duration such as 500ms, 10s or 2m".to_owned())
+}
+
+fn parse_positive_duration(v: &str) -> Result<Duration, String> {
+    match parse_duration(v)? {
+        Duration::ZERO => Err("expected a duration above zero".to_owned()),
+        d => Ok(d),
+    }
+}
+
+fn parse_schedule(v: &str) -> Result<Vec<Duration>, String> {
+    let waits = v
+        .split(',')
+        .map(|part| parse_duration(part.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| "expected comma-separated durations such as 5s,30s,2m".to_owned())?;
+    Ok(waits)
+}
+
+fn parse_database(v: &str) -> Result<DatabaseUrl, String> {
+    if let Some(path) = v
+        .strip_prefix("sqlite://")
+        .or_else(|| v.strip_prefix("sqlite:"))
+    {
+        if path.is_empty() {
+            return Err("the sqlite URL names no file".to_owned());
+        }
+        return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+    }
+    if v.starts_with("postgres://") || v.starts_with("postgresql://") {
+        return Err("PostgreSQL is not supported by this build yet; use sqlite://PATH".to_owned());
+    }
+    Err("expected sqlite://PATH".to_owned())
+}
+
+fn parse_public_url(v: &str) -> Result<Url, String> {
+    match Url::parse(v) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(u),
+        _ => Err(format!(
+            "expected an http(s) base URL such as https://relay.example.com, got {v:?}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database, DatabaseUrl::Sqlite("./data/relay.db".into()));
+        assert_eq!((c.ingest_rate, c.hook_rate, c.max_body), (50, 5, 1_048_576));
+        assert_eq!(c.retry_schedule.len(), 10);
+        assert_eq!(c.retry_schedule[2], Duration::from_secs(120));
+        assert_eq!(c.retry_schedule[9], Duration::from_secs(86_400));
+        assert_eq!(c.delivery_timeout, Duration::from_secs(10));
+        assert!(c.admin_token.is_none() && !c.targets.allow_private);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        type Setter = fn(&mut ServeArgs, String);
+        let cases: [(Setter, &str, &str); 8] = [
+            (|a, v| a.ingest_rate = Some(v), "abc", "RELAY_INGEST_RATE"),
+            (|a, v| a.hook_rate = Some(v), "0", "RELAY_HOOK_RATE"),
+            (
+                |a, v| a.retry_schedule = Some(v),
+                "5s,soon",
+                "RELAY_RETRY_SCHEDULE",
+            ),
+            (
+                |a, v| a.delivery_timeout = Some(v),
+                "0s",
+                "RELAY_DELIVERY_TIMEOUT",
+            ),
+            (|a, v| a.listen = Some(v), "nowhere", "RELAY_LISTEN"),
+            (
+                |a, v| a.database_url = Some(v),
+                "mysql://x",
+                "RELAY_DATABASE_URL",
+            ),
+            (
+                |a, v| a.allow_private_targets = Some(v),
+                "maybe",
+                "RELAY_ALLOW_PRIVATE_TARGETS",
+            ),
+            (
+                |a, v| a.target_hosts = Some(v),
+                "a..b",
+                "RELAY_TARGET_HOSTS",
+            ),
+        ];
+        for (set, value, var) in cases {
+            let mut args = ServeArgs::default();
+            set(&mut args, value.to_owned());
+            let e = Config::from_args(&args).unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(
+                e.to_string().starts_with(var) && e.to_string().contains(value),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn sqlite_urls_name_a_path() {
+        assert_eq!(
+            parse_database("sqlite:///var/lib/relay.db"),
+            Ok(DatabaseUrl::Sqlite("/var/lib/relay.db".into()))
+        );
+        assert!(parse_database("sqlite://").is_err());
+    }
+}

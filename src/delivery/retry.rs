@@ -1,0 +1,146 @@
+//! The retry decision: from an attempt's outcome to the delivery's next step. Pure.
+
+use std::time::{Duration, SystemTime};
+
+/// Longest wait a `Retry-After` can impose.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// What one attempt saw, reduced to what the retry decision needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The target answered with this status.
+    Status(u16),
+    /// No answer: timeout, connection refused or reset, refused address.
+    Failed,
+}
+
+/// What to do with the delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// 2xx.
+    Delivered,
+    /// 410: remove the hook; it gets nothing more.
+    Detach,
+    /// Try again after this long.
+    Retry(Duration),
+    /// Non-retryable answer or schedule exhausted.
+    DeadLetter,
+}
+
+/// Decides after attempt number `attempt` (1-based) with `schedule` and an optional `Retry-After`.
+///
+/// The `n`th retry waits `schedule[n-1]`, or longer if the target asked for it (capped at
+/// [`MAX_RETRY_AFTER`]); once the schedule is used up the delivery is dead-lettered.
+pub fn decide(
+    outcome: Outcome,
+    attempt: u32,
+    schedule: &[Duration],
+    retry_after: Option<Duration>,
+) -> Decision {
+    let retryable = match outcome {
+        Outcome::Status(s) if (200..300).contains(&s) => return Decision::Delivered,
+        Outcome::Status(410) => return Decision::Detach,
+        Outcome::Status(s) => matches!(s, 408 | 425 | 429) || s >= 500,
+        Outcome::Failed => true,
+    };
+    if !retryable {
+        return Decision::DeadLetter;
+    }
+    match schedule.get(attempt.saturating_sub(1) as usize) {
+        Some(&wait) => {
+            Decision::Retry(wait.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER)))
+        }
+        None => Decision::DeadLetter,
+    }
+}
+
+/// Parses `Retry-After`: whole seconds, or an HTTP date relative to `now`.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(now)
+            .unwrap_or_default()
+            .min(MAX_RETRY_AFTER),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: [Duration; 2] = [Duration::from_secs(5), Duration::from_secs(30)];
+
+    #[test]
+    fn success_and_gone() {
+        assert_eq!(
+            decide(Outcome::Status(200), 1, &S, None),
+            Decision::Delivered
+        );
+        assert_eq!(
+            decide(Outcome::Status(204), 9, &S, None),
+            Decision::Delivered
+        );
+        assert_eq!(decide(Outcome::Status(410), 1, &S, None), Decision::Detach);
+    }
+
+    #[test]
+    fn retryable_answers_follow_the_schedule_then_dead_letter() {
+        for o in [
+            Outcome::Status(500),
+            Outcome::Status(429),
+            Outcome::Status(408),
+            Outcome::Status(425),
+            Outcome::Failed,
+        ] {
+            assert_eq!(decide(o, 1, &S, None), Decision::Retry(S[0]));
+            assert_eq!(decide(o, 2, &S, None), Decision::Retry(S[1]));
+            assert_eq!(decide(o, 3, &S, None), Decision::DeadLetter);
+        }
+    }
+
+    #[test]
+    fn other_4xx_and_redirects_dead_letter_at_once() {
+        for s in [400, 401, 404, 301, 302, 100] {
+            assert_eq!(
+                decide(Outcome::Status(s), 1, &S, None),
+                Decision::DeadLetter,
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_only_lengthens_and_is_capped() {
+        let long = Some(Duration::from_secs(60));
+        assert_eq!(
+            decide(Outcome::Status(429), 1, &S, long),
+            Decision::Retry(Duration::from_secs(60))
+        );
+        assert_eq!(
+            decide(Outcome::Status(429), 2, &S, Some(Duration::from_secs(1))),
+            Decision::Retry(S[1])
+        );
+        let huge = Some(Duration::from_secs(86_400));
+        assert_eq!(
+            decide(Outcome::Status(503), 1, &S, huge),
+            Decision::Retry(MAX_RETRY_AFTER)
+        );
+    }
+
+    #[test]
+    fn parses_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("999999", now), Some(MAX_RETRY_AFTER));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(42));
+        assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(42)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(42));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
+    }
+}

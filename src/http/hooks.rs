@@ -1,0 +1,152 @@
+//! The hook API Make's app (or a Zapier REST Hook) calls with a connection's API key: connection
+//! check, attach, list, show, detach, attempts, sample events. Every look-up goes through the
+//! authenticated connection's own entry, so another connection's hook is simply not found.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::authorize;
+use super::error::ApiError;
+use super::io::{empty, json, limit, read_json};
+use super::routes::Route;
+use crate::model::{
+    Attempt, EVENT_TYPES, HOOK_ID_PREFIX, Hook, IMAGE_CREATED, now_ms, random_token, rfc3339,
+};
+use crate::registry::Entry;
+use crate::store::Attached;
+
+type Reply = Result<Response<Full<Bytes>>, ApiError>;
+
+pub(super) async fn handle(
+    state: &AppState,
+    client: IpAddr,
+    route: Route<'_>,
+    req: Request<Incoming>,
+) -> Reply {
+    let entry = authorize(state, client, req.headers(), |key| {
+        state.registry.authenticate(key)
+    })?;
+    let query = req.uri().query().map(str::to_owned);
+    let query = query.as_deref();
+    match route {
+        Route::Connection => Ok(json(
+            StatusCode::OK,
+            &json!({ "id": entry.connection.id, "name": entry.connection.name }),
+        )),
+        Route::ListHooks => {
+            let hooks: Vec<Value> = entry.hooks.iter().map(hook_json).collect();
+            Ok(json(StatusCode::OK, &json!({ "data": hooks })))
+        }
+        Route::AttachHook => attach(state, &entry, req).await,
+        Route::GetHook(id) => Ok(json(StatusCode::OK, &hook_json(own_hook(&entry, id)?))),
+        Route::DetachHook(id) => {
+            own_hook(&entry, id)?;
+            let removed = state.store.detach_hook(&entry.connection.id, id).await?;
+            state.registry.remove_hook(&entry.connection.id, id);
+            if removed {
+                Ok(empty(StatusCode::NO_CONTENT))
+            } else {
+                Err(ApiError::not_found("hook"))
+            }
+        }
+        Route::HookDeliveries(id) => {
+            own_hook(&entry, id)?;
+            let attempts = state.store.attempts(id, limit(query, 50, 500)?).await?;
+            let data: Vec<Value> = attempts.iter().map(attempt_json).collect();
+            Ok(json(StatusCode::OK, &json!({ "data": data })))
+        }
+        Route::Events => {
+            let events = state
+                .store
+                .events(&entry.connection.id, limit(query, 10, 100)?)
+                .await?;
+            let data: Vec<Value> = events
+                .iter()
+                .map(|e| {
+                    let payload: Value = serde_json::from_slice(&e.payload).unwrap_or(Value::Null);
+                    json!({ "id": e.id, "type": e.event_type, "received_at": rfc3339(e.received_at), "payload": payload })
+                })
+                .collect();
+            Ok(json(StatusCode::OK, &json!({ "data": data })))
+        }
+        _ => Err(ApiError::not_found("route")),
+    }
+}
+
+/// `POST /v1/hooks`: Make sends `url`, Zapier's REST Hooks send `target_url`.
+#[derive(Debug, Deserialize)]
+struct HookIn {
+    url: Option<String>,
+    target_url: Option<String>,
+    event: Option<String>,
+    template_id: Option<String>,
+}
+
+async fn attach(state: &AppState, entry: &Arc<Entry>, req: Request<Incoming>) -> Reply {
+    let (parts, body) = req.into_parts();
+    let input: HookIn = read_json(&parts.headers, body).await?;
+    let raw_url = input
+        .url
+        .or(input.target_url)
+        .filter(|u| !u.trim().is_empty())
+        .ok_or_else(|| ApiError::invalid_url("url (or target_url) is required"))?;
+    let event = input
+        .event
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| IMAGE_CREATED.to_owned());
+    if !EVENT_TYPES.contains(&event.as_str()) {
+        return Err(ApiError::invalid_event(&event));
+    }
+    let url = state
+        .config
+        .targets
+        .check(raw_url.trim())
+        .map_err(ApiError::invalid_url)?;
+    let hook = Hook {
+        id: random_token(HOOK_ID_PREFIX, 16),
+        connection_id: entry.connection.id.clone(),
+        url: url.into(),
+        event,
+        template_id: input.template_id.filter(|t| !t.is_empty()),
+        created_at: now_ms(),
+    };
+    let (status, hook) = match state.store.attach_hook(hook).await? {
+        Attached::Created(hook) => (StatusCode::CREATED, hook),
+        Attached::Existing(hook) => (StatusCode::OK, hook),
+    };
+    state.registry.add_hook(hook.clone());
+    Ok(json(status, &hook_json(&hook)))
+}
+
+fn own_hook<'a>(entry: &'a Entry, id: &str) -> Result<&'a Hook, ApiError> {
+    entry.hook(id).ok_or_else(|| ApiError::not_found("hook"))
+}
+
+fn hook_json(h: &Hook) -> Value {
+    json!({
+        "id": h.id,
+        "url": h.url,
+        "event": h.event,
+        "template_id": h.template_id,
+        "created_at": rfc3339(h.created_at),
+    })
+}
+
+fn attempt_json(a: &Attempt) -> Value {
+    json!({
+        "event_id": a.event_id,
+        "attempt": a.attempt,
+        "status_code": a.status_code,
+        "error": a.error,
+        "duration_ms": a.duration_ms,
+        "at": rfc3339(a.at),
+    })
+}

@@ -1,0 +1,194 @@
+//! The HTTP server: accept loop, hyper-util's auto (HTTP/1.1 keep-alive + h2c) connections with
+//! a header-read timeout, graceful shutdown, a span and `X-Request-Id` per request, and dispatch
+//! of the route table to thin handlers. Imports `registry`, `store`, `signature`, `model`,
+//! `ratelimit`, `target`, `config` and the delivery queue handle.
+
+mod admin;
+mod auth;
+mod error;
+mod hooks;
+mod ingest;
+mod io;
+mod routes;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use error::ApiError;
+pub use routes::{PATTERNS, Route};
+
+use crate::config::Config;
+use crate::delivery::DeliveryQueue;
+use crate::ratelimit::AuthFailures;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// How long a client may take to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every handler may use.
+pub struct AppState {
+    /// Validated settings.
+    pub config: Config,
+    /// Durable state.
+    pub store: Store,
+    /// The look-up index.
+    pub registry: Registry,
+    /// Wakes the delivery workers after an ingest.
+    pub queue: DeliveryQueue,
+    /// Per-address failed-authentication limit.
+    pub auth_failures: AuthFailures,
+    /// SHA-256 of the admin token; compared in constant time.
+    pub admin_token_hash: Option<[u8; 32]>,
+}
+
+impl AppState {
+    /// Builds the handler state.
+    pub fn new(config: Config, store: Store, registry: Registry, queue: DeliveryQueue) -> Self {
+        let admin_token_hash = config
+            .admin_token
+            .as_deref()
+            .map(|t| Sha256::digest(t.as_bytes()).into());
+        Self {
+            config,
+            store,
+            registry,
+            queue,
+            auth_failures: AuthFailures::default(),
+            admin_token_hash,
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown`, then lets open requests finish for up to `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let service = service_fn(move |req| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(handle(&state, peer.ip(), req).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(cause = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?grace, "open connections outlived the shutdown grace");
+    }
+}
+
+/// The local address to report after binding port 0.
+pub fn local_addr(listener: &TcpListener) -> std::io::Result<SocketAddr> {
+    listener.local_addr()
+}
+
+async fn handle(state: &AppState, client: IpAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .filter(|v| v.len() <= 128 && v.to_str().is_ok_and(|s| !s.is_empty()))
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&crate::model::random_token("req_", 12))
+                .expect("hex is a valid header")
+        });
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let routed = routes::route(&method, &path);
+    let pattern = routed.as_ref().map_or("unmatched", Route::pattern);
+    let span = tracing::info_span!("request", %method, route = pattern, request_id = ?request_id);
+    let mut response = async {
+        let result = match routed {
+            Ok(route) => dispatch(state, client, route, req).await,
+            Err(e) => Err(e),
+        };
+        let response = result.unwrap_or_else(ApiError::into_response);
+        tracing::info!(
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+        response
+    }
+    .instrument(span)
+    .await;
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    response
+}
+
+async fn dispatch(
+    state: &AppState,
+    client: IpAddr,
+    route: Route<'_>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    match route {
+        Route::Healthz => Ok(io::json(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "ok" }),
+        )),
+        Route::Readyz => match state.store.ping().await {
+            Ok(()) => Ok(io::json(
+                StatusCode::OK,
+                &serde_json::json!({ "status": "ready" }),
+            )),
+            Err(e) => Err(e.into()),
+        },
+        Route::Ingest(connection_id) => ingest::ingest(state, connection_id, req).await,
+        route if route.is_admin() => admin::handle(state, client, route, req).await,
+        route => hooks::handle(state, client, route, req).await,
+    }
+}

@@ -1,0 +1,189 @@
+//! The in-memory index of connections and hooks, so that ingest and the hook API never read the
+//! database to look something up.
+//!
+//! Locking rules: entries are immutable `Arc` snapshots; readers copy the `Arc` out of the
+//! `DashMap` and never hold a guard across `.await`. Writers change the store first and the
+//! index second, so the index never shows something the store does not have. Imports `model`,
+//! `signature`, `ratelimit` and `store`.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::model::{Connection, Hook, SigningSecret, api_key_hash};
+use crate::ratelimit::IngestLimiter;
+use crate::signature::Verifier;
+use crate::store::{Snapshot, Store, StoreError};
+
+/// A connection as the hot paths need it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The stored record (API key as a hash only).
+    pub connection: Connection,
+    /// HMAC keys prepared from the connection's secrets.
+    pub verifier: Verifier,
+    /// The connection's ingest limiter; shared across entry updates so its state survives them.
+    pub limiter: Arc<IngestLimiter>,
+    /// The connection's hooks, oldest first.
+    pub hooks: Arc<[Hook]>,
+}
+
+impl Entry {
+    /// The connection's hook with this id, if it has one.
+    pub fn hook(&self, hook_id: &str) -> Option<&Hook> {
+        self.hooks.iter().find(|h| h.id == hook_id)
+    }
+}
+
+/// Cheap-to-clone handle to the index.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    default_ingest_rate: u32,
+    connections: DashMap<String, Arc<Entry>>,
+    by_key: DashMap<[u8; 32], String>,
+}
+
+impl Registry {
+    /// Builds the index from everything in the store.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn load(store: &Store, default_ingest_rate: u32) -> Result<Self, StoreError> {
+        let Snapshot { connections, hooks } = store.snapshot().await?;
+        let registry = Self {
+            inner: Arc::new(Inner {
+                default_ingest_rate,
+                connections: DashMap::with_capacity(connections.len()),
+                by_key: DashMap::with_capacity(connections.len()),
+            }),
+        };
+        let mut by_connection: std::collections::HashMap<String, Vec<Hook>> =
+            std::collections::HashMap::new();
+        for hook in hooks {
+            by_connection
+                .entry(hook.connection_id.clone())
+                .or_default()
+                .push(hook);
+        }
+        for connection in connections {
+            let hooks = by_connection.remove(&connection.id).unwrap_or_default();
+            registry.put(connection, hooks.into());
+        }
+        Ok(registry)
+    }
+
+    fn put(&self, connection: Connection, hooks: Arc<[Hook]>) {
+        let rate = connection
+            .ingest_rate
+            .unwrap_or(self.inner.default_ingest_rate);
+        let entry = Entry {
+            verifier: Verifier::new(&connection.secrets),
+            limiter: Arc::new(IngestLimiter::new(rate)),
+            hooks,
+            connection,
+        };
+        self.inner
+            .by_key
+            .insert(entry.connection.api_key_hash, entry.connection.id.clone());
+        self.inner
+            .connections
+            .insert(entry.connection.id.clone(), Arc::new(entry));
+    }
+
+    /// The connection with this id.
+    pub fn get(&self, id: &str) -> Option<Arc<Entry>> {
+        self.inner.connections.get(id).map(|e| Arc::clone(&e))
+    }
+
+    /// The connection whose API key this is.
+    pub fn authenticate(&self, api_key: &str) -> Option<Arc<Entry>> {
+        let id = self.inner.by_key.get(&api_key_hash(api_key))?.clone();
+        self.get(&id)
+    }
+
+    /// Every connection, sorted by id.
+    pub fn all(&self) -> Vec<Arc<Entry>> {
+        let mut all: Vec<_> = self
+            .inner
+            .connections
+            .iter()
+            .map(|e| Arc::clone(&e))
+            .collect();
+        all.sort_by(|a, b| a.connection.id.cmp(&b.connection.id));
+        all
+    }
+
+    /// Indexes a connection just stored.
+    pub fn insert_connection(&self, connection: Connection) {
+        self.put(connection, Arc::from([]));
+    }
+
+    /// Drops a connection just deleted from the store.
+    pub fn remove_connection(&self, id: &str) {
+        if let Some((_, entry)) = self.inner.connections.remove(id) {
+            self.inner
+                .by_key
+                .remove_if(&entry.connection.api_key_hash, |_, owner| owner == id);
+        }
+    }
+
+    /// Swaps a connection's API key hash: the old key stops resolving at once.
+    pub fn set_api_key_hash(&self, id: &str, hash: [u8; 32]) {
+        let old = self.update(id, |e| e.connection.api_key_hash = hash);
+        if let Some(old) = old {
+            self.inner
+                .by_key
+                .remove_if(&old.connection.api_key_hash, |_, owner| owner == id);
+            self.inner.by_key.insert(hash, id.to_owned());
+        }
+    }
+
+    /// Replaces a connection's signing secrets.
+    pub fn set_secrets(&self, id: &str, secrets: Vec<SigningSecret>) {
+        self.update(id, |e| {
+            e.verifier = Verifier::new(&secrets);
+            e.connection.secrets = secrets;
+        });
+    }
+
+    /// Adds a hook just stored (no-op if already indexed).
+    pub fn add_hook(&self, hook: Hook) {
+        let connection_id = hook.connection_id.clone();
+        self.update(&connection_id, |e| {
+            if e.hook(&hook.id).is_none() {
+                e.hooks = e.hooks.iter().cloned().chain([hook]).collect();
+            }
+        });
+    }
+
+    /// Removes a hook just deleted from the store.
+    pub fn remove_hook(&self, connection_id: &str, hook_id: &str) {
+        self.update(connection_id, |e| {
+            e.hooks = e
+                .hooks
+                .iter()
+                .filter(|h| h.id != hook_id)
+                .cloned()
+                .collect();
+        });
+    }
+
+    /// Total hooks across connections.
+    pub fn hook_count(&self) -> usize {
+        self.inner.connections.iter().map(|e| e.hooks.len()).sum()
+    }
+
+    /// Replaces an entry with an edited copy under the map's shard lock; returns the old one.
+    fn update(&self, id: &str, edit: impl FnOnce(&mut Entry)) -> Option<Arc<Entry>> {
+        let mut slot = self.inner.connections.get_mut(id)?;
+        let old = Arc::clone(&slot);
+        let mut entry = Entry::clone(&old);
+        edit(&mut entry);
+        *slot = Arc::new(entry);
+        Some(old)
+    }
+}

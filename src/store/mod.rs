@@ -1,0 +1,269 @@
+//! Durable state behind one interface: connections, hooks, events, deliveries, attempts and
+//! dead letters. [`Store`] picks a backend by URL and dispatches to it; every backend has the
+//! same method set, so callers never know which one runs. Imports `model` and `config` only.
+
+mod sqlite;
+mod sqlite_schema;
+
+use std::sync::Arc;
+
+use crate::config::DatabaseUrl;
+use crate::model::{
+    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret,
+};
+
+pub use sqlite::SqliteStore;
+
+/// A failure of the store; ingest answers it with 503 and the admin/hook APIs with 503 too.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed an operation (full disk, IO error, corruption…).
+    #[error("database error")]
+    Backend(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// The store was shut down.
+    #[error("the store is closed")]
+    Closed,
+    /// Stored data could not be decoded.
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+/// The outcome of creating a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// Stored.
+    Created,
+    /// Another connection already has this id.
+    IdTaken,
+    /// Another connection already has this API key.
+    KeyTaken,
+}
+
+/// The outcome of attaching a hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attached {
+    /// A new hook was stored.
+    Created(Hook),
+    /// The same url + event + template was already attached; here it is.
+    Existing(Hook),
+}
+
+/// The outcome of committing an ingested event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// Committed with this many deliveries.
+    Accepted {
+        /// Deliveries created, one per matching hook.
+        deliveries: usize,
+    },
+    /// This event id was already accepted for the connection.
+    Duplicate,
+    /// The connection was deleted before the commit.
+    UnknownConnection,
+}
+
+/// Everything the registry is built from at start.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// All connections.
+    pub connections: Vec<Connection>,
+    /// All hooks.
+    pub hooks: Vec<Hook>,
+}
+
+/// What a claim asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim {
+    /// Now (ms): deliveries due at or before it are eligible.
+    pub now: i64,
+    /// Until when the claimed deliveries are leased to this instance (ms).
+    pub lease_until: i64,
+    /// At most this many deliveries in all.
+    pub limit: usize,
+    /// At most this many per hook, and none for a hook that already has leased deliveries.
+    pub per_hook: usize,
+}
+
+/// The store handle; clones share the same backend.
+#[derive(Clone)]
+pub enum Store {
+    /// Embedded SQLite.
+    Sqlite(SqliteStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Sqlite(s) => s.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating and migrating if needed) the store named by `url`.
+    ///
+    /// # Errors
+    /// The database cannot be created, opened or migrated.
+    pub async fn open(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        match url {
+            DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(SqliteStore::open(path.clone()).await?)),
+        }
+    }
+
+    /// Whether the store answers (`/readyz`).
+    ///
+    /// # Errors
+    /// It does not.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self.ping())
+    }
+
+    /// Reads every connection and hook, to build the registry.
+    ///
+    /// # Errors
+    /// The read failed or stored data is invalid.
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        dispatch!(self.snapshot())
+    }
+
+    /// Stores a new connection.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn create_connection(&self, connection: Connection) -> Result<Created, StoreError> {
+        dispatch!(self.create_connection(connection))
+    }
+
+    /// Deletes a connection with its hooks, events and deliveries; `false` if it did not exist.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn delete_connection(&self, id: &str) -> Result<bool, StoreError> {
+        dispatch!(self.delete_connection(id.to_owned()))
+    }
+
+    /// Replaces a connection's API key hash; `false` if the connection does not exist.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn set_api_key_hash(&self, id: &str, hash: [u8; 32]) -> Result<bool, StoreError> {
+        dispatch!(self.set_api_key_hash(id.to_owned(), hash))
+    }
+
+    /// Replaces a connection's signing secrets; `false` if the connection does not exist.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn set_secrets(
+        &self,
+        id: &str,
+        secrets: Vec<SigningSecret>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.set_secrets(id.to_owned(), secrets))
+    }
+
+    /// Attaches a hook, or returns the identical one already attached.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn attach_hook(&self, hook: Hook) -> Result<Attached, StoreError> {
+        dispatch!(self.attach_hook(hook))
+    }
+
+    /// Removes a connection's hook and its deliveries; `false` if there was no such hook.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn detach_hook(
+        &self,
+        connection_id: &str,
+        hook_id: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.detach_hook(connection_id.to_owned(), hook_id.to_owned()))
+    }
+
+    /// Commits an event and one due delivery for each of `hook_ids` that still exists.
+    ///
+    /// # Errors
+    /// The write failed: nothing was committed.
+    pub async fn ingest(
+        &self,
+        connection_id: &str,
+        event: Event,
+        hook_ids: Vec<String>,
+    ) -> Result<Ingested, StoreError> {
+        dispatch!(self.ingest(connection_id.to_owned(), event, hook_ids))
+    }
+
+    /// A connection's newest events.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn events(
+        &self,
+        connection_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        dispatch!(self.events(connection_id.to_owned(), limit))
+    }
+
+    /// A hook's newest attempts.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn attempts(&self, hook_id: &str, limit: usize) -> Result<Vec<Attempt>, StoreError> {
+        dispatch!(self.attempts(hook_id.to_owned(), limit))
+    }
+
+    /// Leases due deliveries to this instance.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn claim(&self, claim: Claim) -> Result<Vec<DueDelivery>, StoreError> {
+        dispatch!(self.claim(claim))
+    }
+
+    /// The earliest future time (ms) at which an unleased delivery becomes due.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn next_due(&self, now: i64) -> Result<Option<i64>, StoreError> {
+        dispatch!(self.next_due(now))
+    }
+
+    /// Records a finished attempt and moves its delivery on (and releases its lease).
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn record(&self, record: AttemptRecord) -> Result<(), StoreError> {
+        dispatch!(self.record(record))
+    }
+
+    /// Gives leased deliveries back without an attempt (shutdown).
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn release(&self, ids: Vec<i64>) -> Result<(), StoreError> {
+        dispatch!(self.release(ids))
+    }
+
+    /// Dead letters, newest first, optionally of one connection.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn dead_letters(
+        &self,
+        connection_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        dispatch!(self.dead_letters(connection_id.map(str::to_owned), limit))
+    }
+
+    /// Schedules a dead letter again from attempt 1; `false` if there is no such dead letter.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn retry_dead_letter(&self, id: i64, now: i64) -> Result<bool, StoreError> {
+        dispatch!(self.retry_dead_letter(id, now))
+    }
+}

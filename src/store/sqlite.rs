@@ -1,0 +1,632 @@
+//! The embedded SQLite backend.
+//!
+//! One writer thread owns the write connection and commits whatever jobs are queued in a single
+//! transaction (group commit): with `synchronous=FULL` every commit is durable, and concurrent
+//! ingests share one fsync. Each job runs inside its own savepoint, so a failing job rolls back
+//! alone. Reads use a second connection (WAL lets it run beside the writer) on the blocking pool.
+
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rusqlite::{Connection as Db, OptionalExtension, Row, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::sqlite_schema::{DEAD, DELIVERED, MIGRATIONS, PENDING};
+use super::{Attached, Claim, Created, Ingested, Snapshot, StoreError};
+use crate::model::{
+    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, NextStep,
+    SigningSecret,
+};
+
+/// Most jobs committed in one transaction.
+const MAX_BATCH: usize = 1024;
+/// Jobs waiting for the writer before senders wait (backpressure, not loss).
+const QUEUE_DEPTH: usize = 8192;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(Arc::new(e))
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Backend(Arc::new(e))
+    }
+}
+
+/// A write queued for the writer thread.
+trait WriteJob: Send {
+    /// Runs inside the open batch transaction.
+    fn run(&mut self, db: &Db);
+    /// Reports the job's result once the batch committed (or failed to).
+    fn complete(self: Box<Self>, commit: &Result<(), StoreError>);
+}
+
+struct Job<T, F> {
+    op: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T: Send, F: FnOnce(&Db) -> Result<T, StoreError> + Send> WriteJob for Job<T, F> {
+    fn run(&mut self, db: &Db) {
+        let op = self.op.take().expect("a job runs once");
+        let result = db
+            .execute_batch("SAVEPOINT job")
+            .map_err(StoreError::from)
+            .and_then(|()| {
+                let result = op(db);
+                let end = if result.is_ok() {
+                    "RELEASE job"
+                } else {
+                    "ROLLBACK TO job; RELEASE job"
+                };
+                db.execute_batch(end)?;
+                result
+            });
+        self.result = Some(result);
+    }
+
+    fn complete(self: Box<Self>, commit: &Result<(), StoreError>) {
+        let result = match (commit, self.result) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(()), Some(result)) => result,
+            (Ok(()), None) => Err(StoreError::Closed),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+/// Handle to an open SQLite store; clones share the writer thread and reader connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: mpsc::Sender<Box<dyn WriteJob>>,
+    reader: Arc<Mutex<Db>>,
+}
+
+impl SqliteStore {
+    /// Creates the file (owner-only) and its directory if needed, migrates, starts the writer.
+    pub(super) async fn open(path: PathBuf) -> Result<Self, StoreError> {
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    fn open_blocking(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        let mut db = Db::open(path)?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000;",
+        )?;
+        migrate(&mut db)?;
+        // Single instance: a lease still set was held by a process that is gone.
+        db.execute(
+            "UPDATE deliveries SET lease_until = NULL WHERE state = ?1 AND lease_until IS NOT NULL",
+            [PENDING],
+        )?;
+        let reader = Db::open(path)?;
+        reader.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")?;
+        let (writer, jobs) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run_writer(db, jobs))?;
+        Ok(Self {
+            writer,
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, result) = oneshot::channel();
+        let job = Box::new(Job {
+            op: Some(op),
+            result: None,
+            reply,
+        });
+        self.writer
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        result.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
+    {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let db = reader
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            op(&db)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|db| Ok(db.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    pub(super) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.read(|db| {
+            let mut stmt = db.prepare(
+                "SELECT id, name, api_key_hash, secrets, ingest_rate, created_at FROM connections",
+            )?;
+            let connections = stmt
+                .query_map([], connection_row)?
+                .map(|row| row.map_err(StoreError::from).and_then(|r| r))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut stmt = db.prepare(
+                "SELECT id, connection_id, url, event, template_id, created_at FROM hooks ORDER BY created_at, id",
+            )?;
+            let hooks = stmt.query_map([], hook_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(Snapshot { connections, hooks })
+        })
+        .await
+    }
+
+    pub(super) async fn create_connection(&self, c: Connection) -> Result<Created, StoreError> {
+        self.write(move |db| {
+            let exists = |sql: &str, value: &dyn rusqlite::ToSql| -> Result<bool, StoreError> {
+                Ok(db.prepare_cached(sql)?.exists([value])?)
+            };
+            if exists("SELECT 1 FROM connections WHERE id = ?1", &c.id)? {
+                return Ok(Created::IdTaken);
+            }
+            if exists(
+                "SELECT 1 FROM connections WHERE api_key_hash = ?1",
+                &c.api_key_hash.as_slice(),
+            )? {
+                return Ok(Created::KeyTaken);
+            }
+            db.execute(
+                "INSERT INTO connections (id, name, api_key_hash, secrets, ingest_rate, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    c.id,
+                    c.name,
+                    c.api_key_hash.as_slice(),
+                    secrets_json(&c.secrets)?,
+                    c.ingest_rate,
+                    c.created_at
+                ],
+            )?;
+            Ok(Created::Created)
+        })
+        .await
+    }
+
+    pub(super) async fn delete_connection(&self, id: String) -> Result<bool, StoreError> {
+        self.write(move |db| Ok(db.execute("DELETE FROM connections WHERE id = ?1", [id])? == 1))
+            .await
+    }
+
+    pub(super) async fn set_api_key_hash(
+        &self,
+        id: String,
+        hash: [u8; 32],
+    ) -> Result<bool, StoreError> {
+        self.write(move |db| {
+            let n = db.execute(
+                "UPDATE connections SET api_key_hash = ?2 WHERE id = ?1",
+                params![id, hash.as_slice()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn set_secrets(
+        &self,
+        id: String,
+        secrets: Vec<SigningSecret>,
+    ) -> Result<bool, StoreError> {
+        self.write(move |db| {
+            let n = db.execute(
+                "UPDATE connections SET secrets = ?2 WHERE id = ?1",
+                params![id, secrets_json(&secrets)?],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn attach_hook(&self, hook: Hook) -> Result<Attached, StoreError> {
+        self.write(move |db| {
+            let template = hook.template_id.clone().unwrap_or_default();
+            let existing = db
+                .prepare_cached(
+                    "SELECT id, connection_id, url, event, template_id, created_at FROM hooks
+                     WHERE connection_id = ?1 AND url = ?2 AND event = ?3 AND template_id = ?4",
+                )?
+                .query_row(
+                    params![hook.connection_id, hook.url, hook.event, template],
+                    hook_row,
+                )
+                .optional()?;
+            if let Some(existing) = existing {
+                return Ok(Attached::Existing(existing));
+            }
+            db.prepare_cached(
+                "INSERT INTO hooks (id, connection_id, url, event, template_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                hook.id,
+                hook.connection_id,
+                hook.url,
+                hook.event,
+                template,
+                hook.created_at
+            ])?;
+            Ok(Attached::Created(hook))
+        })
+        .await
+    }
+
+    pub(super) async fn detach_hook(
+        &self,
+        connection_id: String,
+        hook_id: String,
+    ) -> Result<bool, StoreError> {
+        self.write(move |db| {
+            let n = db.execute(
+                "DELETE FROM hooks WHERE id = ?1 AND connection_id = ?2",
+                [hook_id, connection_id],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn ingest(
+        &self,
+        connection_id: String,
+        event: Event,
+        hook_ids: Vec<String>,
+    ) -> Result<Ingested, StoreError> {
+        self.write(move |db| {
+            let inserted = db
+                .prepare_cached(
+                    "INSERT INTO events (connection_id, id, type, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (connection_id, id) DO NOTHING",
+                )?
+                .execute(params![connection_id, event.id, event.event_type, event.payload.as_ref(), event.received_at]);
+            match inserted {
+                Ok(0) => return Ok(Ingested::Duplicate),
+                Ok(_) => {}
+                Err(e) if is_foreign_key_violation(&e) => return Ok(Ingested::UnknownConnection),
+                Err(e) => return Err(e.into()),
+            }
+            let seq = db.last_insert_rowid();
+            let mut insert = db.prepare_cached(
+                "INSERT INTO deliveries (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
+                 SELECT ?1, id, connection_id, url, ?2, 0, ?3, ?3 FROM hooks WHERE id = ?4 AND connection_id = ?5",
+            )?;
+            let mut deliveries = 0;
+            for hook_id in &hook_ids {
+                deliveries += insert.execute(params![seq, PENDING, event.received_at, hook_id, connection_id])?;
+            }
+            Ok(Ingested::Accepted { deliveries })
+        })
+        .await
+    }
+
+    pub(super) async fn events(
+        &self,
+        connection_id: String,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.read(move |db| {
+            let mut stmt = db.prepare_cached(
+                "SELECT id, type, payload, received_at FROM events WHERE connection_id = ?1 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![connection_id, limit as i64], |r| {
+                Ok(Event {
+                    id: r.get(0)?,
+                    event_type: r.get(1)?,
+                    payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+                    received_at: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub(super) async fn attempts(
+        &self,
+        hook_id: String,
+        limit: usize,
+    ) -> Result<Vec<Attempt>, StoreError> {
+        self.read(move |db| {
+            let mut stmt = db.prepare_cached(
+                "SELECT event_id, attempt, status_code, error, duration_ms, at FROM attempts
+                 WHERE hook_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![hook_id, limit as i64], |r| {
+                Ok(Attempt {
+                    event_id: r.get(0)?,
+                    attempt: r.get(1)?,
+                    status_code: r.get(2)?,
+                    error: r.get(3)?,
+                    duration_ms: r.get(4)?,
+                    at: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub(super) async fn claim(&self, claim: Claim) -> Result<Vec<DueDelivery>, StoreError> {
+        self.write(move |db| {
+            let mut stmt = db.prepare_cached(
+                "UPDATE deliveries SET lease_until = ?1 WHERE id IN (
+                    SELECT id FROM (
+                        SELECT d.id, d.next_attempt_at,
+                               ROW_NUMBER() OVER (PARTITION BY d.hook_id ORDER BY d.next_attempt_at, d.id) AS rn
+                        FROM deliveries d
+                        WHERE d.state = ?5 AND d.next_attempt_at <= ?2
+                          AND (d.lease_until IS NULL OR d.lease_until <= ?2)
+                          AND NOT EXISTS (SELECT 1 FROM deliveries x
+                                          WHERE x.hook_id = d.hook_id AND x.state = ?5 AND x.lease_until > ?2)
+                    ) WHERE rn <= ?3 ORDER BY next_attempt_at, id LIMIT ?4)
+                 RETURNING id, connection_id, hook_id, url, attempts, event_seq",
+            )?;
+            let leased = stmt
+                .query_map(
+                    params![claim.lease_until, claim.now, claim.per_hook as i64, claim.limit as i64, PENDING],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get::<_, i64>(5)?)),
+                )?
+                .collect::<Result<Vec<(i64, String, String, String, u32, i64)>, _>>()?;
+            let mut event = db.prepare_cached("SELECT id, payload, received_at FROM events WHERE seq = ?1")?;
+            let mut due = Vec::with_capacity(leased.len());
+            for (id, connection_id, hook_id, url, attempts, seq) in leased {
+                let (event_id, payload, received_at) =
+                    event.query_row([seq], |r| Ok((r.get(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?)))?;
+                due.push(DueDelivery {
+                    id,
+                    connection_id,
+                    hook_id,
+                    url,
+                    event_id,
+                    payload: Bytes::from(payload),
+                    attempts,
+                    received_at,
+                });
+            }
+            due.sort_by_key(|d| d.id);
+            Ok(due)
+        })
+        .await
+    }
+
+    pub(super) async fn next_due(&self, now: i64) -> Result<Option<i64>, StoreError> {
+        self.read(move |db| {
+            Ok(db.query_row(
+                "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = ?1 AND next_attempt_at > ?2",
+                params![PENDING, now],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    pub(super) async fn record(&self, rec: AttemptRecord) -> Result<(), StoreError> {
+        self.write(move |db| {
+            let a = &rec.attempt;
+            let (state, next_at) = match rec.next {
+                NextStep::Delivered => (DELIVERED, a.at),
+                NextStep::RetryAt(at) => (PENDING, at),
+                NextStep::DeadLetter => (DEAD, a.at),
+            };
+            let updated = db
+                .prepare_cached(
+                    "UPDATE deliveries SET attempts = ?2, state = ?3, next_attempt_at = ?4, lease_until = NULL,
+                            last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1",
+                )?
+                .execute(params![rec.delivery_id, a.attempt, state, next_at, a.status_code, a.error, a.at])?;
+            if updated == 1 {
+                db.prepare_cached(
+                    "INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(params![
+                    rec.delivery_id,
+                    rec.hook_id,
+                    a.event_id,
+                    a.attempt,
+                    a.status_code,
+                    a.error,
+                    a.duration_ms as i64,
+                    a.at
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn release(&self, ids: Vec<i64>) -> Result<(), StoreError> {
+        self.write(move |db| {
+            let mut stmt =
+                db.prepare_cached("UPDATE deliveries SET lease_until = NULL WHERE id = ?1")?;
+            for id in ids {
+                stmt.execute([id])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn dead_letters(
+        &self,
+        connection_id: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(move |db| {
+            let mut stmt = db.prepare_cached(
+                "SELECT d.id, d.connection_id, e.id, d.hook_id, d.attempts, d.last_status, d.last_error, d.updated_at
+                 FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                 WHERE d.state = ?1 AND (?2 IS NULL OR d.connection_id = ?2) ORDER BY d.id DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![DEAD, connection_id, limit as i64], |r| {
+                Ok(DeadLetter {
+                    id: r.get(0)?,
+                    connection_id: r.get(1)?,
+                    event_id: r.get(2)?,
+                    hook_id: r.get(3)?,
+                    attempts: r.get(4)?,
+                    last_status: r.get(5)?,
+                    last_error: r.get(6)?,
+                    updated_at: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub(super) async fn retry_dead_letter(&self, id: i64, now: i64) -> Result<bool, StoreError> {
+        self.write(move |db| {
+            let n = db.execute(
+                "UPDATE deliveries SET state = ?2, attempts = 0, next_attempt_at = ?3, lease_until = NULL, updated_at = ?3
+                 WHERE id = ?1 AND state = ?4",
+                params![id, PENDING, now, DEAD],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+}
+
+fn run_writer(mut db: Db, mut jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
+    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
+    while let Some(job) = jobs.blocking_recv() {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let committed = commit(&mut db, &mut batch);
+        if let Err(e) = &committed {
+            tracing::error!(jobs = batch.len(), cause = %error_chain(e), "store commit failed");
+        }
+        for job in batch.drain(..) {
+            job.complete(&committed);
+        }
+    }
+}
+
+fn commit(db: &mut Db, batch: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
+    db.execute_batch("BEGIN IMMEDIATE")?;
+    for job in batch.iter_mut() {
+        job.run(db);
+    }
+    db.execute_batch("COMMIT").inspect_err(|_| {
+        let _ = db.execute_batch("ROLLBACK");
+    })?;
+    Ok(())
+}
+
+fn migrate(db: &mut Db) -> Result<(), StoreError> {
+    let version: usize = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "schema version {version} is newer than this build knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = db.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
+}
+
+fn secrets_json(secrets: &[SigningSecret]) -> Result<String, StoreError> {
+    serde_json::to_string(secrets).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn connection_row(r: &Row<'_>) -> rusqlite::Result<Result<Connection, StoreError>> {
+    let id: String = r.get(0)?;
+    let hash: Vec<u8> = r.get(2)?;
+    let secrets: String = r.get(3)?;
+    let decoded = (|| {
+        let api_key_hash = hash.try_into().map_err(|_| {
+            StoreError::Corrupt(format!("connection {id}: API key hash is not 32 bytes"))
+        })?;
+        let secrets = serde_json::from_str(&secrets)
+            .map_err(|e| StoreError::Corrupt(format!("connection {id}: secrets: {e}")))?;
+        Ok((api_key_hash, secrets))
+    })();
+    Ok(match decoded {
+        Ok((api_key_hash, secrets)) => Ok(Connection {
+            name: r.get(1)?,
+            api_key_hash,
+            secrets,
+            ingest_rate: r.get(4)?,
+            created_at: r.get(5)?,
+            id,
+        }),
+        Err(e) => Err(e),
+    })
+}
+
+fn hook_row(r: &Row<'_>) -> rusqlite::Result<Hook> {
+    let template: String = r.get(4)?;
+    Ok(Hook {
+        id: r.get(0)?,
+        connection_id: r.get(1)?,
+        url: r.get(2)?,
+        event: r.get(3)?,
+        template_id: (!template.is_empty()).then_some(template),
+        created_at: r.get(5)?,
+    })
+}

@@ -1,0 +1,69 @@
+//! The SQLite schema as an ordered list of migrations; `PRAGMA user_version` counts those applied.
+
+/// Migration `i` brings the schema from version `i` to `i + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE connections (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    api_key_hash BLOB NOT NULL UNIQUE,
+    secrets      TEXT NOT NULL,
+    ingest_rate  INTEGER,
+    created_at   INTEGER NOT NULL
+);
+CREATE TABLE hooks (
+    id            TEXT PRIMARY KEY,
+    connection_id TEXT NOT NULL REFERENCES connections(id) ON DELETE CASCADE,
+    url           TEXT NOT NULL,
+    event         TEXT NOT NULL,
+    template_id   TEXT NOT NULL DEFAULT '',
+    created_at    INTEGER NOT NULL,
+    UNIQUE (connection_id, url, event, template_id)
+);
+CREATE TABLE events (
+    seq           INTEGER PRIMARY KEY,
+    connection_id TEXT NOT NULL REFERENCES connections(id) ON DELETE CASCADE,
+    id            TEXT NOT NULL,
+    type          TEXT NOT NULL,
+    payload       BLOB NOT NULL,
+    received_at   INTEGER NOT NULL,
+    UNIQUE (connection_id, id)
+);
+CREATE INDEX events_by_connection ON events (connection_id, seq);
+CREATE TABLE deliveries (
+    id              INTEGER PRIMARY KEY,
+    event_seq       INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
+    hook_id         TEXT NOT NULL REFERENCES hooks(id) ON DELETE CASCADE,
+    connection_id   TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    state           INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    lease_until     INTEGER,
+    last_status     INTEGER,
+    last_error      TEXT,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 0;
+CREATE INDEX deliveries_pending_by_hook ON deliveries (hook_id, lease_until) WHERE state = 0;
+CREATE INDEX deliveries_by_hook ON deliveries (hook_id);
+CREATE INDEX deliveries_by_event ON deliveries (event_seq);
+CREATE INDEX deliveries_dead ON deliveries (connection_id, id) WHERE state = 2;
+CREATE TABLE attempts (
+    id          INTEGER PRIMARY KEY,
+    delivery_id INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
+    hook_id     TEXT NOT NULL,
+    event_id    TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    status_code INTEGER,
+    error       TEXT,
+    duration_ms INTEGER NOT NULL,
+    at          INTEGER NOT NULL
+);
+CREATE INDEX attempts_by_hook ON attempts (hook_id, id);
+CREATE INDEX attempts_by_delivery ON attempts (delivery_id);
+"];
+
+/// Delivery states as stored.
+pub(super) const PENDING: i64 = 0;
+pub(super) const DELIVERED: i64 = 1;
+pub(super) const DEAD: i64 = 2;
