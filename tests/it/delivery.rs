@@ -1,0 +1,327 @@
+//! API.md §3: what Make receives, fan-out, retries, detach, dead letters, pacing.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::harness::{Sink, SinkReply, TestServer, event, eventually};
+
+#[tokio::test]
+async fn delivers_exact_bytes_with_identity_headers() {
+    let relay = TestServer::start().await;
+    let sink = Sink::start().await;
+    let conn = relay.connection("acme").await;
+    let hook = relay.attach(&conn, &sink.url, None).await;
+    let body = crate::harness::fixture("payloads/image-created.json");
+    relay.ingest(&conn, &body).await;
+    let got = sink.recv().await;
+    assert_eq!(
+        got.body.as_ref(),
+        body.as_slice(),
+        "the exact bytes, whitespace included"
+    );
+    assert_eq!(got.header("content-type"), "application/json");
+    assert!(got.header("user-agent").starts_with("stencil-relay/"));
+    assert_eq!(
+        got.header("x-relay-event-id"),
+        "7d2a3c1e-5b4f-4e8a-9c6d-2f1e0a9b8c7d"
+    );
+    assert_eq!(
+        got.header("webhook-id"),
+        "7d2a3c1e-5b4f-4e8a-9c6d-2f1e0a9b8c7d"
+    );
+    assert_eq!(
+        (got.header("x-relay-hook-id"), got.header("x-relay-attempt")),
+        (hook.as_str(), "1")
+    );
+    let ts: u64 = got.header("webhook-timestamp").parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now.abs_diff(ts) < 60);
+}
+
+#[tokio::test]
+async fn fan_out_reaches_exactly_the_matching_hooks_of_the_connection() {
+    let relay = TestServer::start().await;
+    let (all_a, tpl_a, other_tpl_a, all_b) = (
+        Sink::start().await,
+        Sink::start().await,
+        Sink::start().await,
+        Sink::start().await,
+    );
+    let a = relay.connection("a").await;
+    let b = relay.connection("b").await;
+    relay.attach(&a, &all_a.url, None).await;
+    relay.attach(&a, &tpl_a.url, Some("tpl-1")).await;
+    relay.attach(&a, &other_tpl_a.url, Some("tpl-2")).await;
+    relay.attach(&b, &all_b.url, None).await;
+
+    let reply = relay.ingest(&a, &event("evt-a", Some("tpl-1"))).await;
+    assert_eq!(reply.body["deliveries"], 2);
+    assert_eq!(all_a.recv().await.header("webhook-id"), "evt-a");
+    assert_eq!(tpl_a.recv().await.header("webhook-id"), "evt-a");
+
+    relay.ingest(&b, &event("evt-b", Some("tpl-1"))).await;
+    assert_eq!(all_b.recv().await.header("webhook-id"), "evt-b");
+    for silent in [&other_tpl_a, &all_b, &all_a, &tpl_a] {
+        silent.assert_silent(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn retries_count_attempts_and_keep_the_event_id() {
+    let relay = TestServer::start().await;
+    let sink = Sink::start().await;
+    sink.script([SinkReply::Status(500), SinkReply::Status(503)]);
+    let conn = relay.connection("acme").await;
+    let hook = relay.attach(&conn, &sink.url, None).await;
+    relay.ingest(&conn, &event("evt-r", None)).await;
+    let tries = sink.recv_n(3).await;
+    let attempts: Vec<&str> = tries.iter().map(|t| t.header("x-relay-attempt")).collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    assert!(
+        tries
+            .iter()
+            .all(|t| t.header("webhook-id") == "evt-r" && t.body == tries[0].body)
+    );
+    assert!(
+        tries[1].at - tries[0].at >= Duration::from_millis(100),
+        "first retry waits the schedule's 100ms"
+    );
+    assert!(tries[2].at - tries[1].at >= Duration::from_millis(200));
+    let log = eventually("three attempts recorded", || async {
+        let reply = relay
+            .api(
+                &conn,
+                Method::GET,
+                &format!("/hooks/{hook}/deliveries"),
+                None,
+            )
+            .await;
+        reply.body["data"]
+            .as_array()
+            .filter(|d| d.len() == 3)
+            .cloned()
+    })
+    .await;
+    let statuses: Vec<u64> = log
+        .iter()
+        .map(|a| a["status_code"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 503, 500]);
+    assert_eq!(log[1]["error"], "the target answered 503");
+}
+
+#[tokio::test]
+async fn retry_after_lengthens_the_wait() {
+    let relay = TestServer::start().await;
+    let sink = Sink::start().await;
+    sink.script([SinkReply::RetryAfter(429, 1)]);
+    let conn = relay.connection("acme").await;
+    relay.attach(&conn, &sink.url, None).await;
+    relay.ingest(&conn, &event("evt-429", None)).await;
+    let tries = sink.recv_n(2).await;
+    assert!(
+        tries[1].at - tries[0].at >= Duration::from_millis(950),
+        "waited {:?}",
+        tries[1].at - tries[0].at
+    );
+}
+
+#[tokio::test]
+async fn gone_detaches_the_hook() {
+    let relay = TestServer::start().await;
+    let sink = Sink::start_with(SinkReply::Status(410)).await;
+    let conn = relay.connection("acme").await;
+    let hook = relay.attach(&conn, &sink.url, None).await;
+    relay.ingest(&conn, &event("evt-1", None)).await;
+    sink.recv().await;
+    eventually("the hook to be detached", || async {
+        let reply = relay
+            .api(&conn, Method::GET, &format!("/hooks/{hook}"), None)
+            .await;
+        (reply.status == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    assert_eq!(
+        relay.ingest(&conn, &event("evt-2", None)).await.body["deliveries"],
+        0
+    );
+    sink.assert_silent(Duration::from_millis(400)).await;
+    let letters = relay.admin(Method::GET, "/dead-letters", None).await;
+    assert_eq!(
+        letters.body["data"],
+        json!([]),
+        "a detach is not a dead letter"
+    );
+}
+
+#[tokio::test]
+async fn exhausted_schedule_and_other_4xx_go_to_dead_letters() {
+    let relay = TestServer::start().await;
+    let failing = Sink::start_with(SinkReply::Status(500)).await;
+    let refusing = Sink::start_with(SinkReply::Status(404)).await;
+    let conn = relay.connection("acme").await;
+    relay.attach(&conn, &failing.url, None).await;
+    relay.attach(&conn, &refusing.url, None).await;
+    relay.ingest(&conn, &event("evt-d", None)).await;
+    failing.recv_n(4).await; // 1 try + 3 retries
+    refusing.recv().await;
+    let letters = eventually("two dead letters", || async {
+        let reply = relay.admin(Method::GET, "/dead-letters", None).await;
+        reply.body["data"]
+            .as_array()
+            .filter(|d| d.len() == 2)
+            .cloned()
+    })
+    .await;
+    let mut seen: Vec<(u64, u64)> = letters
+        .iter()
+        .map(|l| {
+            (
+                l["attempts"].as_u64().unwrap(),
+                l["last_status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, [(1, 404), (4, 500)]);
+    failing.assert_silent(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let relay = TestServer::start().await;
+    let elsewhere = Sink::start().await;
+    let redirecting = Sink::start_with(SinkReply::Redirect(elsewhere.url.clone())).await;
+    let conn = relay.connection("acme").await;
+    relay.attach(&conn, &redirecting.url, None).await;
+    relay.ingest(&conn, &event("evt-302", None)).await;
+    redirecting.recv().await;
+    let letters = eventually("a dead letter", || async {
+        let reply = relay.admin(Method::GET, "/dead-letters", None).await;
+        reply.body["data"]
+            .as_array()
+            .filter(|d| !d.is_empty())
+            .cloned()
+    })
+    .await;
+    assert_eq!(letters[0]["last_status"], 302);
+    elsewhere.assert_silent(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn slow_targets_time_out_and_are_retried() {
+    let mut args = TestServer::args();
+    args.delivery_timeout = Some("200ms".into());
+    let relay = TestServer::start_with(args).await;
+    let sink = Sink::start().await;
+    sink.script([SinkReply::Slow(Duration::from_secs(2))]);
+    let conn = relay.connection("acme").await;
+    let hook = relay.attach(&conn, &sink.url, None).await;
+    relay.ingest(&conn, &event("evt-slow", None)).await;
+    let tries = sink.recv_n(2).await;
+    assert_eq!(tries[1].header("x-relay-attempt"), "2");
+    let log = eventually("two attempts recorded", || async {
+        let reply = relay
+            .api(
+                &conn,
+                Method::GET,
+                &format!("/hooks/{hook}/deliveries"),
+                None,
+            )
+            .await;
+        reply.body["data"]
+            .as_array()
+            .filter(|d| d.len() == 2)
+            .cloned()
+    })
+    .await;
+    assert_eq!(log[1]["status_code"], serde_json::Value::Null);
+    assert!(
+        log[1]["error"].as_str().unwrap().contains("timed out"),
+        "{}",
+        log[1]
+    );
+}
+
+#[tokio::test]
+async fn deliveries_to_one_hook_are_paced() {
+    let mut args = TestServer::args();
+    args.hook_rate = Some("2".into());
+    let relay = TestServer::start_with(args).await;
+    let paced = Sink::start().await;
+    let conn = relay.connection("acme").await;
+    relay.attach(&conn, &paced.url, None).await;
+    for n in 0..6 {
+        assert_eq!(
+            relay
+                .ingest(&conn, &event(&format!("evt-{n}"), None))
+                .await
+                .status,
+            StatusCode::ACCEPTED
+        );
+    }
+    let arrivals = paced.recv_n(6).await;
+    // A burst of 2, then one every 500ms: the sixth cannot arrive before 2s after the first.
+    let span = arrivals[5].at - arrivals[0].at;
+    assert!(
+        span >= Duration::from_millis(1900),
+        "6 deliveries at 2/s took only {span:?}"
+    );
+    for window in arrivals.windows(3) {
+        assert!(
+            window[2].at - window[0].at >= Duration::from_millis(450),
+            "3 within {:?}",
+            window[2].at - window[0].at
+        );
+    }
+}
+
+#[tokio::test]
+async fn refuses_inward_addresses_at_delivery_time() {
+    // Hooks attached while private targets were allowed must not reach loopback once the relay
+    // runs with production rules: by name (checked on the resolved address) or by IP literal.
+    let sink = Sink::start().await;
+    let relay = TestServer::start().await;
+    let conn = relay.connection("acme").await;
+    let by_name = relay
+        .attach(&conn, &sink.url.replace("127.0.0.1", "localhost"), None)
+        .await;
+    let by_ip = relay.attach(&conn, &sink.url, None).await;
+    let mut strict_args = relay.args.clone();
+    strict_args.allow_private_targets = Some("false".into());
+    let relay = relay.restart_with(strict_args).await;
+    assert_eq!(
+        relay.ingest(&conn, &event("evt-inward", None)).await.body["deliveries"],
+        2
+    );
+    for (hook, why) in [
+        (by_name, "forbidden addresses"),
+        (by_ip, "forbidden address"),
+    ] {
+        let attempt = eventually("a refused attempt", || async {
+            let reply = relay
+                .api(
+                    &conn,
+                    Method::GET,
+                    &format!("/hooks/{hook}/deliveries"),
+                    None,
+                )
+                .await;
+            reply.body["data"]
+                .as_array()
+                .and_then(|d| d.first().cloned())
+        })
+        .await;
+        assert_eq!(attempt["status_code"], serde_json::Value::Null);
+        assert!(
+            attempt["error"].as_str().unwrap().contains(why),
+            "{attempt}"
+        );
+    }
+    sink.assert_silent(Duration::from_millis(200)).await;
+}

@@ -1,0 +1,74 @@
+//! Deployment files agree with the relay's configuration.
+
+use stencil_relay::config::{Config, DatabaseUrl, ServeArgs};
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[test]
+fn fly_toml_matches_the_relay_settings() {
+    let fly: toml::Value = toml::from_str(&read("fly.toml")).unwrap();
+    let env = fly["env"].as_table().unwrap();
+    let get = |k: &str| env.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let config = Config::from_args(&ServeArgs {
+        listen: get("RELAY_LISTEN"),
+        database_url: get("RELAY_DATABASE_URL"),
+        ..ServeArgs::default()
+    })
+    .expect("fly.toml's environment is a valid configuration");
+
+    let port = fly["http_service"]["internal_port"].as_integer().unwrap();
+    assert_eq!(
+        i64::from(config.listen.port()),
+        port,
+        "internal_port is the listen port"
+    );
+    assert!(
+        config.listen.ip().is_unspecified(),
+        "Fly's proxy reaches the machine from outside"
+    );
+
+    let mount = fly["mounts"]
+        .as_array()
+        .map_or_else(|| fly["mounts"].clone(), |m| m[0].clone());
+    let volume = mount["destination"].as_str().unwrap();
+    let DatabaseUrl::Sqlite(path) = &config.database;
+    assert!(
+        path.starts_with(volume),
+        "the SQLite file {path:?} lives on the volume {volume}"
+    );
+
+    let checks = fly["http_service"]["checks"].as_array().unwrap();
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["path"].as_str() == Some("/healthz"))
+    );
+}
+
+#[test]
+fn dockerfile_is_multi_stage_and_runs_the_relay_as_non_root() {
+    let docker = read("Dockerfile");
+    assert!(docker.matches("FROM ").count() >= 2, "multi-stage");
+    assert!(
+        docker.contains("ca-certificates"),
+        "HTTPS deliveries need root certificates"
+    );
+    assert!(docker.contains("CMD [\"serve\"]"));
+    assert!(docker.contains("--uid 10001"));
+    let entrypoint = read("deploy/docker-entrypoint.sh");
+    for line in entrypoint
+        .lines()
+        .filter(|l| l.trim_start().starts_with("exec "))
+    {
+        assert!(
+            !line.contains("setpriv") || line.contains("--reuid=relay"),
+            "{line}"
+        );
+    }
+    assert!(
+        entrypoint.contains("exec setpriv --reuid=relay"),
+        "as root, it drops to the relay user"
+    );
+}

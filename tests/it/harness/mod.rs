@@ -1,0 +1,51 @@
+//! Test support: the server under test, HTTP sinks, waiting helpers.
+
+pub(crate) mod client;
+pub(crate) mod process;
+pub(crate) mod server;
+pub(crate) mod sink;
+
+pub(crate) use client::Conn;
+pub(crate) use process::RelayProcess;
+pub(crate) use server::TestServer;
+pub(crate) use sink::{Sink, SinkReply};
+
+use std::future::Future;
+use std::time::Duration;
+
+/// How long any wait-until may take before the test fails.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Polls `check` until it returns `Some`, failing the test after [`PATIENCE`].
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A fixture file's bytes.
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR")))
+        .expect("fixture exists")
+}
+
+/// A payload with a fresh unique id (and an optional template).
+pub(crate) fn event(id: &str, template_id: Option<&str>) -> Vec<u8> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&fixture("payloads/image-created.json")).unwrap();
+    value["id"] = id.into();
+    value["template_id"] = template_id.map_or(serde_json::Value::Null, Into::into);
+    serde_json::to_vec(&value).unwrap()
+}

@@ -1,0 +1,128 @@
+//! The real `stencil-relay` binary as a child process, for what only a process can show:
+//! SIGKILL and SIGTERM, exit codes, and what it prints.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+
+use super::client::{ADMIN_TOKEN, RelayClient};
+
+/// The binary under test.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_stencil-relay");
+
+/// A running relay process.
+pub(crate) struct RelayProcess {
+    child: Child,
+    client: RelayClient,
+}
+
+impl std::ops::Deref for RelayProcess {
+    type Target = RelayClient;
+
+    fn deref(&self) -> &RelayClient {
+        &self.client
+    }
+}
+
+/// The test settings as environment variables, on `database`.
+pub(crate) fn test_env(database: &Path) -> Vec<(String, String)> {
+    [
+        ("RELAY_LISTEN", "127.0.0.1:0".to_owned()),
+        (
+            "RELAY_DATABASE_URL",
+            format!("sqlite://{}", database.display()),
+        ),
+        ("RELAY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("RELAY_TARGET_HOSTS", "*".to_owned()),
+        ("RELAY_ALLOW_PRIVATE_TARGETS", "true".to_owned()),
+        (
+            "RELAY_RETRY_SCHEDULE",
+            "200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms".to_owned(),
+        ),
+        ("RELAY_HOOK_RATE", "1000".to_owned()),
+        ("RELAY_INGEST_RATE", "10000".to_owned()),
+        ("RELAY_LOG_FORMAT", "json".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+impl RelayProcess {
+    /// Starts `stencil-relay serve` with `env` (and nothing from the test's own environment
+    /// that starts with `RELAY_`), and waits until it reports its address.
+    pub(crate) fn spawn(env: &[(String, String)]) -> Self {
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("RELAY_")) {
+            command.env_remove(key);
+        }
+        let mut child = command
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .spawn()
+            .expect("the binary runs");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == "listening"
+                {
+                    let _ = addr_tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = addr_rx.recv_timeout(super::PATIENCE).unwrap_or_else(|_| {
+            panic!(
+                "the relay did not report its address: {:?}",
+                log.lock().unwrap()
+            )
+        });
+        Self {
+            child,
+            client: RelayClient::new(format!("http://{addr}")),
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub(crate) fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub(crate) fn terminate(mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + super::PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the relay did not exit after SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,106 @@
+//! The relay under test, in process: a temp SQLite file, port 0, loopback targets allowed, and
+//! the shared [`RelayClient`] to talk to it.
+
+use std::sync::Arc;
+
+use stencil_relay::app::App;
+use stencil_relay::config::{Config, ServeArgs};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{ADMIN_TOKEN, RelayClient};
+
+/// A running relay.
+pub(crate) struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) base: String,
+    /// Settings it was started with (reused on restart).
+    pub(crate) args: ServeArgs,
+    dir: Arc<TempDir>,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+    client: RelayClient,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = RelayClient;
+
+    fn deref(&self) -> &RelayClient {
+        &self.client
+    }
+}
+
+impl TestServer {
+    /// Settings for tests: fast retries, loopback targets, admin on.
+    pub(crate) fn args() -> ServeArgs {
+        ServeArgs {
+            listen: Some("127.0.0.1:0".into()),
+            admin_token: Some(ADMIN_TOKEN.into()),
+            retry_schedule: Some("100ms,200ms,300ms".into()),
+            delivery_timeout: Some("2s".into()),
+            target_hosts: Some("*".into()),
+            allow_private_targets: Some("true".into()),
+            hook_rate: Some("100".into()),
+            ingest_rate: Some("1000".into()),
+            shutdown_grace: Some("2s".into()),
+            ..ServeArgs::default()
+        }
+    }
+
+    /// Starts a relay with the test settings.
+    pub(crate) async fn start() -> Self {
+        Self::start_with(Self::args()).await
+    }
+
+    /// Starts a relay with these settings (the database is always a fresh temp file).
+    pub(crate) async fn start_with(args: ServeArgs) -> Self {
+        Self::start_in(Arc::new(tempfile::tempdir().unwrap()), args).await
+    }
+
+    async fn start_in(dir: Arc<TempDir>, mut args: ServeArgs) -> Self {
+        args.database_url = Some(format!(
+            "sqlite://{}",
+            dir.path().join("relay.db").display()
+        ));
+        let config = Config::from_args(&args).expect("test settings are valid");
+        let app = App::build(config).await.expect("the relay starts");
+        let base = format!("http://{}", app.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let task = tokio::spawn(async move { app.run(signal.cancelled_owned()).await });
+        Self {
+            base: base.clone(),
+            args,
+            dir,
+            stop,
+            task: Some(task),
+            client: RelayClient::new(base),
+        }
+    }
+
+    /// Stops gracefully and starts again on the same database (a new port).
+    pub(crate) async fn restart(self) -> Self {
+        let args = self.args.clone();
+        self.restart_with(args).await
+    }
+
+    /// Stops gracefully and starts again on the same database with other settings.
+    pub(crate) async fn restart_with(mut self, args: ServeArgs) -> Self {
+        self.shutdown().await;
+        Self::start_in(Arc::clone(&self.dir), args).await
+    }
+
+    /// Stops gracefully and waits until it has.
+    pub(crate) async fn shutdown(&mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

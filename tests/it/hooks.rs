@@ -1,0 +1,386 @@
+//! API.md §2: the hook API as Make and Zapier call it, isolation between connections, and the
+//! target-URL rules.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::{Conn, Sink, TestServer, event};
+
+#[tokio::test]
+async fn connection_check_needs_a_valid_key() {
+    let relay = TestServer::start().await;
+    let conn = relay.connection("acme").await;
+    let ok = relay.api(&conn, Method::GET, "/connection", None).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.body, json!({ "id": "acme", "name": "Project acme" }));
+    let missing = relay
+        .send(Method::GET, "/v1/connection", None, None, &[])
+        .await;
+    let wrong = relay
+        .send(Method::GET, "/v1/connection", Some("sk_wrong"), None, &[])
+        .await;
+    for reply in [missing, wrong] {
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.error(), "unauthorized");
+        assert!(reply.body["message"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn attach_is_idempotent_and_accepts_zapier_target_url() {
+    let relay = TestServer::start().await;
+    let conn = relay.connection("acme").await;
+    let url = "http://127.0.0.1:9/hook";
+    let created = relay
+        .api(&conn, Method::POST, "/hooks", Some(json!({ "url": url })))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let hook = &created.body;
+    assert!(hook["id"].as_str().unwrap().starts_with("hk_"));
+    assert_eq!(
+        (hook["url"].as_str(), hook["event"].as_str()),
+        (Some(url), Some("image.created"))
+    );
+    assert_eq!(hook["template_id"], Value::Null);
+    assert!(hook["created_at"].as_str().unwrap().ends_with('Z'));
+
+    let again = relay
+        .api(
+            &conn,
+            Method::POST,
+            "/hooks",
+            Some(json!({ "target_url": url, "event": "image.created" })),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body, created.body);
+
+    let narrowed = relay
+        .api(
+            &conn,
+            Method::POST,
+            "/hooks",
+            Some(json!({ "url": url, "template_id": "tpl" })),
+        )
+        .await;
+    assert_eq!(narrowed.status, StatusCode::CREATED);
+    assert_ne!(narrowed.body["id"], created.body["id"]);
+    assert_eq!(narrowed.body["template_id"], "tpl");
+
+    let list = relay.api(&conn, Method::GET, "/hooks", None).await;
+    assert_eq!(list.body["data"].as_array().unwrap().len(), 2);
+    let id = created.body["id"].as_str().unwrap();
+    assert_eq!(
+        relay
+            .api(&conn, Method::GET, &format!("/hooks/{id}"), None)
+            .await
+            .body,
+        created.body
+    );
+}
+
+#[tokio::test]
+async fn hook_ids_are_random() {
+    let relay = TestServer::start().await;
+    let conn = relay.connection("acme").await;
+    let a = relay.attach(&conn, "http://127.0.0.1:9/a", None).await;
+    let b = relay.attach(&conn, "http://127.0.0.1:9/b", None).await;
+    assert!(a.len() >= 3 + 32 && b.len() == a.len());
+    assert_ne!(a[3..], b[3..]);
+}
+
+#[tokio::test]
+async fn connections_never_see_each_others_hooks() {
+    let relay = TestServer::start().await;
+    let a = relay.connection("a").await;
+    let b = relay.connection("b").await;
+    let hook_a = relay.attach(&a, "http://127.0.0.1:9/a", None).await;
+    relay.attach(&b, "http://127.0.0.1:9/b", None).await;
+
+    let list_b = relay.api(&b, Method::GET, "/hooks", None).await;
+    let ids: Vec<&str> = list_b.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    assert!(!ids.contains(&hook_a.as_str()));
+    for (method, path) in [
+        (Method::GET, format!("/hooks/{hook_a}")),
+        (Method::GET, format!("/hooks/{hook_a}/deliveries")),
+        (Method::DELETE, format!("/hooks/{hook_a}")),
+    ] {
+        let reply = relay.api(&b, method, &path, None).await;
+        assert_eq!(
+            (reply.status, reply.error()),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        relay
+            .api(&a, Method::GET, &format!("/hooks/{hook_a}"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    relay.ingest(&a, &event("evt-a", None)).await;
+    let events_b = relay.api(&b, Method::GET, "/events", None).await;
+    assert_eq!(events_b.body["data"], json!([]));
+}
+
+#[tokio::test]
+async fn detach_removes_the_hook_once() {
+    let relay = TestServer::start().await;
+    let conn = relay.connection("acme").await;
+    let id = relay.attach(&conn, "http://127.0.0.1:9/hook", None).await;
+    let path = format!("/hooks/{id}");
+    let gone = relay.api(&conn, Method::DELETE, &path, None).await;
+    assert_eq!(
+        (gone.status, &gone.body),
+        (StatusCode::NO_CONTENT, &Value::Null)
+    );
+    assert_eq!(
+        relay.api(&conn, Method::DELETE, &path, None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        relay.api(&conn, Method::GET, &path, None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        relay.ingest(&conn, &event("e", None)).await.body["deliveries"],
+        0
+    );
+}
+
+#[tokio::test]
+async fn deliveries_and_events_list_newest_first() {
+    let relay = TestServer::start().await;
+    let sink = Sink::start().await;
+    let conn = relay.connection("acme").await;
+    let id = relay.attach(&conn, &sink.url, None).await;
+    for n in 1..=3 {
+        relay.ingest(&conn, &event(&format!("evt-{n}"), None)).await;
+        sink.recv().await;
+    }
+    let path = format!("/hooks/{id}/deliveries?limit=2");
+    let attempts = crate::harness::eventually("three recorded attempts", || async {
+        let all = relay
+            .api(&conn, Method::GET, &format!("/hooks/{id}/deliveries"), None)
+            .await;
+        (all.body["data"].as_array().unwrap().len() == 3).then_some(())
+    })
+    .await;
+    let () = attempts;
+    let newest = relay.api(&conn, Method::GET, &path, None).await;
+    let data = newest.body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[0]["event_id"], "evt-3");
+    assert_eq!(
+        (data[0]["attempt"].as_u64(), data[0]["status_code"].as_u64()),
+        (Some(1), Some(200))
+    );
+    assert_eq!(data[0]["error"], Value::Null);
+    assert!(data[0]["duration_ms"].is_u64() && data[0]["at"].as_str().unwrap().ends_with('Z'));
+
+    let events = relay.api(&conn, Method::GET, "/events?limit=2", None).await;
+    let events = events.body["data"].as_array().unwrap().clone();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["evt-3", "evt-2"]
+    );
+    assert_eq!(
+        events[0]["payload"]["image_url"],
+        "https://images.usestencil.com/images/7d2a3c1e-5b4f-4e8a-9c6d-2f1e0a9b8c7d.png"
+    );
+    assert_eq!(events[0]["type"], "image.created");
+    assert!(events[0]["received_at"].is_string());
+    let bad = relay.api(&conn, Method::GET, "/events?limit=0", None).await;
+    assert_eq!(
+        (bad.status, bad.error()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let relay = TestServer::start().await;
+    let conn = relay.connection("acme").await;
+    let malformed = relay
+        .send(
+            Method::POST,
+            "/v1/hooks",
+            Some(&conn.api_key),
+            Some(b"{nope".to_vec()),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (malformed.status, malformed.error()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let event = relay
+        .api(
+            &conn,
+            Method::POST,
+            "/hooks",
+            Some(json!({ "url": "http://127.0.0.1:9/", "event": "image.deleted" })),
+        )
+        .await;
+    assert_eq!(
+        (event.status, event.error()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_event")
+    );
+    let no_url = relay
+        .api(&conn, Method::POST, "/hooks", Some(json!({})))
+        .await;
+    assert_eq!(
+        (no_url.status, no_url.error()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_url")
+    );
+    let unknown = relay
+        .send(Method::GET, "/v2/nothing", None, None, &[])
+        .await;
+    assert_eq!(
+        (unknown.status, unknown.error()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let method = relay
+        .send(Method::PUT, "/v1/hooks", Some(&conn.api_key), None, &[])
+        .await;
+    assert_eq!(method.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(method.header("allow"), "GET, POST");
+}
+
+async fn attach_status(relay: &TestServer, conn: &Conn, url: &str) -> (StatusCode, String) {
+    let reply = relay
+        .api(conn, Method::POST, "/hooks", Some(json!({ "url": url })))
+        .await;
+    (
+        reply.status,
+        format!(
+            "{} {}",
+            reply.error(),
+            reply.body["message"].as_str().unwrap_or_default()
+        ),
+    )
+}
+
+#[tokio::test]
+async fn target_rules_in_production_settings() {
+    let mut args = TestServer::args();
+    args.target_hosts = None;
+    args.allow_private_targets = None;
+    let relay = TestServer::start_with(args).await;
+    let conn = relay.connection("acme").await;
+    for url in [
+        "https://hook.eu1.make.com/abc",
+        "https://hook.integromat.com/abc",
+        "https://hook.make.com/x",
+    ] {
+        assert_eq!(
+            attach_status(&relay, &conn, url).await.0,
+            StatusCode::CREATED,
+            "{url}"
+        );
+    }
+    for (url, why) in [
+        ("http://hook.eu1.make.com/abc", "https"),
+        ("https://example.com/abc", "allowed target hosts"),
+        (
+            "https://hook.eu1.make.com.evil.com/abc",
+            "allowed target hosts",
+        ),
+        ("https://127.0.0.1/abc", "loopback"),
+        ("https://2130706433/abc", "loopback"),
+        ("https://[::ffff:127.0.0.1]/abc", "loopback"),
+        ("https://169.254.169.254/latest/meta-data", "loopback"),
+        ("https://localhost/abc", "localhost"),
+        ("https://a.localhost/abc", "localhost"),
+        ("not a url", "absolute"),
+    ] {
+        let (status, message) = attach_status(&relay, &conn, url).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}");
+        assert!(
+            message.starts_with("invalid_url") && message.contains(why),
+            "{url}: {message}"
+        );
+    }
+    let long = format!("https://hook.make.com/{}", "a".repeat(2048));
+    assert!(
+        attach_status(&relay, &conn, &long)
+            .await
+            .1
+            .contains("longer")
+    );
+}
+
+#[tokio::test]
+async fn custom_target_host_patterns() {
+    let mut args = TestServer::args();
+    args.target_hosts = Some("hook.*.example.com, api.example.org".into());
+    args.allow_private_targets = None;
+    let relay = TestServer::start_with(args).await;
+    let conn = relay.connection("acme").await;
+    assert_eq!(
+        attach_status(&relay, &conn, "https://HOOK.eu.example.com/a")
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        attach_status(&relay, &conn, "https://api.example.org/a")
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        attach_status(&relay, &conn, "https://hook.make.com/a")
+            .await
+            .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        attach_status(&relay, &conn, "https://hook.a.b.example.com/a")
+            .await
+            .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}
+
+#[tokio::test]
+async fn repeated_auth_failures_from_one_address_are_slowed() {
+    let relay = TestServer::start().await;
+    let conn = relay.connection("acme").await;
+    let mut statuses = Vec::new();
+    for _ in 0..=stencil_relay::ratelimit::AUTH_FAILURE_BURST {
+        statuses.push(
+            relay
+                .send(Method::GET, "/v1/connection", Some("sk_guess"), None, &[])
+                .await
+                .status,
+        );
+    }
+    assert!(
+        statuses[..statuses.len() - 1]
+            .iter()
+            .all(|s| *s == StatusCode::UNAUTHORIZED)
+    );
+    let slowed = relay.api(&conn, Method::GET, "/connection", None).await;
+    assert_eq!(
+        (slowed.status, slowed.error()),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+    );
+    assert!(slowed.header("retry-after").parse::<u64>().unwrap() >= 1);
+    let admin = relay.admin(Method::GET, "/connections", None).await;
+    assert_eq!(
+        admin.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the admin API shares the limit"
+    );
+}

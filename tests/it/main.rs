@@ -1,0 +1,12 @@
+//! One integration-test binary: real servers on loopback ports, real SQLite files in temp dirs,
+//! real HTTP sinks standing in for Make.
+
+mod harness;
+
+mod admin;
+mod cli;
+mod delivery;
+mod deploy;
+mod hooks;
+mod ingest;
+mod restart;
