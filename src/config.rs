@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use hyper::header::HeaderName;
 use url::Url;
 
 use crate::target::{DEFAULT_HOSTS, TargetPolicy};
@@ -56,6 +57,9 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests and attempts.
     #[arg(long, env = "RELAY_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// Header set by a trusted proxy with the client's address (e.g. `Fly-Client-IP`).
+    #[arg(long, env = "RELAY_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
 }
 
 /// Where the store lives.
@@ -103,6 +107,8 @@ pub struct Config {
     pub public_url: Option<Url>,
     /// Bound on graceful shutdown.
     pub shutdown_grace: Duration,
+    /// Header a trusted proxy puts the client address in; `None`: the socket's peer address.
+    pub client_ip_header: Option<HeaderName>,
 }
 
 /// A setting that stops the start: which variable, and what is wrong with it.
@@ -199,6 +205,15 @@ impl Config {
                 "10s",
                 parse_duration,
             )?,
+            client_ip_header: match a.client_ip_header.as_deref() {
+                None => None,
+                Some(v) => Some(HeaderName::try_from(v.trim()).map_err(|_| ConfigError {
+                    var: "RELAY_CLIENT_IP_HEADER",
+                    problem: format!(
+                        "expected an HTTP header name such as Fly-Client-IP, got {v:?}"
+                    ),
+                })?),
+            },
         })
     }
 }

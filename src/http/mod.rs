@@ -134,8 +134,22 @@ pub fn local_addr(listener: &TcpListener) -> std::io::Result<SocketAddr> {
     listener.local_addr()
 }
 
-async fn handle(state: &AppState, client: IpAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// The client's address: from the trusted proxy header when one is configured and present.
+fn client_address(state: &AppState, peer: IpAddr, req: &Request<Incoming>) -> IpAddr {
+    let Some(header) = &state.config.client_ip_header else {
+        return peer;
+    };
+    req.headers()
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
+async fn handle(state: &AppState, peer: IpAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
+    let client = client_address(state, peer, &req);
     let request_id = req
         .headers()
         .get(&REQUEST_ID)

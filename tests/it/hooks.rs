@@ -384,3 +384,48 @@ async fn repeated_auth_failures_from_one_address_are_slowed() {
         "the admin API shares the limit"
     );
 }
+
+#[tokio::test]
+async fn behind_a_proxy_the_failure_limit_is_per_forwarded_client() {
+    let mut args = TestServer::args();
+    args.client_ip_header = Some("Fly-Client-IP".into());
+    let relay = TestServer::start_with(args).await;
+    let conn = relay.connection("acme").await;
+    let attacker = [("fly-client-ip", "203.0.113.7")];
+    for _ in 0..=stencil_relay::ratelimit::AUTH_FAILURE_BURST {
+        relay
+            .send(
+                Method::GET,
+                "/v1/connection",
+                Some("sk_guess"),
+                None,
+                &attacker,
+            )
+            .await;
+    }
+    let blocked = relay
+        .send(
+            Method::GET,
+            "/v1/connection",
+            Some(&conn.api_key),
+            None,
+            &attacker,
+        )
+        .await;
+    assert_eq!(blocked.status, StatusCode::TOO_MANY_REQUESTS);
+    let make = [("fly-client-ip", "198.51.100.20")];
+    let served = relay
+        .send(
+            Method::GET,
+            "/v1/connection",
+            Some(&conn.api_key),
+            None,
+            &make,
+        )
+        .await;
+    assert_eq!(
+        served.status,
+        StatusCode::OK,
+        "another client behind the same proxy is not slowed"
+    );
+}
