@@ -1,5 +1,5 @@
 //! Assembles a relay instance: [`App::build`] opens the store, warms the registry and binds the
-//! listener (so callers learn the port before serving); [`App::run`] serves HTTP and runs the
+//! listeners (so callers learn the ports before serving); [`App::run`] serves HTTP and runs the
 //! delivery workers until shutdown, then drains both within the grace period. The only module
 //! that starts long-lived tasks.
 
@@ -14,7 +14,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::delivery::{DeliveryClient, DeliveryQueue, Dispatcher};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Surface};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
 
@@ -24,7 +25,7 @@ pub enum StartError {
     /// The store could not be opened or read.
     #[error("cannot open the store")]
     Store(#[from] StoreError),
-    /// The listen address could not be bound.
+    /// A listen address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
         /// The address asked for.
@@ -41,25 +42,31 @@ pub enum StartError {
 /// A built, bound, not yet serving relay.
 pub struct App {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     state: Arc<AppState>,
     dispatcher: Dispatcher,
 }
 
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
 impl App {
-    /// Opens the store, loads the registry and binds the listener.
+    /// Opens the store, loads the registry and binds the listeners.
     ///
     /// # Errors
     /// See [`StartError`].
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        let store = Store::open(&config.database).await?;
+        let metrics = Metrics::default();
+        let store = Store::open(&config.database, metrics.clone()).await?;
         let registry = Registry::load(&store, config.ingest_rate).await?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = bind(config.listen).await?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let queue = DeliveryQueue::default();
         let dispatcher = Dispatcher {
             store: store.clone(),
@@ -69,16 +76,18 @@ impl App {
             hook_rate: config.hook_rate,
             lease: config.delivery_timeout * 2 + Duration::from_secs(60),
             queue: queue.clone(),
+            metrics: metrics.clone(),
         };
-        let state = Arc::new(AppState::new(config, store, registry, queue));
+        let state = Arc::new(AppState::new(config, store, registry, queue, metrics));
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             dispatcher,
         })
     }
 
-    /// The bound address (useful after asking for port 0).
+    /// The bound API address (useful after asking for port 0).
     ///
     /// # Errors
     /// The socket has no local address.
@@ -86,27 +95,56 @@ impl App {
         http::local_addr(&self.listener)
     }
 
+    /// The bound metrics address, when `/metrics` has its own listener.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| http::local_addr(l).ok())
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, starts no new attempts, and waits
     /// up to the shutdown grace for in-flight requests and attempts.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Self {
             listener,
+            metrics_listener,
             state,
             dispatcher,
         } = self;
         let grace = state.config.shutdown_grace;
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
-        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(addr = %addr, metrics_addr = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()), "listening");
         tracker.spawn(dispatcher.run(tracker.clone(), token.clone()));
         tracker.spawn(prune_auth_failures(Arc::clone(&state), token.clone()));
-        let server = tokio::spawn(http::serve(listener, state, token.clone(), grace));
+        let mut servers = vec![tokio::spawn(http::serve(
+            listener,
+            Surface::Api,
+            Arc::clone(&state),
+            token.clone(),
+            grace,
+        ))];
+        if let Some(listener) = metrics_listener {
+            servers.push(tokio::spawn(http::serve(
+                listener,
+                Surface::Metrics,
+                state,
+                token.clone(),
+                grace,
+            )));
+        }
         shutdown.await;
         tracing::info!("shutting down");
         token.cancel();
         tracker.close();
         let drained = tokio::time::timeout(grace, async {
-            let _ = server.await;
+            for server in servers {
+                let _ = server.await;
+            }
             tracker.wait().await;
         });
         if drained.await.is_err() {

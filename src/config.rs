@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests and attempts.
     #[arg(long, env = "RELAY_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// Separate address serving only `/metrics` (then the API address does not).
+    #[arg(long, env = "RELAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Header set by a trusted proxy with the client's address (e.g. `Fly-Client-IP`).
     #[arg(long, env = "RELAY_CLIENT_IP_HEADER")]
     pub client_ip_header: Option<String>,
@@ -107,6 +110,8 @@ pub struct Config {
     pub public_url: Option<Url>,
     /// Bound on graceful shutdown.
     pub shutdown_grace: Duration,
+    /// Where `/metrics` is served alone; `None`: on the API listener.
+    pub metrics_listen: Option<SocketAddr>,
     /// Header a trusted proxy puts the client address in; `None`: the socket's peer address.
     pub client_ip_header: Option<HeaderName>,
 }
@@ -134,10 +139,7 @@ impl Config {
     /// The first bad value, naming its variable.
     pub fn from_args(a: &ServeArgs) -> Result<Self, ConfigError> {
         Ok(Self {
-            listen: setting(&a.listen, "RELAY_LISTEN", "127.0.0.1:8080", |v| {
-                v.parse()
-                    .map_err(|_| "expected an address such as 127.0.0.1:8080".to_owned())
-            })?,
+            listen: setting(&a.listen, "RELAY_LISTEN", "127.0.0.1:8080", parse_addr)?,
             database: setting(
                 &a.database_url,
                 "RELAY_DATABASE_URL",
@@ -205,6 +207,13 @@ impl Config {
                 "10s",
                 parse_duration,
             )?,
+            metrics_listen: match a.metrics_listen.as_deref() {
+                None => None,
+                Some(v) => Some(parse_addr(v).map_err(|problem| ConfigError {
+                    var: "RELAY_METRICS_LISTEN",
+                    problem: format!("{problem}, got {v:?}"),
+                })?),
+            },
             client_ip_header: match a.client_ip_header.as_deref() {
                 None => None,
                 Some(v) => Some(HeaderName::try_from(v.trim()).map_err(|_| ConfigError {
@@ -236,6 +245,12 @@ fn setting<T>(
         var,
         problem: format!("{problem}, got {raw:?}"),
     })
+}
+
+fn parse_addr(v: &str) -> Result<SocketAddr, String> {
+    v.trim()
+        .parse()
+        .map_err(|_| "expected an address such as 127.0.0.1:8080".to_owned())
 }
 
 fn parse_rate(v: &str) -> Result<u32, String> {

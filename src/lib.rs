@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod ratelimit;
 pub mod registry;

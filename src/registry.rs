@@ -172,6 +172,16 @@ impl Registry {
         });
     }
 
+    /// Number of connections.
+    pub fn len(&self) -> usize {
+        self.inner.connections.len()
+    }
+
+    /// Whether there are no connections.
+    pub fn is_empty(&self) -> bool {
+        self.inner.connections.is_empty()
+    }
+
     /// Total hooks across connections.
     pub fn hook_count(&self) -> usize {
         self.inner.connections.iter().map(|e| e.hooks.len()).sum()

@@ -4,7 +4,7 @@
 //! The store is the queue; [`DeliveryQueue::wake`] only hints that work may be due, so a lost
 //! hint costs at most the one-second poll, never a delivery. A claim takes at most
 //! `hook_rate` deliveries of one hook and none of a hook with deliveries still in flight, so one
-//! busy hook cannot starve the others. Imports `store`, `registry`, `model`, `target`.
+//! busy hook cannot starve the others. Imports `store`, `registry`, `model`, `target`, `metrics`.
 
 mod client;
 pub mod retry;
@@ -22,6 +22,7 @@ use tracing::Instrument;
 pub use client::{DeliveryClient, MAX_RESPONSE_BYTES, USER_AGENT};
 use retry::Decision;
 
+use crate::metrics::{DeliveryOutcome, Metrics};
 use crate::model::{Attempt, AttemptRecord, DueDelivery, NextStep, now_ms};
 use crate::registry::Registry;
 use crate::store::{Claim, Store};
@@ -60,6 +61,8 @@ pub struct Dispatcher {
     pub lease: Duration,
     /// The wake-up hint shared with the ingest path.
     pub queue: DeliveryQueue,
+    /// Where outcomes and latencies are counted.
+    pub metrics: Metrics,
 }
 
 struct Shared {
@@ -165,16 +168,27 @@ impl Shared {
             retry::Outcome::Failed => None,
         };
         tracing::info!(status = status_code, outcome = ?decision, ms = sent.duration.as_millis() as u64, "attempt finished");
+        let metrics = &self.dispatcher.metrics;
         let next = match decision {
             Decision::Detach => {
+                metrics.attempt(DeliveryOutcome::Detached, sent.duration);
                 self.detach(&d).await;
                 return;
             }
-            Decision::Delivered => NextStep::Delivered,
+            Decision::Delivered => {
+                metrics.attempt(DeliveryOutcome::Delivered, sent.duration);
+                let waited = now_ms().saturating_sub(d.received_at);
+                metrics.delivered_after(Duration::from_millis(u64::try_from(waited).unwrap_or(0)));
+                NextStep::Delivered
+            }
             Decision::Retry(wait) => {
+                metrics.attempt(DeliveryOutcome::Retried, sent.duration);
                 NextStep::RetryAt(now_ms().saturating_add(wait.as_millis() as i64))
             }
-            Decision::DeadLetter => NextStep::DeadLetter,
+            Decision::DeadLetter => {
+                metrics.attempt(DeliveryOutcome::DeadLettered, sent.duration);
+                NextStep::DeadLetter
+            }
         };
         let record = AttemptRecord {
             delivery_id: d.id,

@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 use super::AppState;
 use super::auth::authorize;
 use super::error::ApiError;
+use super::hooks::hook_json;
 use super::io::{empty, json, limit, query_param, read_json};
 use super::routes::Route;
 use crate::model::{
@@ -77,6 +78,14 @@ pub(super) async fn handle(
             } else {
                 Err(ApiError::not_found("connection"))
             }
+        }
+        Route::ConnectionHooks(id) => {
+            let entry = state
+                .registry
+                .get(id)
+                .ok_or_else(|| ApiError::not_found("connection"))?;
+            let hooks: Vec<Value> = entry.hooks.iter().map(hook_json).collect();
+            Ok(json(StatusCode::OK, &json!({ "data": hooks })))
         }
         Route::RotateApiKey(id) => {
             state

@@ -130,7 +130,7 @@ fn own_hook<'a>(entry: &'a Entry, id: &str) -> Result<&'a Hook, ApiError> {
     entry.hook(id).ok_or_else(|| ApiError::not_found("hook"))
 }
 
-fn hook_json(h: &Hook) -> Value {
+pub(super) fn hook_json(h: &Hook) -> Value {
     json!({
         "id": h.id,
         "url": h.url,

@@ -1,7 +1,7 @@
 //! The HTTP server: accept loop, hyper-util's auto (HTTP/1.1 keep-alive + h2c) connections with
 //! a header-read timeout, graceful shutdown, a span and `X-Request-Id` per request, and dispatch
 //! of the route table to thin handlers. Imports `registry`, `store`, `signature`, `model`,
-//! `ratelimit`, `target`, `config` and the delivery queue handle.
+//! `ratelimit`, `target`, `config`, `metrics` and the delivery queue handle.
 
 mod admin;
 mod auth;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -35,6 +35,7 @@ pub use routes::{PATTERNS, Route};
 
 use crate::config::Config;
 use crate::delivery::DeliveryQueue;
+use crate::metrics::{IngestOutcome, Metrics};
 use crate::ratelimit::AuthFailures;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -57,11 +58,19 @@ pub struct AppState {
     pub auth_failures: AuthFailures,
     /// SHA-256 of the admin token; compared in constant time.
     pub admin_token_hash: Option<[u8; 32]>,
+    /// Counters and histograms served at `/metrics`.
+    pub metrics: Metrics,
 }
 
 impl AppState {
     /// Builds the handler state.
-    pub fn new(config: Config, store: Store, registry: Registry, queue: DeliveryQueue) -> Self {
+    pub fn new(
+        config: Config,
+        store: Store,
+        registry: Registry,
+        queue: DeliveryQueue,
+        metrics: Metrics,
+    ) -> Self {
         let admin_token_hash = config
             .admin_token
             .as_deref()
@@ -73,13 +82,25 @@ impl AppState {
             queue,
             auth_failures: AuthFailures::default(),
             admin_token_hash,
+            metrics,
         }
     }
 }
 
-/// Serves `listener` until `shutdown`, then lets open requests finish for up to `grace`.
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The public API (with `/metrics` unless that has a listener of its own).
+    Api,
+    /// Only `GET /metrics` (`RELAY_METRICS_LISTEN`).
+    Metrics,
+}
+
+/// Serves `surface` on `listener` until `shutdown`, then lets open requests finish for up to
+/// `grace`.
 pub async fn serve(
     listener: TcpListener,
+    surface: Surface,
     state: Arc<AppState>,
     shutdown: CancellationToken,
     grace: Duration,
@@ -108,7 +129,7 @@ pub async fn serve(
         let state = Arc::clone(&state);
         let service = service_fn(move |req| {
             let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(handle(&state, peer.ip(), req).await) }
+            async move { Ok::<_, Infallible>(handle(&state, surface, peer.ip(), req).await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -147,7 +168,12 @@ fn client_address(state: &AppState, peer: IpAddr, req: &Request<Incoming>) -> Ip
         .unwrap_or(peer)
 }
 
-async fn handle(state: &AppState, peer: IpAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    state: &AppState,
+    surface: Surface,
+    peer: IpAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let client = client_address(state, peer, &req);
     let request_id = req
@@ -161,7 +187,17 @@ async fn handle(state: &AppState, peer: IpAddr, req: Request<Incoming>) -> Respo
         });
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let routed = routes::route(&method, &path);
+    let routed = routes::route(&method, &path).and_then(|route| {
+        let metrics_elsewhere = state.config.metrics_listen.is_some();
+        match (surface, route) {
+            (Surface::Metrics, Route::Metrics) => Ok(route),
+            (Surface::Api, Route::Metrics) if metrics_elsewhere => {
+                Err(ApiError::not_found("route"))
+            }
+            (Surface::Api, _) => Ok(route),
+            (Surface::Metrics, _) => Err(ApiError::not_found("route")),
+        }
+    });
     let pattern = routed.as_ref().map_or("unmatched", Route::pattern);
     let span = tracing::info_span!("request", %method, route = pattern, request_id = ?request_id);
     let mut response = async {
@@ -201,8 +237,41 @@ async fn dispatch(
             )),
             Err(e) => Err(e.into()),
         },
-        Route::Ingest(connection_id) => ingest::ingest(state, connection_id, req).await,
+        Route::Metrics => {
+            let pending = state.store.pending_count().await?;
+            let text =
+                state
+                    .metrics
+                    .render(pending, state.registry.hook_count(), state.registry.len());
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            Ok(response)
+        }
+        Route::Ingest(connection_id) => {
+            let response = ingest::ingest(state, connection_id, req)
+                .await
+                .unwrap_or_else(ApiError::into_response);
+            state.metrics.ingest(ingest_outcome(response.status()));
+            Ok(response)
+        }
         route if route.is_admin() => admin::handle(state, client, route, req).await,
         route => hooks::handle(state, client, route, req).await,
+    }
+}
+
+fn ingest_outcome(status: StatusCode) -> IngestOutcome {
+    match status.as_u16() {
+        202 => IngestOutcome::Accepted,
+        200 => IngestOutcome::Duplicate,
+        401 => IngestOutcome::Unauthorized,
+        413 => IngestOutcome::TooLarge,
+        429 => IngestOutcome::RateLimited,
+        503 => IngestOutcome::Unavailable,
+        _ => IngestOutcome::Invalid,
     }
 }

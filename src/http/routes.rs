@@ -2,7 +2,7 @@
 //!
 //! | method | path | handler |
 //! |---|---|---|
-//! | GET | /healthz, /readyz | ops |
+//! | GET | /healthz, /readyz, /metrics | ops |
 //! | POST | /v1/ingest/{connection_id} | ingest |
 //! | GET | /v1/connection | hooks |
 //! | GET, POST | /v1/hooks | hooks |
@@ -11,6 +11,7 @@
 //! | GET | /v1/events | hooks |
 //! | GET, POST | /admin/v1/connections | admin |
 //! | GET, DELETE | /admin/v1/connections/{id} | admin |
+//! | GET | /admin/v1/connections/{id}/hooks | admin |
 //! | POST | /admin/v1/connections/{id}/api-key | admin |
 //! | POST | /admin/v1/connections/{id}/signing-secret | admin |
 //! | GET | /admin/v1/dead-letters | admin |
@@ -27,6 +28,8 @@ pub enum Route<'a> {
     Healthz,
     /// `GET /readyz`
     Readyz,
+    /// `GET /metrics`
+    Metrics,
     /// `POST /v1/ingest/{connection_id}`
     Ingest(&'a str),
     /// `GET /v1/connection`
@@ -51,6 +54,8 @@ pub enum Route<'a> {
     GetConnection(&'a str),
     /// `DELETE /admin/v1/connections/{id}`
     DeleteConnection(&'a str),
+    /// `GET /admin/v1/connections/{id}/hooks`
+    ConnectionHooks(&'a str),
     /// `POST /admin/v1/connections/{id}/api-key`
     RotateApiKey(&'a str),
     /// `POST /admin/v1/connections/{id}/signing-secret`
@@ -67,6 +72,7 @@ impl Route<'_> {
         match self {
             Route::Healthz => "GET /healthz",
             Route::Readyz => "GET /readyz",
+            Route::Metrics => "GET /metrics",
             Route::Ingest(_) => "POST /v1/ingest/{connection_id}",
             Route::Connection => "GET /v1/connection",
             Route::ListHooks => "GET /v1/hooks",
@@ -79,6 +85,7 @@ impl Route<'_> {
             Route::CreateConnection => "POST /admin/v1/connections",
             Route::GetConnection(_) => "GET /admin/v1/connections/{id}",
             Route::DeleteConnection(_) => "DELETE /admin/v1/connections/{id}",
+            Route::ConnectionHooks(_) => "GET /admin/v1/connections/{id}/hooks",
             Route::RotateApiKey(_) => "POST /admin/v1/connections/{id}/api-key",
             Route::RotateSigningSecret(_) => "POST /admin/v1/connections/{id}/signing-secret",
             Route::DeadLetters => "GET /admin/v1/dead-letters",
@@ -96,6 +103,7 @@ impl Route<'_> {
 pub const PATTERNS: &[&str] = &[
     "GET /healthz",
     "GET /readyz",
+    "GET /metrics",
     "POST /v1/ingest/{connection_id}",
     "GET /v1/connection",
     "GET /v1/hooks",
@@ -108,6 +116,7 @@ pub const PATTERNS: &[&str] = &[
     "POST /admin/v1/connections",
     "GET /admin/v1/connections/{id}",
     "DELETE /admin/v1/connections/{id}",
+    "GET /admin/v1/connections/{id}/hooks",
     "POST /admin/v1/connections/{id}/api-key",
     "POST /admin/v1/connections/{id}/signing-secret",
     "GET /admin/v1/dead-letters",
@@ -124,6 +133,7 @@ pub(super) fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Api
     let (route, allow) = match segments.as_slice() {
         ["healthz"] => (pick(m, [("GET", Route::Healthz)]), "GET"),
         ["readyz"] => (pick(m, [("GET", Route::Readyz)]), "GET"),
+        ["metrics"] => (pick(m, [("GET", Route::Metrics)]), "GET"),
         ["v1", "ingest", id] if !id.is_empty() => (pick(m, [("POST", Route::Ingest(id))]), "POST"),
         ["v1", "connection"] => (pick(m, [("GET", Route::Connection)]), "GET"),
         ["v1", "hooks"] => (
@@ -164,6 +174,9 @@ pub(super) fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Api
             ),
             "GET, DELETE",
         ),
+        ["admin", "v1", "connections", id, "hooks"] if !id.is_empty() => {
+            (pick(m, [("GET", Route::ConnectionHooks(id))]), "GET")
+        }
         ["admin", "v1", "connections", id, "api-key"] if !id.is_empty() => {
             (pick(m, [("POST", Route::RotateApiKey(id))]), "POST")
         }

@@ -1,6 +1,7 @@
 //! Durable state behind one interface: connections, hooks, events, deliveries, attempts and
 //! dead letters. [`Store`] picks a backend by URL and dispatches to it; every backend has the
-//! same method set, so callers never know which one runs. Imports `model` and `config` only.
+//! same method set, so callers never know which one runs. Imports `model`, `config` and
+//! `metrics` only.
 
 mod sqlite;
 mod sqlite_schema;
@@ -8,6 +9,7 @@ mod sqlite_schema;
 use std::sync::Arc;
 
 use crate::config::DatabaseUrl;
+use crate::metrics::Metrics;
 use crate::model::{
     Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret,
 };
@@ -104,9 +106,11 @@ impl Store {
     ///
     /// # Errors
     /// The database cannot be created, opened or migrated.
-    pub async fn open(url: &DatabaseUrl) -> Result<Self, StoreError> {
+    pub async fn open(url: &DatabaseUrl, metrics: Metrics) -> Result<Self, StoreError> {
         match url {
-            DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(SqliteStore::open(path.clone()).await?)),
+            DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(
+                SqliteStore::open(path.clone(), metrics).await?,
+            )),
         }
     }
 
@@ -116,6 +120,14 @@ impl Store {
     /// It does not.
     pub async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self.ping())
+    }
+
+    /// Deliveries neither delivered nor dead-lettered yet.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn pending_count(&self) -> Result<u64, StoreError> {
+        dispatch!(self.pending_count())
     }
 
     /// Reads every connection and hook, to build the registry.

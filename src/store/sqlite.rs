@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::sqlite_schema::{DEAD, DELIVERED, MIGRATIONS, PENDING};
 use super::{Attached, Claim, Created, Ingested, Snapshot, StoreError};
+use crate::metrics::Metrics;
 use crate::model::{
     Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, NextStep,
     SigningSecret,
@@ -89,13 +90,13 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Creates the file (owner-only) and its directory if needed, migrates, starts the writer.
-    pub(super) async fn open(path: PathBuf) -> Result<Self, StoreError> {
-        tokio::task::spawn_blocking(move || Self::open_blocking(&path))
+    pub(super) async fn open(path: PathBuf, metrics: Metrics) -> Result<Self, StoreError> {
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path, metrics))
             .await
             .map_err(|_| StoreError::Closed)?
     }
 
-    fn open_blocking(path: &Path) -> Result<Self, StoreError> {
+    fn open_blocking(path: &Path, metrics: Metrics) -> Result<Self, StoreError> {
         if let Some(dir) = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty() && !d.exists())
@@ -126,7 +127,7 @@ impl SqliteStore {
         let (writer, jobs) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run_writer(db, jobs))?;
+            .spawn(move || run_writer(db, jobs, &metrics))?;
         Ok(Self {
             writer,
             reader: Arc::new(Mutex::new(reader)),
@@ -170,6 +171,17 @@ impl SqliteStore {
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         self.read(|db| Ok(db.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
+    }
+
+    pub(super) async fn pending_count(&self) -> Result<u64, StoreError> {
+        self.read(|db| {
+            Ok(db.query_row(
+                "SELECT COUNT(*) FROM deliveries WHERE state = ?1",
+                [PENDING],
+                |r| r.get(0),
+            )?)
+        })
+        .await
     }
 
     pub(super) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
@@ -526,7 +538,7 @@ impl SqliteStore {
     }
 }
 
-fn run_writer(mut db: Db, mut jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
+fn run_writer(mut db: Db, mut jobs: mpsc::Receiver<Box<dyn WriteJob>>, metrics: &Metrics) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
     while let Some(job) = jobs.blocking_recv() {
         batch.push(job);
@@ -536,6 +548,7 @@ fn run_writer(mut db: Db, mut jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
                 Err(_) => break,
             }
         }
+        metrics.commit_batch(batch.len());
         let committed = commit(&mut db, &mut batch);
         if let Err(e) = &committed {
             tracing::error!(jobs = batch.len(), cause = %error_chain(e), "store commit failed");

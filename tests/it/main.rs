@@ -9,4 +9,5 @@ mod delivery;
 mod deploy;
 mod hooks;
 mod ingest;
+mod ops;
 mod restart;

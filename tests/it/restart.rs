@@ -113,7 +113,7 @@ async fn sigterm_exits_zero_and_pending_work_resumes_next_start() {
     relay.attach(&conn, &sink.url, None).await;
     relay.ingest(&conn, &event("evt-term", None)).await;
     sink.recv().await;
-    assert_eq!(relay.terminate().code(), Some(0));
+    assert_eq!(relay.terminate().0.code(), Some(0));
 
     sink.answer(SinkReply::Status(200));
     let relay = RelayProcess::spawn(&env);

@@ -15,6 +15,7 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_stencil-relay");
 pub(crate) struct RelayProcess {
     child: Child,
     client: RelayClient,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl std::ops::Deref for RelayProcess {
@@ -89,7 +90,13 @@ impl RelayProcess {
         Self {
             child,
             client: RelayClient::new(format!("http://{addr}")),
+            log,
         }
+    }
+
+    /// Every line written to stderr so far.
+    pub(crate) fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     /// SIGKILL: no chance to clean up.
@@ -98,8 +105,8 @@ impl RelayProcess {
         self.child.wait().unwrap();
     }
 
-    /// SIGTERM, then the exit status.
-    pub(crate) fn terminate(mut self) -> ExitStatus {
+    /// SIGTERM, then the exit status and the whole log.
+    pub(crate) fn terminate(mut self) -> (ExitStatus, Vec<String>) {
         let status = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -109,7 +116,8 @@ impl RelayProcess {
         let deadline = std::time::Instant::now() + super::PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
+                std::thread::sleep(std::time::Duration::from_millis(50)); // let the reader drain stderr
+                return (status, self.log());
             }
             assert!(
                 std::time::Instant::now() < deadline,

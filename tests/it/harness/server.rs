@@ -14,6 +14,8 @@ use super::client::{ADMIN_TOKEN, RelayClient};
 pub(crate) struct TestServer {
     /// `http://127.0.0.1:PORT`.
     pub(crate) base: String,
+    /// `http://127.0.0.1:PORT` of the separate metrics listener, when configured.
+    pub(crate) metrics_base: Option<String>,
     /// Settings it was started with (reused on restart).
     pub(crate) args: ServeArgs,
     dir: Arc<TempDir>,
@@ -65,11 +67,13 @@ impl TestServer {
         let config = Config::from_args(&args).expect("test settings are valid");
         let app = App::build(config).await.expect("the relay starts");
         let base = format!("http://{}", app.local_addr().unwrap());
+        let metrics_base = app.metrics_addr().map(|a| format!("http://{a}"));
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let task = tokio::spawn(async move { app.run(signal.cancelled_owned()).await });
         Self {
             base: base.clone(),
+            metrics_base,
             args,
             dir,
             stop,
