@@ -112,3 +112,171 @@ fn sign_prints_the_signature_of_a_file_or_stdin() {
         vectors[2].signature
     );
 }
+
+/// Runs an operator command against `relay` (or `server`), returning exit code, stdout, stderr.
+async fn operator(server: &str, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .args(args)
+        .arg("--server")
+        .arg(server)
+        .env_remove("RELAY_ADMIN_TOKEN")
+        .env_remove("RELAY_SERVER");
+    if let Some(token) = token {
+        command.arg("--admin-token").arg(token);
+    }
+    let out = tokio::time::timeout(crate::harness::PATIENCE, command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}
+
+#[tokio::test]
+async fn operator_commands_manage_connections_hooks_and_dead_letters() {
+    use crate::harness::client::ADMIN_TOKEN;
+    let relay = crate::harness::TestServer::start().await;
+    let t = Some(ADMIN_TOKEN);
+    let (code, out, _) = operator(
+        &relay.base,
+        t,
+        &[
+            "connections",
+            "add",
+            "--name",
+            "Acme",
+            "--id",
+            "acme",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0);
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let conn = crate::harness::Conn {
+        id: "acme".into(),
+        api_key: created["api_key"].as_str().unwrap().into(),
+        secret: created["signing_secret"].as_str().unwrap().into(),
+    };
+    let sink = crate::harness::Sink::start_with(crate::harness::SinkReply::Status(422)).await;
+    let hook = relay.attach(&conn, &sink.url, None).await;
+
+    let (code, out, _) = operator(&relay.base, t, &["connections", "list"]).await;
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("HOOKS"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("acme") && lines[1].contains("Acme") && lines[1].contains(" 1 "),
+        "{out}"
+    );
+    assert!(!out.contains(&conn.api_key));
+
+    let (_, out, _) = operator(&relay.base, t, &["hooks", "list", "--connection", "acme"]).await;
+    assert!(out.contains(&hook) && out.contains(&sink.url), "{out}");
+    let (_, out, _) = operator(&relay.base, t, &["connections", "show", "acme"]).await;
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("hook_count") && l.ends_with('1')),
+        "{out}"
+    );
+
+    relay
+        .ingest(&conn, &crate::harness::event("evt-cli", None))
+        .await;
+    sink.recv().await;
+    let letter = crate::harness::eventually("a dead letter", || async {
+        let (_, out, _) = operator(
+            &relay.base,
+            t,
+            &["dead-letters", "list", "--connection", "acme", "--json"],
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["data"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let (_, out, _) = operator(&relay.base, t, &["dead-letters", "list"]).await;
+    assert!(out.contains("evt-cli") && out.contains("422"), "{out}");
+    sink.answer(crate::harness::SinkReply::Status(200));
+    assert_eq!(
+        operator(&relay.base, t, &["dead-letters", "retry", &letter])
+            .await
+            .0,
+        0
+    );
+    assert_eq!(sink.recv().await.header("webhook-id"), "evt-cli");
+
+    let (code, out, _) = operator(&relay.base, t, &["connections", "rotate-key", "acme"]).await;
+    assert!(code == 0 && out.starts_with("api_key"), "{out}");
+    let (code, out, _) = operator(
+        &relay.base,
+        t,
+        &["connections", "rotate-secret", "acme", "--grace", "60"],
+    )
+    .await;
+    assert!(code == 0 && out.contains("signing_secret"), "{out}");
+    assert_eq!(
+        operator(&relay.base, t, &["connections", "remove", "acme"])
+            .await
+            .0,
+        0
+    );
+    let (code, _, err) = operator(&relay.base, t, &["connections", "show", "acme"]).await;
+    assert_eq!((code, err.trim().lines().count()), (5, 1), "{err}");
+}
+
+#[tokio::test]
+async fn operator_errors_are_one_line_with_distinct_exit_codes() {
+    let relay = crate::harness::TestServer::start().await;
+    let (code, _, err) = operator(&relay.base, Some("wrong"), &["connections", "list"]).await;
+    assert_eq!(code, 4);
+    assert!(
+        err.contains("unauthorized") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let (code, _, err) = operator(&relay.base, None, &["connections", "list"]).await;
+    assert!(code == 2 && err.contains("RELAY_ADMIN_TOKEN"), "{err}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (code, _, err) = operator(
+        &format!("http://{closed}"),
+        Some("x"),
+        &["connections", "list"],
+    )
+    .await;
+    assert!(
+        code == 3 && err.contains("cannot reach") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn demo_walks_one_event_to_a_hook_and_exits_zero() {
+    let out = run_briefly(Command::new(BIN).arg("demo"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "created connection",
+        "attached hook",
+        "answered 202",
+        "delivered to the hook",
+        "identical to what Stencil sent: true",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?} in\n{stdout}");
+    }
+}

@@ -1,0 +1,171 @@
+//! The command line: `serve` runs the relay; `sign` prints a payload's signature; the operator
+//! commands (`connections`, `hooks`, `dead-letters`) drive a running relay's admin API; `demo`
+//! shows the whole flow on a temporary database. The only library module that uses `anyhow`.
+
+mod demo;
+mod operator;
+
+use std::future::Future;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+pub use operator::{
+    AdminClient, ConnectionsCommand, DeadLettersCommand, HooksCommand, OperatorError, Remote,
+};
+
+use crate::app::App;
+use crate::config::{Config, ServeArgs};
+
+/// `stencil-relay`: Stencil webhooks in, Make instant triggers out.
+#[derive(Debug, Parser)]
+#[command(name = "stencil-relay", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay.
+    Serve(Box<ServeArgs>),
+    /// Print the hex HMAC-SHA256 signature of FILE (or stdin) for X-UseStencil-Signature.
+    Sign(SignArgs),
+    /// Start a relay on a temporary database and walk one event from Stencil to a Make hook.
+    Demo,
+    /// Manage connections (admin API).
+    Connections {
+        /// The relay to talk to.
+        #[command(flatten)]
+        remote: Remote,
+        /// What to do.
+        #[command(subcommand)]
+        command: ConnectionsCommand,
+    },
+    /// Inspect hooks (admin API).
+    Hooks {
+        /// The relay to talk to.
+        #[command(flatten)]
+        remote: Remote,
+        /// What to do.
+        #[command(subcommand)]
+        command: HooksCommand,
+    },
+    /// List and replay dead letters (admin API).
+    DeadLetters {
+        /// The relay to talk to.
+        #[command(flatten)]
+        remote: Remote,
+        /// What to do.
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
+}
+
+/// Arguments of `sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The connection's signing secret.
+    #[arg(long, env = "RELAY_SIGNING_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// The payload file; stdin when absent.
+    pub file: Option<PathBuf>,
+}
+
+/// Runs a parsed command line and returns the process exit code: 0 success, 1 failure, 2 bad
+/// configuration; operator commands also use 3 (unreachable), 4 (unauthorized), 5 (not found).
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::Sign(args) => report(sign(&args).map(|signature| println!("{signature}"))),
+        Command::Demo => report(block_on(demo::run())),
+        Command::Connections { remote, command } => operate(&remote, |client| async move {
+            operator::connections(&client, command, remote.json).await
+        }),
+        Command::Hooks { remote, command } => operate(&remote, |client| async move {
+            operator::hooks(&client, command, remote.json).await
+        }),
+        Command::DeadLetters { remote, command } => operate(&remote, |client| async move {
+            operator::dead_letters(&client, command, remote.json).await
+        }),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")?
+        .block_on(work)
+}
+
+fn operate<F, Fut>(remote: &Remote, command: F) -> ExitCode
+where
+    F: FnOnce(AdminClient) -> Fut,
+    Fut: Future<Output = Result<String, OperatorError>>,
+{
+    let printed = match (AdminClient::new(remote), tokio::runtime::Runtime::new()) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => {
+            return report(Err(
+                anyhow::Error::new(e).context("cannot start the async runtime")
+            ));
+        }
+        (Ok(client), Ok(runtime)) => runtime.block_on(command(client)),
+    };
+    match printed {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let config = match Config::from_args(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(&config.log, config.log_format);
+    report(block_on(async {
+        let app = App::build(config).await?;
+        app.run(crate::shutdown::signal()).await;
+        Ok(())
+    }))
+}
+
+fn sign(args: &SignArgs) -> anyhow::Result<String> {
+    let body = match &args.file {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+        None => {
+            let mut body = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut body)
+                .context("cannot read stdin")?;
+            body
+        }
+    };
+    Ok(crate::signature::sign(&args.secret, &body))
+}
