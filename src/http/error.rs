@@ -8,17 +8,82 @@ use hyper::{Response, StatusCode};
 
 use crate::store::StoreError;
 
+/// The stable `error` codes clients can match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 401.
+    Unauthorized,
+    /// 404.
+    NotFound,
+    /// 405.
+    MethodNotAllowed,
+    /// 400 for malformed requests.
+    InvalidRequest,
+    /// 400 for a signed ingest body that is not a usable JSON object.
+    InvalidPayload,
+    /// 413.
+    PayloadTooLarge,
+    /// 422 for a hook URL breaking a rule.
+    InvalidUrl,
+    /// 422 for an unknown event type.
+    InvalidEvent,
+    /// 422 for another field breaking a rule.
+    ValidationFailed,
+    /// 409.
+    Conflict,
+    /// 429.
+    RateLimited,
+    /// 503.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation checks.
+    pub const ALL: [ErrorCode; 12] = [
+        Self::Unauthorized,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::InvalidRequest,
+        Self::InvalidPayload,
+        Self::PayloadTooLarge,
+        Self::InvalidUrl,
+        Self::InvalidEvent,
+        Self::ValidationFailed,
+        Self::Conflict,
+        Self::RateLimited,
+        Self::Unavailable,
+    ];
+
+    /// The code as it appears in `{"error": …}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidPayload => "invalid_payload",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::InvalidUrl => "invalid_url",
+            Self::InvalidEvent => "invalid_event",
+            Self::ValidationFailed => "validation_failed",
+            Self::Conflict => "conflict",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// An error answer.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -31,7 +96,7 @@ impl ApiError {
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "missing or invalid credentials",
         )
     }
@@ -40,7 +105,7 @@ impl ApiError {
     pub fn not_found(what: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("{what} not found"),
         )
     }
@@ -49,7 +114,7 @@ impl ApiError {
     pub fn method_not_allowed(allow: &'static str) -> Self {
         let mut e = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             format!("use {allow}"),
         );
         e.headers
@@ -59,33 +124,37 @@ impl ApiError {
 
     /// 400: the request itself is malformed.
     pub fn invalid_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, message)
     }
 
     /// 400: a correctly signed ingest body that is not a usable JSON object.
     pub fn invalid_payload(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_payload", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, message)
     }
 
     /// 413.
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the body is larger than {limit} bytes"),
         )
     }
 
     /// 422: the hook's target URL breaks a rule (the message says which).
     pub fn invalid_url(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_url", message)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidUrl,
+            message,
+        )
     }
 
     /// 422: an event type the relay does not know.
     pub fn invalid_event(event: &str) -> Self {
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_event",
+            ErrorCode::InvalidEvent,
             format!("unknown event type {event:?}; known: image.created"),
         )
     }
@@ -94,21 +163,21 @@ impl ApiError {
     pub fn validation(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
+            ErrorCode::ValidationFailed,
             message,
         )
     }
 
     /// 409.
     pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", message)
+        Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)
     }
 
     /// 429 with `Retry-After`.
     pub fn rate_limited(retry_after_secs: u64) -> Self {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            ErrorCode::RateLimited,
             "too many requests; retry later",
         );
         e.headers
@@ -120,7 +189,7 @@ impl ApiError {
     pub fn unavailable() -> Self {
         let mut e = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            ErrorCode::Unavailable,
             "the store is unavailable; retry later",
         );
         e.headers.push((RETRY_AFTER, HeaderValue::from_static("1")));
@@ -134,7 +203,7 @@ impl ApiError {
 
     /// The JSON answer.
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        let body = serde_json::json!({ "error": self.code.as_str(), "message": self.message });
         let mut response = super::io::json(self.status, &body);
         response.headers_mut().extend(self.headers);
         response

@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 pub use routes::{PATTERNS, Route};
 
 use crate::config::Config;

@@ -5,9 +5,11 @@ mod harness;
 
 mod admin;
 mod cli;
+mod contract;
 mod delivery;
 mod deploy;
 mod hooks;
 mod ingest;
+mod integrations;
 mod ops;
 mod restart;

@@ -37,8 +37,9 @@ async fn metrics_count_ingest_outcomes_deliveries_and_levels() {
     sink.recv_n(2).await;
     let text = eventually("the delivery to be counted", || async {
         let (_, text) = scrape(&relay.base).await;
-        text.contains("relay_deliveries_total{outcome=\"delivered\"} 1")
-            .then_some(text)
+        let settled = text.contains("relay_deliveries_total{outcome=\"delivered\"} 1")
+            && text.contains("relay_pending_deliveries 0\n");
+        settled.then_some(text)
     })
     .await;
     assert_eq!(
