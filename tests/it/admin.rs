@@ -261,16 +261,7 @@ async fn dead_letters_are_listed_and_replayed_from_attempt_one() {
     let hook = relay.attach(&a, &sink.url, None).await;
     relay.ingest(&a, &event("evt-dead", None)).await;
     assert_eq!(sink.recv().await.header("x-relay-attempt"), "1");
-    let letters = crate::harness::eventually("a dead letter", || async {
-        let reply = relay
-            .admin(Method::GET, "/dead-letters?connection=a&limit=10", None)
-            .await;
-        reply.body["data"]
-            .as_array()
-            .filter(|d| !d.is_empty())
-            .cloned()
-    })
-    .await;
+    let letters = relay.await_dead_letters("?connection=a&limit=10", 1).await;
     let letter = &letters[0];
     assert_eq!(
         (letter["event_id"].as_str(), letter["hook_id"].as_str()),

@@ -92,21 +92,7 @@ async fn retries_count_attempts_and_keep_the_event_id() {
         "first retry waits the schedule's 100ms"
     );
     assert!(tries[2].at - tries[1].at >= Duration::from_millis(200));
-    let log = eventually("three attempts recorded", || async {
-        let reply = relay
-            .api(
-                &conn,
-                Method::GET,
-                &format!("/hooks/{hook}/deliveries"),
-                None,
-            )
-            .await;
-        reply.body["data"]
-            .as_array()
-            .filter(|d| d.len() == 3)
-            .cloned()
-    })
-    .await;
+    let log = relay.await_attempts(&conn, &hook, 3).await;
     let statuses: Vec<u64> = log
         .iter()
         .map(|a| a["status_code"].as_u64().unwrap())
@@ -170,14 +156,7 @@ async fn exhausted_schedule_and_other_4xx_go_to_dead_letters() {
     relay.ingest(&conn, &event("evt-d", None)).await;
     failing.recv_n(4).await; // 1 try + 3 retries
     refusing.recv().await;
-    let letters = eventually("two dead letters", || async {
-        let reply = relay.admin(Method::GET, "/dead-letters", None).await;
-        reply.body["data"]
-            .as_array()
-            .filter(|d| d.len() == 2)
-            .cloned()
-    })
-    .await;
+    let letters = relay.await_dead_letters("", 2).await;
     let mut seen: Vec<(u64, u64)> = letters
         .iter()
         .map(|l| {
@@ -201,14 +180,7 @@ async fn redirects_are_not_followed() {
     relay.attach(&conn, &redirecting.url, None).await;
     relay.ingest(&conn, &event("evt-302", None)).await;
     redirecting.recv().await;
-    let letters = eventually("a dead letter", || async {
-        let reply = relay.admin(Method::GET, "/dead-letters", None).await;
-        reply.body["data"]
-            .as_array()
-            .filter(|d| !d.is_empty())
-            .cloned()
-    })
-    .await;
+    let letters = relay.await_dead_letters("", 1).await;
     assert_eq!(letters[0]["last_status"], 302);
     elsewhere.assert_silent(Duration::from_millis(300)).await;
 }
@@ -225,21 +197,7 @@ async fn slow_targets_time_out_and_are_retried() {
     relay.ingest(&conn, &event("evt-slow", None)).await;
     let tries = sink.recv_n(2).await;
     assert_eq!(tries[1].header("x-relay-attempt"), "2");
-    let log = eventually("two attempts recorded", || async {
-        let reply = relay
-            .api(
-                &conn,
-                Method::GET,
-                &format!("/hooks/{hook}/deliveries"),
-                None,
-            )
-            .await;
-        reply.body["data"]
-            .as_array()
-            .filter(|d| d.len() == 2)
-            .cloned()
-    })
-    .await;
+    let log = relay.await_attempts(&conn, &hook, 2).await;
     assert_eq!(log[1]["status_code"], serde_json::Value::Null);
     assert!(
         log[1]["error"].as_str().unwrap().contains("timed out"),
@@ -303,20 +261,7 @@ async fn refuses_inward_addresses_at_delivery_time() {
         (by_name, "forbidden addresses"),
         (by_ip, "forbidden address"),
     ] {
-        let attempt = eventually("a refused attempt", || async {
-            let reply = relay
-                .api(
-                    &conn,
-                    Method::GET,
-                    &format!("/hooks/{hook}/deliveries"),
-                    None,
-                )
-                .await;
-            reply.body["data"]
-                .as_array()
-                .and_then(|d| d.first().cloned())
-        })
-        .await;
+        let attempt = relay.await_attempts(&conn, &hook, 1).await.remove(0);
         assert_eq!(attempt["status_code"], serde_json::Value::Null);
         assert!(
             attempt["error"].as_str().unwrap().contains(why),

@@ -166,14 +166,7 @@ async fn deliveries_and_events_list_newest_first() {
         sink.recv().await;
     }
     let path = format!("/hooks/{id}/deliveries?limit=2");
-    let attempts = crate::harness::eventually("three recorded attempts", || async {
-        let all = relay
-            .api(&conn, Method::GET, &format!("/hooks/{id}/deliveries"), None)
-            .await;
-        (all.body["data"].as_array().unwrap().len() == 3).then_some(())
-    })
-    .await;
-    let () = attempts;
+    relay.await_attempts(&conn, &id, 3).await;
     let newest = relay.api(&conn, Method::GET, &path, None).await;
     let data = newest.body["data"].as_array().unwrap();
     assert_eq!(data.len(), 2);

@@ -95,6 +95,30 @@ impl RelayClient {
         }
     }
 
+    /// Waits until the list at `path` (read with `token`) has at least `n` entries; returns them.
+    pub(crate) async fn await_list(&self, token: &str, path: &str, n: usize) -> Vec<Value> {
+        super::eventually(&format!("{n} entries at {path}"), || async {
+            let reply = self.send(Method::GET, path, Some(token), None, &[]).await;
+            reply.body["data"]
+                .as_array()
+                .filter(|d| d.len() >= n)
+                .cloned()
+        })
+        .await
+    }
+
+    /// Waits until `hook` has `n` recorded attempts; returns them, newest first.
+    pub(crate) async fn await_attempts(&self, conn: &Conn, hook: &str, n: usize) -> Vec<Value> {
+        self.await_list(&conn.api_key, &format!("/v1/hooks/{hook}/deliveries"), n)
+            .await
+    }
+
+    /// Waits until there are `n` dead letters (`query` such as `?connection=a`); returns them.
+    pub(crate) async fn await_dead_letters(&self, query: &str, n: usize) -> Vec<Value> {
+        self.await_list(ADMIN_TOKEN, &format!("/admin/v1/dead-letters{query}"), n)
+            .await
+    }
+
     /// An admin API call.
     pub(crate) async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
         let body = body.map(|b| serde_json::to_vec(&b).unwrap());
