@@ -224,17 +224,12 @@ async fn deliveries_to_one_hook_are_paced() {
         );
     }
     let arrivals = paced.recv_n(6).await;
-    // A burst of 2, then one every 500ms: the sixth cannot arrive before 2s after the first.
-    let span = arrivals[5].at - arrivals[0].at;
-    assert!(
-        span >= Duration::from_millis(1900),
-        "6 deliveries at 2/s took only {span:?}"
-    );
+    // What Make enforces: never more than `rate` requests to one hook within one second.
     for window in arrivals.windows(3) {
+        let span = window[2].at - window[0].at;
         assert!(
-            window[2].at - window[0].at >= Duration::from_millis(450),
-            "3 within {:?}",
-            window[2].at - window[0].at
+            span >= Duration::from_secs(1),
+            "3 deliveries at 2/s within {span:?}"
         );
     }
 }
