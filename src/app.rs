@@ -48,9 +48,7 @@ pub struct App {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
 impl App {
@@ -79,12 +77,7 @@ impl App {
             metrics: metrics.clone(),
         };
         let state = Arc::new(AppState::new(config, store, registry, queue, metrics));
-        Ok(Self {
-            listener,
-            metrics_listener,
-            state,
-            dispatcher,
-        })
+        Ok(Self { listener, metrics_listener, state, dispatcher })
     }
 
     /// The bound API address (useful after asking for port 0).
@@ -97,45 +90,24 @@ impl App {
 
     /// The bound metrics address, when `/metrics` has its own listener.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener
-            .as_ref()
-            .and_then(|l| http::local_addr(l).ok())
+        self.metrics_listener.as_ref().and_then(|l| http::local_addr(l).ok())
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, starts no new attempts, and waits
     /// up to the shutdown grace for in-flight requests and attempts.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Self {
-            listener,
-            metrics_listener,
-            state,
-            dispatcher,
-        } = self;
+        let Self { listener, metrics_listener, state, dispatcher } = self;
         let grace = state.config.shutdown_grace;
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(addr = %addr, metrics_addr = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()), "listening");
         tracker.spawn(dispatcher.run(tracker.clone(), token.clone()));
         tracker.spawn(prune_auth_failures(Arc::clone(&state), token.clone()));
-        let mut servers = vec![tokio::spawn(http::serve(
-            listener,
-            Surface::Api,
-            Arc::clone(&state),
-            token.clone(),
-            grace,
-        ))];
+        let mut servers =
+            vec![tokio::spawn(http::serve(listener, Surface::Api, Arc::clone(&state), token.clone(), grace))];
         if let Some(listener) = metrics_listener {
-            servers.push(tokio::spawn(http::serve(
-                listener,
-                Surface::Metrics,
-                state,
-                token.clone(),
-                grace,
-            )));
+            servers.push(tokio::spawn(http::serve(listener, Surface::Metrics, state, token.clone(), grace)));
         }
         shutdown.await;
         tracing::info!("shutting down");
@@ -148,9 +120,7 @@ impl App {
             tracker.wait().await;
         });
         if drained.await.is_err() {
-            tracing::warn!(
-                "work still running after the shutdown grace; pending deliveries resume at next start"
-            );
+            tracing::warn!("work still running after the shutdown grace; pending deliveries resume at next start");
         }
         tracing::info!("stopped");
     }

@@ -57,6 +57,18 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests and attempts.
     #[arg(long, env = "RELAY_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// How long a client may take to send its request headers.
+    #[arg(long, env = "RELAY_HEADER_TIMEOUT")]
+    pub header_timeout: Option<String>,
+    /// How long a client may take to send its request body.
+    #[arg(long, env = "RELAY_BODY_TIMEOUT")]
+    pub body_timeout: Option<String>,
+    /// Open client connections at most; more are answered 503 and closed.
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
+    /// Ingest requests being read, verified or committed at once; more are answered 503.
+    #[arg(long, env = "RELAY_MAX_INFLIGHT_INGEST")]
+    pub max_inflight_ingest: Option<String>,
     /// Separate address serving only `/metrics` (then the API address does not).
     #[arg(long, env = "RELAY_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -110,6 +122,14 @@ pub struct Config {
     pub public_url: Option<Url>,
     /// Bound on graceful shutdown.
     pub shutdown_grace: Duration,
+    /// Bound on receiving request headers (slow-header clients are cut off).
+    pub header_timeout: Duration,
+    /// Bound on receiving a request body (slow-body clients get 408).
+    pub body_timeout: Duration,
+    /// Cap on open client connections.
+    pub max_connections: usize,
+    /// Cap on ingest requests in progress.
+    pub max_inflight_ingest: usize,
     /// Where `/metrics` is served alone; `None`: on the API listener.
     pub metrics_listen: Option<SocketAddr>,
     /// Header a trusted proxy puts the client address in; `None`: the socket's peer address.
@@ -140,12 +160,7 @@ impl Config {
     pub fn from_args(a: &ServeArgs) -> Result<Self, ConfigError> {
         Ok(Self {
             listen: setting(&a.listen, "RELAY_LISTEN", "127.0.0.1:8080", parse_addr)?,
-            database: setting(
-                &a.database_url,
-                "RELAY_DATABASE_URL",
-                "sqlite://./data/relay.db",
-                parse_database,
-            )?,
+            database: setting(&a.database_url, "RELAY_DATABASE_URL", "sqlite://./data/relay.db", parse_database)?,
             admin_token: match a.admin_token.as_deref() {
                 None => None,
                 Some(t) if t.trim().is_empty() => {
@@ -161,31 +176,14 @@ impl Config {
                 "5s,30s,2m,10m,30m,1h,3h,6h,12h,24h",
                 parse_schedule,
             )?,
-            delivery_timeout: setting(
-                &a.delivery_timeout,
-                "RELAY_DELIVERY_TIMEOUT",
-                "10s",
-                parse_positive_duration,
-            )?,
-            max_body: setting(&a.max_body, "RELAY_MAX_BODY", "1048576", |v| {
-                match v.parse::<usize>() {
-                    Ok(n) if n > 0 => Ok(n),
-                    _ => Err("expected a whole number of bytes above 0".to_owned()),
-                }
+            delivery_timeout: setting(&a.delivery_timeout, "RELAY_DELIVERY_TIMEOUT", "10s", parse_positive_duration)?,
+            max_body: setting(&a.max_body, "RELAY_MAX_BODY", "1048576", |v| match v.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err("expected a whole number of bytes above 0".to_owned()),
             })?,
             targets: TargetPolicy {
-                hosts: setting(
-                    &a.target_hosts,
-                    "RELAY_TARGET_HOSTS",
-                    DEFAULT_HOSTS,
-                    TargetPolicy::parse_hosts,
-                )?,
-                allow_private: setting(
-                    &a.allow_private_targets,
-                    "RELAY_ALLOW_PRIVATE_TARGETS",
-                    "false",
-                    parse_bool,
-                )?,
+                hosts: setting(&a.target_hosts, "RELAY_TARGET_HOSTS", DEFAULT_HOSTS, TargetPolicy::parse_hosts)?,
+                allow_private: setting(&a.allow_private_targets, "RELAY_ALLOW_PRIVATE_TARGETS", "false", parse_bool)?,
             },
             log: setting(&a.log, "RELAY_LOG", "info", |v| {
                 tracing_subscriber::EnvFilter::try_new(v)
@@ -201,12 +199,11 @@ impl Config {
                 None => None,
                 Some(v) => Some(parse_public_url(v).map_err(|p| err("RELAY_PUBLIC_URL", &p))?),
             },
-            shutdown_grace: setting(
-                &a.shutdown_grace,
-                "RELAY_SHUTDOWN_GRACE",
-                "10s",
-                parse_duration,
-            )?,
+            shutdown_grace: setting(&a.shutdown_grace, "RELAY_SHUTDOWN_GRACE", "10s", parse_duration)?,
+            header_timeout: setting(&a.header_timeout, "RELAY_HEADER_TIMEOUT", "10s", parse_positive_duration)?,
+            body_timeout: setting(&a.body_timeout, "RELAY_BODY_TIMEOUT", "30s", parse_positive_duration)?,
+            max_connections: setting(&a.max_connections, "RELAY_MAX_CONNECTIONS", "4096", parse_count)?,
+            max_inflight_ingest: setting(&a.max_inflight_ingest, "RELAY_MAX_INFLIGHT_INGEST", "512", parse_count)?,
             metrics_listen: match a.metrics_listen.as_deref() {
                 None => None,
                 Some(v) => Some(parse_addr(v).map_err(|problem| ConfigError {
@@ -218,9 +215,7 @@ impl Config {
                 None => None,
                 Some(v) => Some(HeaderName::try_from(v.trim()).map_err(|_| ConfigError {
                     var: "RELAY_CLIENT_IP_HEADER",
-                    problem: format!(
-                        "expected an HTTP header name such as Fly-Client-IP, got {v:?}"
-                    ),
+                    problem: format!("expected an HTTP header name such as Fly-Client-IP, got {v:?}"),
                 })?),
             },
         })
@@ -228,10 +223,7 @@ impl Config {
 }
 
 fn err(var: &'static str, problem: &str) -> ConfigError {
-    ConfigError {
-        var,
-        problem: problem.to_owned(),
-    }
+    ConfigError { var, problem: problem.to_owned() }
 }
 
 fn setting<T>(
@@ -241,16 +233,18 @@ fn setting<T>(
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Result<T, ConfigError> {
     let raw = value.as_deref().unwrap_or(default).trim();
-    parse(raw).map_err(|problem| ConfigError {
-        var,
-        problem: format!("{problem}, got {raw:?}"),
-    })
+    parse(raw).map_err(|problem| ConfigError { var, problem: format!("{problem}, got {raw:?}") })
 }
 
 fn parse_addr(v: &str) -> Result<SocketAddr, String> {
-    v.trim()
-        .parse()
-        .map_err(|_| "expected an address such as 127.0.0.1:8080".to_owned())
+    v.trim().parse().map_err(|_| "expected an address such as 127.0.0.1:8080".to_owned())
+}
+
+fn parse_count(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a whole number above 0".to_owned()),
+    }
 }
 
 fn parse_rate(v: &str) -> Result<u32, String> {
@@ -269,8 +263,7 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 }
 
 fn parse_duration(v: &str) -> Result<Duration, String> {
-    humantime::parse_duration(v)
-        .map_err(|_| "expected a duration such as 500ms, 10s or 2m".to_owned())
+    humantime::parse_duration(v).map_err(|_| "expected a duration such as 500ms, 10s or 2m".to_owned())
 }
 
 fn parse_positive_duration(v: &str) -> Result<Duration, String> {
@@ -290,10 +283,7 @@ fn parse_schedule(v: &str) -> Result<Vec<Duration>, String> {
 }
 
 fn parse_database(v: &str) -> Result<DatabaseUrl, String> {
-    if let Some(path) = v
-        .strip_prefix("sqlite://")
-        .or_else(|| v.strip_prefix("sqlite:"))
-    {
+    if let Some(path) = v.strip_prefix("sqlite://").or_else(|| v.strip_prefix("sqlite:")) {
         if path.is_empty() {
             return Err("the sqlite URL names no file".to_owned());
         }
@@ -308,9 +298,7 @@ fn parse_database(v: &str) -> Result<DatabaseUrl, String> {
 fn parse_public_url(v: &str) -> Result<Url, String> {
     match Url::parse(v) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(u),
-        _ => Err(format!(
-            "expected an http(s) base URL such as https://relay.example.com, got {v:?}"
-        )),
+        _ => Err(format!("expected an http(s) base URL such as https://relay.example.com, got {v:?}")),
     }
 }
 
@@ -337,51 +325,25 @@ mod tests {
         let cases: [(Setter, &str, &str); 8] = [
             (|a, v| a.ingest_rate = Some(v), "abc", "RELAY_INGEST_RATE"),
             (|a, v| a.hook_rate = Some(v), "0", "RELAY_HOOK_RATE"),
-            (
-                |a, v| a.retry_schedule = Some(v),
-                "5s,soon",
-                "RELAY_RETRY_SCHEDULE",
-            ),
-            (
-                |a, v| a.delivery_timeout = Some(v),
-                "0s",
-                "RELAY_DELIVERY_TIMEOUT",
-            ),
+            (|a, v| a.retry_schedule = Some(v), "5s,soon", "RELAY_RETRY_SCHEDULE"),
+            (|a, v| a.delivery_timeout = Some(v), "0s", "RELAY_DELIVERY_TIMEOUT"),
             (|a, v| a.listen = Some(v), "nowhere", "RELAY_LISTEN"),
-            (
-                |a, v| a.database_url = Some(v),
-                "mysql://x",
-                "RELAY_DATABASE_URL",
-            ),
-            (
-                |a, v| a.allow_private_targets = Some(v),
-                "maybe",
-                "RELAY_ALLOW_PRIVATE_TARGETS",
-            ),
-            (
-                |a, v| a.target_hosts = Some(v),
-                "a..b",
-                "RELAY_TARGET_HOSTS",
-            ),
+            (|a, v| a.database_url = Some(v), "mysql://x", "RELAY_DATABASE_URL"),
+            (|a, v| a.allow_private_targets = Some(v), "maybe", "RELAY_ALLOW_PRIVATE_TARGETS"),
+            (|a, v| a.target_hosts = Some(v), "a..b", "RELAY_TARGET_HOSTS"),
         ];
         for (set, value, var) in cases {
             let mut args = ServeArgs::default();
             set(&mut args, value.to_owned());
             let e = Config::from_args(&args).unwrap_err();
             assert_eq!(e.var, var);
-            assert!(
-                e.to_string().starts_with(var) && e.to_string().contains(value),
-                "{e}"
-            );
+            assert!(e.to_string().starts_with(var) && e.to_string().contains(value), "{e}");
         }
     }
 
     #[test]
     fn sqlite_urls_name_a_path() {
-        assert_eq!(
-            parse_database("sqlite:///var/lib/relay.db"),
-            Ok(DatabaseUrl::Sqlite("/var/lib/relay.db".into()))
-        );
+        assert_eq!(parse_database("sqlite:///var/lib/relay.db"), Ok(DatabaseUrl::Sqlite("/var/lib/relay.db".into())));
         assert!(parse_database("sqlite://").is_err());
     }
 }

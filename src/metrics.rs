@@ -97,23 +97,11 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("relay");
         let ingest = Family::<Outcome, Counter>::default();
-        registry.register(
-            "ingest_requests",
-            "Ingest requests by outcome",
-            ingest.clone(),
-        );
+        registry.register("ingest_requests", "Ingest requests by outcome", ingest.clone());
         let deliveries = Family::<Outcome, Counter>::default();
-        registry.register(
-            "deliveries",
-            "Delivery attempts by what they did to the delivery",
-            deliveries.clone(),
-        );
+        registry.register("deliveries", "Delivery attempts by what they did to the delivery", deliveries.clone());
         let attempt_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
-        registry.register(
-            "delivery_attempt_seconds",
-            "Duration of one delivery attempt",
-            attempt_seconds.clone(),
-        );
+        registry.register("delivery_attempt_seconds", "Duration of one delivery attempt", attempt_seconds.clone());
         let delivered_after_seconds = Histogram::new(exponential_buckets(0.005, 4.0, 14));
         registry.register(
             "ingest_to_delivered_seconds",
@@ -127,11 +115,7 @@ impl Default for Metrics {
             commit_batch.clone(),
         );
         let pending = Gauge::default();
-        registry.register(
-            "pending_deliveries",
-            "Deliveries not yet delivered or dead-lettered",
-            pending.clone(),
-        );
+        registry.register("pending_deliveries", "Deliveries not yet delivered or dead-lettered", pending.clone());
         let hooks = Gauge::default();
         registry.register("hooks", "Attached hooks", hooks.clone());
         let connections = Gauge::default();
@@ -155,30 +139,18 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts an ingest request.
     pub fn ingest(&self, outcome: IngestOutcome) {
-        self.inner
-            .ingest
-            .get_or_create(&Outcome {
-                outcome: outcome.label(),
-            })
-            .inc();
+        self.inner.ingest.get_or_create(&Outcome { outcome: outcome.label() }).inc();
     }
 
     /// Counts a finished attempt and how long it took.
     pub fn attempt(&self, outcome: DeliveryOutcome, took: Duration) {
-        self.inner
-            .deliveries
-            .get_or_create(&Outcome {
-                outcome: outcome.label(),
-            })
-            .inc();
+        self.inner.deliveries.get_or_create(&Outcome { outcome: outcome.label() }).inc();
         self.inner.attempt_seconds.observe(took.as_secs_f64());
     }
 
     /// Records the time from acceptance to delivery.
     pub fn delivered_after(&self, latency: Duration) {
-        self.inner
-            .delivered_after_seconds
-            .observe(latency.as_secs_f64());
+        self.inner.delivered_after_seconds.observe(latency.as_secs_f64());
     }
 
     /// Records how many writes one store commit carried.
@@ -211,10 +183,7 @@ mod tests {
         m.attempt(DeliveryOutcome::Delivered, Duration::from_millis(20));
         m.commit_batch(3);
         let text = m.render(7, 2, 1);
-        assert!(
-            text.contains("relay_ingest_requests_total{outcome=\"accepted\"} 1"),
-            "{text}"
-        );
+        assert!(text.contains("relay_ingest_requests_total{outcome=\"accepted\"} 1"), "{text}");
         assert!(text.contains("relay_ingest_requests_total{outcome=\"rate_limited\"} 1"));
         assert!(text.contains("relay_deliveries_total{outcome=\"delivered\"} 1"));
         assert!(text.contains("relay_pending_deliveries 7"));

@@ -22,9 +22,7 @@ pub const DELIVERY_ID_PREFIX: &str = "dlv_";
 
 /// The current time in Unix milliseconds.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Formats Unix milliseconds as RFC 3339 (UTC, millisecond precision) for API answers.
@@ -102,11 +100,7 @@ pub struct Hook {
 impl Hook {
     /// Whether an event of `event_type` for `template_id` goes to this hook.
     pub fn matches(&self, event_type: &str, template_id: Option<&str>) -> bool {
-        self.event == event_type
-            && self
-                .template_id
-                .as_deref()
-                .is_none_or(|wanted| template_id == Some(wanted))
+        self.event == event_type && self.template_id.as_deref().is_none_or(|wanted| template_id == Some(wanted))
     }
 }
 
@@ -233,19 +227,10 @@ mod tests {
 
     #[test]
     fn secrets_expire_at_their_deadline() {
-        let s = SigningSecret {
-            secret: "s".into(),
-            expires_at: Some(100),
-        };
+        let s = SigningSecret { secret: "s".into(), expires_at: Some(100) };
         assert!(s.is_live(99));
         assert!(!s.is_live(100));
-        assert!(
-            SigningSecret {
-                secret: "s".into(),
-                expires_at: None
-            }
-            .is_live(i64::MAX)
-        );
+        assert!(SigningSecret { secret: "s".into(), expires_at: None }.is_live(i64::MAX));
     }
 
     #[test]

@@ -47,10 +47,7 @@ impl IngestLimiter {
     pub fn new(rate: u32) -> Self {
         let rate = rate.max(1);
         let quota = Quota::per_second(NonZeroU32::new(rate).expect("rate is at least 1"));
-        Self {
-            rate,
-            limiter: RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>(),
-        }
+        Self { rate, limiter: RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>() }
     }
 
     /// The configured rate.
@@ -60,9 +57,7 @@ impl IngestLimiter {
 
     /// Takes one event's worth of capacity if there is any.
     pub fn check(&self) -> RateStatus {
-        let now_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let per_cell = Duration::from_secs(1) / self.rate;
         match self.limiter.check() {
             Ok(snapshot) => {
@@ -106,10 +101,7 @@ impl Default for AuthFailures {
         let quota = Quota::with_period(AUTH_FAILURE_REFILL)
             .expect("the refill period is not zero")
             .allow_burst(NonZeroU32::new(AUTH_FAILURE_BURST).expect("the burst is not zero"));
-        Self {
-            limiter: Arc::new(RateLimiter::keyed(quota)),
-            blocked: Arc::new(DashMap::new()),
-        }
+        Self { limiter: Arc::new(RateLimiter::keyed(quota)), blocked: Arc::new(DashMap::new()) }
     }
 }
 
@@ -154,10 +146,7 @@ mod tests {
         let refused = limiter.check();
         assert!(!refused.allowed);
         assert_eq!((refused.remaining, refused.retry_after), (0, 1));
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
         assert!(refused.reset >= now && refused.reset <= now + 2);
     }
 
@@ -170,10 +159,7 @@ mod tests {
             assert!(failures.blocked_for(a).is_none());
             failures.record_failure(a);
         }
-        assert!(
-            failures.blocked_for(a).is_none(),
-            "the burst itself is allowed"
-        );
+        assert!(failures.blocked_for(a).is_none(), "the burst itself is allowed");
         failures.record_failure(a);
         assert!(failures.blocked_for(a).is_some());
         assert!(failures.blocked_for(b).is_none());

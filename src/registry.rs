@@ -61,13 +61,9 @@ impl Registry {
                 by_key: DashMap::with_capacity(connections.len()),
             }),
         };
-        let mut by_connection: std::collections::HashMap<String, Vec<Hook>> =
-            std::collections::HashMap::new();
+        let mut by_connection: std::collections::HashMap<String, Vec<Hook>> = std::collections::HashMap::new();
         for hook in hooks {
-            by_connection
-                .entry(hook.connection_id.clone())
-                .or_default()
-                .push(hook);
+            by_connection.entry(hook.connection_id.clone()).or_default().push(hook);
         }
         for connection in connections {
             let hooks = by_connection.remove(&connection.id).unwrap_or_default();
@@ -77,21 +73,15 @@ impl Registry {
     }
 
     fn put(&self, connection: Connection, hooks: Arc<[Hook]>) {
-        let rate = connection
-            .ingest_rate
-            .unwrap_or(self.inner.default_ingest_rate);
+        let rate = connection.ingest_rate.unwrap_or(self.inner.default_ingest_rate);
         let entry = Entry {
             verifier: Verifier::new(&connection.secrets),
             limiter: Arc::new(IngestLimiter::new(rate)),
             hooks,
             connection,
         };
-        self.inner
-            .by_key
-            .insert(entry.connection.api_key_hash, entry.connection.id.clone());
-        self.inner
-            .connections
-            .insert(entry.connection.id.clone(), Arc::new(entry));
+        self.inner.by_key.insert(entry.connection.api_key_hash, entry.connection.id.clone());
+        self.inner.connections.insert(entry.connection.id.clone(), Arc::new(entry));
     }
 
     /// The connection with this id.
@@ -107,12 +97,7 @@ impl Registry {
 
     /// Every connection, sorted by id.
     pub fn all(&self) -> Vec<Arc<Entry>> {
-        let mut all: Vec<_> = self
-            .inner
-            .connections
-            .iter()
-            .map(|e| Arc::clone(&e))
-            .collect();
+        let mut all: Vec<_> = self.inner.connections.iter().map(|e| Arc::clone(&e)).collect();
         all.sort_by(|a, b| a.connection.id.cmp(&b.connection.id));
         all
     }
@@ -125,9 +110,7 @@ impl Registry {
     /// Drops a connection just deleted from the store.
     pub fn remove_connection(&self, id: &str) {
         if let Some((_, entry)) = self.inner.connections.remove(id) {
-            self.inner
-                .by_key
-                .remove_if(&entry.connection.api_key_hash, |_, owner| owner == id);
+            self.inner.by_key.remove_if(&entry.connection.api_key_hash, |_, owner| owner == id);
         }
     }
 
@@ -135,9 +118,7 @@ impl Registry {
     pub fn set_api_key_hash(&self, id: &str, hash: [u8; 32]) {
         let old = self.update(id, |e| e.connection.api_key_hash = hash);
         if let Some(old) = old {
-            self.inner
-                .by_key
-                .remove_if(&old.connection.api_key_hash, |_, owner| owner == id);
+            self.inner.by_key.remove_if(&old.connection.api_key_hash, |_, owner| owner == id);
             self.inner.by_key.insert(hash, id.to_owned());
         }
     }
@@ -163,12 +144,7 @@ impl Registry {
     /// Removes a hook just deleted from the store.
     pub fn remove_hook(&self, connection_id: &str, hook_id: &str) {
         self.update(connection_id, |e| {
-            e.hooks = e
-                .hooks
-                .iter()
-                .filter(|h| h.id != hook_id)
-                .cloned()
-                .collect();
+            e.hooks = e.hooks.iter().filter(|h| h.id != hook_id).cloned().collect();
         });
     }
 

@@ -43,10 +43,7 @@ pub struct Verifier {
 impl Verifier {
     /// Prepares a verifier for every secret of a connection.
     pub fn new(secrets: &[SigningSecret]) -> Self {
-        let keys = secrets
-            .iter()
-            .map(|s| (keyed(&s.secret), s.expires_at))
-            .collect();
+        let keys = secrets.iter().map(|s| (keyed(&s.secret), s.expires_at)).collect();
         Self { keys }
     }
 
@@ -73,9 +70,7 @@ impl Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier")
-            .field("keys", &self.keys.len())
-            .finish()
+        f.debug_struct("Verifier").field("keys", &self.keys.len()).finish()
     }
 }
 
@@ -93,13 +88,8 @@ mod tests {
     }
 
     fn verifier(secrets: &[(&str, Option<i64>)]) -> Verifier {
-        let secrets: Vec<_> = secrets
-            .iter()
-            .map(|(s, e)| SigningSecret {
-                secret: (*s).into(),
-                expires_at: *e,
-            })
-            .collect();
+        let secrets: Vec<_> =
+            secrets.iter().map(|(s, e)| SigningSecret { secret: (*s).into(), expires_at: *e }).collect();
         Verifier::new(&secrets)
     }
 
@@ -118,12 +108,7 @@ mod tests {
     fn accepts_prefix_and_either_case() {
         let sig = sign("secret", b"{}");
         let check = verifier(&[("secret", None)]);
-        for header in [
-            sig.clone(),
-            sig.to_uppercase(),
-            format!("sha256={sig}"),
-            format!("SHA256={sig}"),
-        ] {
+        for header in [sig.clone(), sig.to_uppercase(), format!("sha256={sig}"), format!("SHA256={sig}")] {
             assert!(check.verify(Some(header.as_bytes()), b"{}", 0), "{header}");
         }
     }

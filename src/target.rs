@@ -33,14 +33,9 @@ impl HostPattern {
         let labels: Vec<String> = pattern.split('.').map(str::to_owned).collect();
         for label in &labels {
             let ok = label == "*"
-                || (!label.is_empty()
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+                || (!label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
             if !ok {
-                return Err(format!(
-                    "host pattern {pattern:?} has an invalid label {label:?}"
-                ));
+                return Err(format!("host pattern {pattern:?} has an invalid label {label:?}"));
             }
         }
         Ok(Self(labels))
@@ -53,12 +48,7 @@ impl HostPattern {
         }
         let host = host.trim_end_matches('.');
         let labels: Vec<&str> = host.split('.').collect();
-        labels.len() == self.0.len()
-            && self
-                .0
-                .iter()
-                .zip(&labels)
-                .all(|(p, l)| p == "*" || p.eq_ignore_ascii_case(l))
+        labels.len() == self.0.len() && self.0.iter().zip(&labels).all(|(p, l)| p == "*" || p.eq_ignore_ascii_case(l))
     }
 }
 
@@ -77,11 +67,8 @@ impl TargetPolicy {
     /// # Errors
     /// An empty list or an invalid pattern.
     pub fn parse_hosts(list: &str) -> Result<Vec<HostPattern>, String> {
-        let hosts = list
-            .split(',')
-            .filter(|p| !p.trim().is_empty())
-            .map(HostPattern::parse)
-            .collect::<Result<Vec<_>, _>>()?;
+        let hosts =
+            list.split(',').filter(|p| !p.trim().is_empty()).map(HostPattern::parse).collect::<Result<Vec<_>, _>>()?;
         if hosts.is_empty() {
             return Err("the host list is empty".into());
         }
@@ -119,9 +106,7 @@ impl TargetPolicy {
             Host::Domain(d) => d.to_ascii_lowercase(),
         };
         if !self.hosts.iter().any(|p| p.matches(&name)) {
-            return Err(format!(
-                "the host {name} is not in the allowed target hosts"
-            ));
+            return Err(format!("the host {name} is not in the allowed target hosts"));
         }
         Ok(url)
     }
@@ -129,9 +114,7 @@ impl TargetPolicy {
     /// The address as a host name, or why it may not be a target.
     fn check_ip(&self, ip: IpAddr) -> Result<String, String> {
         if !self.allows_address(ip) {
-            return Err(format!(
-                "the address {ip} is loopback, private, link-local, multicast or unspecified"
-            ));
+            return Err(format!("the address {ip} is loopback, private, link-local, multicast or unspecified"));
         }
         Ok(ip.to_string())
     }
@@ -173,9 +156,7 @@ const FORBIDDEN_V4: &[(u32, u8)] = &[
 ];
 
 fn forbidden_v4(ip: Ipv4Addr) -> bool {
-    FORBIDDEN_V4
-        .iter()
-        .any(|&(net, len)| Ipv4Net::new(Ipv4Addr::from(net), len).is_ok_and(|n| n.contains(&ip)))
+    FORBIDDEN_V4.iter().any(|&(net, len)| Ipv4Net::new(Ipv4Addr::from(net), len).is_ok_and(|n| n.contains(&ip)))
 }
 
 fn forbidden_v6(ip: Ipv6Addr) -> bool {
@@ -188,8 +169,7 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
         (0x2001_0db8_0000_0000_0000_0000_0000_0000, 32), // documentation
         (0x0100_0000_0000_0000_0000_0000_0000_0000, 64), // discard-only
     ];
-    NETS.iter()
-        .any(|&(net, len)| Ipv6Net::new(Ipv6Addr::from(net), len).is_ok_and(|n| n.contains(&ip)))
+    NETS.iter().any(|&(net, len)| Ipv6Net::new(Ipv6Addr::from(net), len).is_ok_and(|n| n.contains(&ip)))
 }
 
 /// The IPv4 address carried inside an IPv4-mapped, IPv4-compatible, NAT64 or 6to4 address.
@@ -198,18 +178,12 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     let mapped = s[..5] == [0; 5] && s[5] == 0xffff;
     let compatible = s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1);
-    let nat64 =
-        s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1);
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1);
     if mapped || compatible || nat64 {
         return Some(tail);
     }
     if s[0] == 0x2002 {
-        return Some(Ipv4Addr::new(
-            (s[1] >> 8) as u8,
-            s[1] as u8,
-            (s[2] >> 8) as u8,
-            s[2] as u8,
-        ));
+        return Some(Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8));
     }
     None
 }
@@ -219,17 +193,11 @@ mod tests {
     use super::*;
 
     fn strict() -> TargetPolicy {
-        TargetPolicy {
-            hosts: TargetPolicy::parse_hosts(DEFAULT_HOSTS).unwrap(),
-            allow_private: false,
-        }
+        TargetPolicy { hosts: TargetPolicy::parse_hosts(DEFAULT_HOSTS).unwrap(), allow_private: false }
     }
 
     fn any_host() -> TargetPolicy {
-        TargetPolicy {
-            hosts: TargetPolicy::parse_hosts("*").unwrap(),
-            allow_private: false,
-        }
+        TargetPolicy { hosts: TargetPolicy::parse_hosts("*").unwrap(), allow_private: false }
     }
 
     #[test]
@@ -289,10 +257,7 @@ mod tests {
 
     #[test]
     fn development_mode_allows_local_http() {
-        let dev = TargetPolicy {
-            hosts: TargetPolicy::parse_hosts("*").unwrap(),
-            allow_private: true,
-        };
+        let dev = TargetPolicy { hosts: TargetPolicy::parse_hosts("*").unwrap(), allow_private: true };
         assert!(dev.check("http://127.0.0.1:8080/a").is_ok());
         assert!(dev.check("http://localhost:9/a").is_ok());
         assert!(dev.check("ftp://127.0.0.1/a").is_err());

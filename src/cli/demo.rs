@@ -38,12 +38,7 @@ struct Arrival {
 /// Any step failing (the message says which).
 pub(super) async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
-    let step = |what: String| {
-        println!(
-            "[{:>6.1} ms] {what}",
-            started.elapsed().as_secs_f64() * 1000.0
-        )
-    };
+    let step = |what: String| println!("[{:>6.1} ms] {what}", started.elapsed().as_secs_f64() * 1000.0);
     let dir = std::env::temp_dir().join(format!("stencil-relay-demo-{}", random_token("", 6)));
     let result = flow(&dir, &step).await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -69,31 +64,13 @@ async fn flow(dir: &std::path::Path, step: &impl Fn(String)) -> anyhow::Result<(
     let base = format!("http://{}", app.local_addr()?);
     let stop = CancellationToken::new();
     let relay = tokio::spawn(app.run(stop.clone().cancelled_owned()));
-    step(format!(
-        "relay serving at {base} on a temporary SQLite file in {}",
-        dir.display()
-    ));
+    step(format!("relay serving at {base} on a temporary SQLite file in {}", dir.display()));
 
-    let admin = AdminClient::new(&Remote {
-        server: base.clone(),
-        admin_token: Some(admin_token),
-        json: false,
-    })?;
-    let created = admin
-        .call(
-            Method::POST,
-            "/connections",
-            Some(json!({ "name": "Demo project", "id": "demo" })),
-        )
-        .await?;
-    let (api_key, secret) = (
-        text(&created["api_key"])?,
-        text(&created["signing_secret"])?,
-    );
-    step(format!(
-        "created connection \"demo\"; Stencil posts to {}",
-        text(&created["ingest_url"])?
-    ));
+    let admin = AdminClient::new(&Remote { server: base.clone(), admin_token: Some(admin_token), json: false })?;
+    let created =
+        admin.call(Method::POST, "/connections", Some(json!({ "name": "Demo project", "id": "demo" }))).await?;
+    let (api_key, secret) = (text(&created["api_key"])?, text(&created["signing_secret"])?);
+    step(format!("created connection \"demo\"; Stencil posts to {}", text(&created["ingest_url"])?));
 
     let http = reqwest::Client::new();
     let hook: Value = http
@@ -104,16 +81,10 @@ async fn flow(dir: &std::path::Path, step: &impl Fn(String)) -> anyhow::Result<(
         .await?
         .json()
         .await?;
-    step(format!(
-        "attached hook {} (what Make does when a scenario is switched on)",
-        text(&hook["id"])?
-    ));
+    step(format!("attached hook {} (what Make does when a scenario is switched on)", text(&hook["id"])?));
 
     let signature = crate::signature::sign(&secret, FIXTURE);
-    step(format!(
-        "signed the fixture event: X-UseStencil-Signature: {}…",
-        &signature[..16]
-    ));
+    step(format!("signed the fixture event: X-UseStencil-Signature: {}…", &signature[..16]));
     let sent_at = Instant::now();
     let answer = http
         .post(format!("{base}/v1/ingest/demo"))
@@ -122,10 +93,7 @@ async fn flow(dir: &std::path::Path, step: &impl Fn(String)) -> anyhow::Result<(
         .send()
         .await?;
     let status = answer.status();
-    step(format!(
-        "Stencil's webhook answered {status}: {}",
-        answer.text().await?
-    ));
+    step(format!("Stencil's webhook answered {status}: {}", answer.text().await?));
     if status != reqwest::StatusCode::ACCEPTED {
         bail!("the relay did not accept the event");
     }
@@ -149,17 +117,11 @@ async fn flow(dir: &std::path::Path, step: &impl Fn(String)) -> anyhow::Result<(
 }
 
 fn text(v: &Value) -> anyhow::Result<String> {
-    v.as_str()
-        .map(str::to_owned)
-        .context("the relay's answer lacks a field")
+    v.as_str().map(str::to_owned).context("the relay's answer lacks a field")
 }
 
 fn header<'a>(arrival: &'a Arrival, name: &str) -> &'a str {
-    arrival
-        .headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
+    arrival.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-")
 }
 
 /// A minimal local hook that answers 200 and reports each request.
@@ -174,22 +136,13 @@ async fn start_stand_in() -> anyhow::Result<(String, mpsc::UnboundedReceiver<Arr
                 let tx = tx.clone();
                 async move {
                     let (parts, body) = req.into_parts();
-                    let body = body
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    let _ = tx.send(Arrival {
-                        headers: parts.headers,
-                        body,
-                    });
+                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let _ = tx.send(Arrival { headers: parts.headers, body });
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"Accepted"))))
                 }
             });
             tokio::spawn(
-                auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned(),
+                auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).into_owned(),
             );
         }
     });

@@ -13,9 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-pub use operator::{
-    AdminClient, ConnectionsCommand, DeadLettersCommand, HooksCommand, OperatorError, Remote,
-};
+pub use operator::{AdminClient, ConnectionsCommand, DeadLettersCommand, HooksCommand, OperatorError, Remote};
 
 use crate::app::App;
 use crate::config::{Config, ServeArgs};
@@ -84,15 +82,15 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Sign(args) => report(sign(&args).map(|signature| println!("{signature}"))),
         Command::Demo => report(block_on(demo::run())),
-        Command::Connections { remote, command } => operate(&remote, |client| async move {
-            operator::connections(&client, command, remote.json).await
-        }),
-        Command::Hooks { remote, command } => operate(&remote, |client| async move {
-            operator::hooks(&client, command, remote.json).await
-        }),
-        Command::DeadLetters { remote, command } => operate(&remote, |client| async move {
-            operator::dead_letters(&client, command, remote.json).await
-        }),
+        Command::Connections { remote, command } => {
+            operate(&remote, |client| async move { operator::connections(&client, command, remote.json).await })
+        }
+        Command::Hooks { remote, command } => {
+            operate(&remote, |client| async move { operator::hooks(&client, command, remote.json).await })
+        }
+        Command::DeadLetters { remote, command } => {
+            operate(&remote, |client| async move { operator::dead_letters(&client, command, remote.json).await })
+        }
     }
 }
 
@@ -107,9 +105,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    tokio::runtime::Runtime::new()
-        .context("cannot start the async runtime")?
-        .block_on(work)
+    tokio::runtime::Runtime::new().context("cannot start the async runtime")?.block_on(work)
 }
 
 fn operate<F, Fut>(remote: &Remote, command: F) -> ExitCode
@@ -120,9 +116,7 @@ where
     let printed = match (AdminClient::new(remote), tokio::runtime::Runtime::new()) {
         (Err(e), _) => Err(e),
         (Ok(_), Err(e)) => {
-            return report(Err(
-                anyhow::Error::new(e).context("cannot start the async runtime")
-            ));
+            return report(Err(anyhow::Error::new(e).context("cannot start the async runtime")));
         }
         (Ok(client), Ok(runtime)) => runtime.block_on(command(client)),
     };
@@ -156,14 +150,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
 
 fn sign(args: &SignArgs) -> anyhow::Result<String> {
     let body = match &args.file {
-        Some(path) => {
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
-        }
+        Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
         None => {
             let mut body = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut body)
-                .context("cannot read stdin")?;
+            std::io::stdin().read_to_end(&mut body).context("cannot read stdin")?;
             body
         }
     };

@@ -11,12 +11,7 @@ use serde_json::{Value, json};
 #[derive(Debug, Clone, Args)]
 pub struct Remote {
     /// Base URL of the relay.
-    #[arg(
-        long,
-        env = "RELAY_SERVER",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "RELAY_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
     pub server: String,
     /// The relay's admin token.
     #[arg(long, env = "RELAY_ADMIN_TOKEN", hide_env_values = true, global = true)]
@@ -154,44 +149,24 @@ impl AdminClient {
     /// # Errors
     /// No admin token was given.
     pub fn new(remote: &Remote) -> Result<Self, OperatorError> {
-        let token = remote
-            .admin_token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .ok_or(OperatorError::NoToken)?;
+        let token = remote.admin_token.clone().filter(|t| !t.is_empty()).ok_or(OperatorError::NoToken)?;
         let server = remote.server.trim_end_matches('/').to_owned();
-        Ok(Self {
-            server,
-            token,
-            http: reqwest::Client::new(),
-        })
+        Ok(Self { server, token, http: reqwest::Client::new() })
     }
 
     /// Calls `method /admin/v1{path}` and returns the JSON answer (`Null` when empty).
     ///
     /// # Errors
     /// Unreachable, unauthorized, not found, or any other refusal.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, OperatorError> {
-        let mut request = self
-            .http
-            .request(method, format!("{}/admin/v1{path}", self.server))
-            .bearer_auth(&self.token);
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, OperatorError> {
+        let mut request = self.http.request(method, format!("{}/admin/v1{path}", self.server)).bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| OperatorError::Unreachable {
-                server: self.server.clone(),
-                cause: std::error::Error::source(&e)
-                    .map_or_else(|| e.to_string(), ToString::to_string),
-            })?;
+        let response = request.send().await.map_err(|e| OperatorError::Unreachable {
+            server: self.server.clone(),
+            cause: std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string),
+        })?;
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         let message = body["message"].as_str().unwrap_or("no message").to_owned();
@@ -214,53 +189,24 @@ pub(super) async fn connections(
     as_json: bool,
 ) -> Result<String, OperatorError> {
     let (answer, view): (Value, fn(&Value) -> String) = match command {
-        ConnectionsCommand::Add {
-            name,
-            id,
-            ingest_rate,
-        } => {
+        ConnectionsCommand::Add { name, id, ingest_rate } => {
             let body = json!({ "name": name, "id": id, "ingest_rate": ingest_rate });
-            (
-                client
-                    .call(Method::POST, "/connections", Some(body))
-                    .await?,
-                fields,
-            )
+            (client.call(Method::POST, "/connections", Some(body)).await?, fields)
         }
-        ConnectionsCommand::List => (
-            client.call(Method::GET, "/connections", None).await?,
-            connection_table,
-        ),
-        ConnectionsCommand::Show { id } => (
-            client
-                .call(Method::GET, &format!("/connections/{id}"), None)
-                .await?,
-            fields,
-        ),
+        ConnectionsCommand::List => (client.call(Method::GET, "/connections", None).await?, connection_table),
+        ConnectionsCommand::Show { id } => {
+            (client.call(Method::GET, &format!("/connections/{id}"), None).await?, fields)
+        }
         ConnectionsCommand::Remove { id } => {
-            client
-                .call(Method::DELETE, &format!("/connections/{id}"), None)
-                .await?;
+            client.call(Method::DELETE, &format!("/connections/{id}"), None).await?;
             (json!({ "removed": id }), fields)
         }
-        ConnectionsCommand::RotateKey { id } => (
-            client
-                .call(Method::POST, &format!("/connections/{id}/api-key"), None)
-                .await?,
-            fields,
-        ),
+        ConnectionsCommand::RotateKey { id } => {
+            (client.call(Method::POST, &format!("/connections/{id}/api-key"), None).await?, fields)
+        }
         ConnectionsCommand::RotateSecret { id, grace } => {
             let body = json!({ "grace_seconds": grace });
-            (
-                client
-                    .call(
-                        Method::POST,
-                        &format!("/connections/{id}/signing-secret"),
-                        Some(body),
-                    )
-                    .await?,
-                fields,
-            )
+            (client.call(Method::POST, &format!("/connections/{id}/signing-secret"), Some(body)).await?, fields)
         }
     };
     Ok(render(&answer, as_json, view))
@@ -270,19 +216,9 @@ pub(super) async fn connections(
 ///
 /// # Errors
 /// See [`OperatorError`].
-pub(super) async fn hooks(
-    client: &AdminClient,
-    command: HooksCommand,
-    as_json: bool,
-) -> Result<String, OperatorError> {
+pub(super) async fn hooks(client: &AdminClient, command: HooksCommand, as_json: bool) -> Result<String, OperatorError> {
     let HooksCommand::List { connection } = command;
-    let answer = client
-        .call(
-            Method::GET,
-            &format!("/connections/{connection}/hooks"),
-            None,
-        )
-        .await?;
+    let answer = client.call(Method::GET, &format!("/connections/{connection}/hooks"), None).await?;
     Ok(render(&answer, as_json, |v| {
         table(
             &["ID", "EVENT", "TEMPLATE", "URL", "CREATED"],
@@ -303,58 +239,27 @@ pub(super) async fn dead_letters(
 ) -> Result<String, OperatorError> {
     match command {
         DeadLettersCommand::List { connection, limit } => {
-            let filter = connection
-                .map(|c| format!("&connection={c}"))
-                .unwrap_or_default();
-            let answer = client
-                .call(
-                    Method::GET,
-                    &format!("/dead-letters?limit={limit}{filter}"),
-                    None,
-                )
-                .await?;
+            let filter = connection.map(|c| format!("&connection={c}")).unwrap_or_default();
+            let answer = client.call(Method::GET, &format!("/dead-letters?limit={limit}{filter}"), None).await?;
             Ok(render(&answer, as_json, |v| {
-                let columns = [
-                    "id",
-                    "connection_id",
-                    "event_id",
-                    "hook_id",
-                    "attempts",
-                    "last_status",
-                    "last_error",
-                    "dead_at",
-                ];
+                let columns =
+                    ["id", "connection_id", "event_id", "hook_id", "attempts", "last_status", "last_error", "dead_at"];
                 table(
-                    &[
-                        "ID",
-                        "CONNECTION",
-                        "EVENT",
-                        "HOOK",
-                        "ATTEMPTS",
-                        "STATUS",
-                        "ERROR",
-                        "DEAD AT",
-                    ],
+                    &["ID", "CONNECTION", "EVENT", "HOOK", "ATTEMPTS", "STATUS", "ERROR", "DEAD AT"],
                     &v["data"],
                     &columns,
                 )
             }))
         }
         DeadLettersCommand::Retry { id } => {
-            let answer = client
-                .call(Method::POST, &format!("/dead-letters/{id}/retry"), None)
-                .await?;
+            let answer = client.call(Method::POST, &format!("/dead-letters/{id}/retry"), None).await?;
             Ok(render(&answer, as_json, fields))
         }
     }
 }
 
 fn render(answer: &Value, as_json: bool, view: fn(&Value) -> String) -> String {
-    if as_json {
-        serde_json::to_string_pretty(answer).unwrap_or_default()
-    } else {
-        view(answer)
-    }
+    if as_json { serde_json::to_string_pretty(answer).unwrap_or_default() } else { view(answer) }
 }
 
 fn text(v: &Value) -> String {
@@ -371,11 +276,7 @@ fn fields(v: &Value) -> String {
         return text(v);
     };
     let width = object.keys().map(String::len).max().unwrap_or(0);
-    object
-        .iter()
-        .map(|(k, v)| format!("{k:<width$}  {}", text(v)))
-        .collect::<Vec<_>>()
-        .join("\n")
+    object.iter().map(|(k, v)| format!("{k:<width$}  {}", text(v))).collect::<Vec<_>>().join("\n")
 }
 
 fn connection_table(v: &Value) -> String {
@@ -388,29 +289,15 @@ fn connection_table(v: &Value) -> String {
 
 /// Aligned columns: `headers` over `rows[i][keys[j]]`.
 fn table(headers: &[&str], rows: &Value, keys: &[&str]) -> String {
-    let rows: Vec<Vec<String>> = rows
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|row| keys.iter().map(|k| text(&row[*k])).collect())
-        .collect();
+    let rows: Vec<Vec<String>> =
+        rows.as_array().into_iter().flatten().map(|row| keys.iter().map(|k| text(&row[*k])).collect()).collect();
     let widths: Vec<usize> = headers
         .iter()
         .enumerate()
-        .map(|(i, h)| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([h.len()])
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|(i, h)| rows.iter().map(|r| r[i].chars().count()).chain([h.len()]).max().unwrap_or(0))
         .collect();
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         padded.join("  ").trim_end().to_owned()
     };
     let mut out = vec![line(headers.iter().map(|h| (*h).to_owned()).collect())];
@@ -428,18 +315,12 @@ mod tests {
     #[test]
     fn tables_align_and_show_missing_values() {
         let rows = json!([{ "id": "a", "n": 1 }, { "id": "longer", "n": null }]);
-        assert_eq!(
-            table(&["ID", "N"], &rows, &["id", "n"]),
-            "ID      N\na       1\nlonger  -"
-        );
+        assert_eq!(table(&["ID", "N"], &rows, &["id", "n"]), "ID      N\na       1\nlonger  -");
         assert_eq!(table(&["ID"], &json!([]), &["id"]), "ID\n(none)");
     }
 
     #[test]
     fn fields_are_one_per_line() {
-        assert_eq!(
-            fields(&json!({ "api_key": "k", "id": "c" })),
-            "api_key  k\nid       c"
-        );
+        assert_eq!(fields(&json!({ "api_key": "k", "id": "c" })), "api_key  k\nid       c");
     }
 }

@@ -55,15 +55,9 @@ impl DeliveryClient {
             .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .no_proxy()
-            .dns_resolver(GuardedResolver {
-                policy: Arc::clone(&policy),
-            })
+            .dns_resolver(GuardedResolver { policy: Arc::clone(&policy) })
             .build()?;
-        Ok(Self {
-            http,
-            policy,
-            timeout,
-        })
+        Ok(Self { http, policy, timeout })
     }
 
     /// Makes attempt number `attempt` of `delivery`.
@@ -78,11 +72,7 @@ impl DeliveryClient {
         if let Err(why) = self.check_literal_address(&delivery.url) {
             return failed(why);
         }
-        let request = self
-            .http
-            .post(&delivery.url)
-            .headers(headers(delivery, attempt))
-            .body(delivery.payload.clone());
+        let request = self.http.post(&delivery.url).headers(headers(delivery, attempt)).body(delivery.payload.clone());
         let mut response = match request.send().await {
             Ok(r) => r,
             Err(e) => return failed(self.describe(&e)),
@@ -102,14 +92,8 @@ impl DeliveryClient {
                 Err(_) => break,
             }
         }
-        let error =
-            (!(200..300).contains(&status)).then(|| format!("the target answered {status}"));
-        Sent {
-            outcome: Outcome::Status(status),
-            retry_after,
-            error,
-            duration: started.elapsed(),
-        }
+        let error = (!(200..300).contains(&status)).then(|| format!("the target answered {status}"));
+        Sent { outcome: Outcome::Status(status), retry_after, error, duration: started.elapsed() }
     }
 
     fn check_literal_address(&self, url: &str) -> Result<(), String> {
@@ -119,25 +103,14 @@ impl DeliveryClient {
             Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
             _ => return Ok(()),
         };
-        if self.policy.allows_address(ip) {
-            Ok(())
-        } else {
-            Err(format!("refused: {ip} is a forbidden address"))
-        }
+        if self.policy.allows_address(ip) { Ok(()) } else { Err(format!("refused: {ip} is a forbidden address")) }
     }
 
     fn describe(&self, e: &reqwest::Error) -> String {
         if e.is_timeout() {
-            return format!(
-                "timed out after {}",
-                humantime::format_duration(self.timeout)
-            );
+            return format!("timed out after {}", humantime::format_duration(self.timeout));
         }
-        let mut text = String::from(if e.is_connect() {
-            "connection failed"
-        } else {
-            "request failed"
-        });
+        let mut text = String::from(if e.is_connect() { "connection failed" } else { "request failed" });
         let mut cause = std::error::Error::source(e);
         while let Some(c) = cause {
             text.push_str(": ");
@@ -152,10 +125,7 @@ impl DeliveryClient {
 fn headers(d: &DueDelivery, attempt: u32) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(7);
     let value = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert("x-relay-event-id", value(&d.event_id));
     h.insert("x-relay-hook-id", value(&d.hook_id));
@@ -175,12 +145,8 @@ impl Resolve for GuardedResolver {
         let policy = Arc::clone(&self.policy);
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = resolved
-                .into_iter()
-                .filter(|a| policy.allows_address(a.ip()))
-                .collect();
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = resolved.into_iter().filter(|a| policy.allows_address(a.ip())).collect();
             if allowed.is_empty() {
                 return Err(format!("{host} resolves only to forbidden addresses").into());
             }

@@ -89,9 +89,7 @@ impl Dispatcher {
             }
             let now = now_ms();
             let wait = match shared.dispatcher.store.next_due(now).await {
-                Ok(Some(at)) => {
-                    Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(IDLE_POLL)
-                }
+                Ok(Some(at)) => Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(IDLE_POLL),
                 _ => IDLE_POLL,
             };
             tokio::select! {
@@ -109,9 +107,7 @@ impl Dispatcher {
 /// jitter brings one request a little closer to the next (Make answers 429 above 5/s).
 fn pacing(rate: u32) -> Quota {
     let period = Duration::from_secs(1).mul_f64(PACING_HEADROOM / f64::from(rate.max(1)));
-    Quota::with_period(period)
-        .expect("the period is above zero")
-        .allow_burst(NonZeroU32::MIN)
+    Quota::with_period(period).expect("the period is above zero").allow_burst(NonZeroU32::MIN)
 }
 
 /// How much slower than `RELAY_HOOK_RATE` deliveries to one hook are spaced.
@@ -169,12 +165,7 @@ impl Shared {
         let number = d.attempts + 1;
         let at = now_ms();
         let sent = self.dispatcher.client.send(&d, number).await;
-        let decision = retry::decide(
-            sent.outcome,
-            number,
-            &self.dispatcher.schedule,
-            sent.retry_after,
-        );
+        let decision = retry::decide(sent.outcome, number, &self.dispatcher.schedule, sent.retry_after);
         let status_code = match sent.outcome {
             retry::Outcome::Status(s) => Some(s),
             retry::Outcome::Failed => None,
@@ -222,16 +213,9 @@ impl Shared {
     }
 
     async fn detach(&self, d: &DueDelivery) {
-        match self
-            .dispatcher
-            .store
-            .detach_hook(&d.connection_id, &d.hook_id)
-            .await
-        {
+        match self.dispatcher.store.detach_hook(&d.connection_id, &d.hook_id).await {
             Ok(_) => {
-                self.dispatcher
-                    .registry
-                    .remove_hook(&d.connection_id, &d.hook_id);
+                self.dispatcher.registry.remove_hook(&d.connection_id, &d.hook_id);
                 tracing::info!("target answered 410 Gone; hook detached");
             }
             Err(e) => tracing::error!(cause = %e, "detaching a gone hook failed; it is retried"),

@@ -31,12 +31,7 @@ pub enum Decision {
 ///
 /// The `n`th retry waits `schedule[n-1]`, or longer if the target asked for it (capped at
 /// [`MAX_RETRY_AFTER`]); once the schedule is used up the delivery is dead-lettered.
-pub fn decide(
-    outcome: Outcome,
-    attempt: u32,
-    schedule: &[Duration],
-    retry_after: Option<Duration>,
-) -> Decision {
+pub fn decide(outcome: Outcome, attempt: u32, schedule: &[Duration], retry_after: Option<Duration>) -> Decision {
     let retryable = match outcome {
         Outcome::Status(s) if (200..300).contains(&s) => return Decision::Delivered,
         Outcome::Status(410) => return Decision::Detach,
@@ -47,9 +42,7 @@ pub fn decide(
         return Decision::DeadLetter;
     }
     match schedule.get(attempt.saturating_sub(1) as usize) {
-        Some(&wait) => {
-            Decision::Retry(wait.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER)))
-        }
+        Some(&wait) => Decision::Retry(wait.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))),
         None => Decision::DeadLetter,
     }
 }
@@ -61,11 +54,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(now)
-            .unwrap_or_default()
-            .min(MAX_RETRY_AFTER),
-    )
+    Some(at.duration_since(now).unwrap_or_default().min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -76,26 +65,16 @@ mod tests {
 
     #[test]
     fn success_and_gone() {
-        assert_eq!(
-            decide(Outcome::Status(200), 1, &S, None),
-            Decision::Delivered
-        );
-        assert_eq!(
-            decide(Outcome::Status(204), 9, &S, None),
-            Decision::Delivered
-        );
+        assert_eq!(decide(Outcome::Status(200), 1, &S, None), Decision::Delivered);
+        assert_eq!(decide(Outcome::Status(204), 9, &S, None), Decision::Delivered);
         assert_eq!(decide(Outcome::Status(410), 1, &S, None), Decision::Detach);
     }
 
     #[test]
     fn retryable_answers_follow_the_schedule_then_dead_letter() {
-        for o in [
-            Outcome::Status(500),
-            Outcome::Status(429),
-            Outcome::Status(408),
-            Outcome::Status(425),
-            Outcome::Failed,
-        ] {
+        for o in
+            [Outcome::Status(500), Outcome::Status(429), Outcome::Status(408), Outcome::Status(425), Outcome::Failed]
+        {
             assert_eq!(decide(o, 1, &S, None), Decision::Retry(S[0]));
             assert_eq!(decide(o, 2, &S, None), Decision::Retry(S[1]));
             assert_eq!(decide(o, 3, &S, None), Decision::DeadLetter);
@@ -105,30 +84,17 @@ mod tests {
     #[test]
     fn other_4xx_and_redirects_dead_letter_at_once() {
         for s in [400, 401, 404, 301, 302, 100] {
-            assert_eq!(
-                decide(Outcome::Status(s), 1, &S, None),
-                Decision::DeadLetter,
-                "{s}"
-            );
+            assert_eq!(decide(Outcome::Status(s), 1, &S, None), Decision::DeadLetter, "{s}");
         }
     }
 
     #[test]
     fn retry_after_only_lengthens_and_is_capped() {
         let long = Some(Duration::from_secs(60));
-        assert_eq!(
-            decide(Outcome::Status(429), 1, &S, long),
-            Decision::Retry(Duration::from_secs(60))
-        );
-        assert_eq!(
-            decide(Outcome::Status(429), 2, &S, Some(Duration::from_secs(1))),
-            Decision::Retry(S[1])
-        );
+        assert_eq!(decide(Outcome::Status(429), 1, &S, long), Decision::Retry(Duration::from_secs(60)));
+        assert_eq!(decide(Outcome::Status(429), 2, &S, Some(Duration::from_secs(1))), Decision::Retry(S[1]));
         let huge = Some(Duration::from_secs(86_400));
-        assert_eq!(
-            decide(Outcome::Status(503), 1, &S, huge),
-            Decision::Retry(MAX_RETRY_AFTER)
-        );
+        assert_eq!(decide(Outcome::Status(503), 1, &S, huge), Decision::Retry(MAX_RETRY_AFTER));
     }
 
     #[test]

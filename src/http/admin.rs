@@ -21,8 +21,7 @@ use super::hooks::hook_json;
 use super::io::{empty, json, limit, query_param, read_json};
 use super::routes::Route;
 use crate::model::{
-    Connection, DELIVERY_ID_PREFIX, DeadLetter, SigningSecret, api_key_hash, now_ms, random_token,
-    rfc3339,
+    Connection, DELIVERY_ID_PREFIX, DeadLetter, SigningSecret, api_key_hash, now_ms, random_token, rfc3339,
 };
 use crate::registry::Entry;
 use crate::store::Created;
@@ -34,12 +33,7 @@ pub(super) const MAX_SECRETS: usize = 5;
 /// Longest grace period of a rotated-out signing secret.
 pub(super) const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
 
-pub(super) async fn handle(
-    state: &AppState,
-    client: IpAddr,
-    route: Route<'_>,
-    req: Request<Incoming>,
-) -> Reply {
+pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, req: Request<Incoming>) -> Reply {
     let Some(expected) = state.admin_token_hash else {
         return Err(ApiError::not_found("route"));
     };
@@ -52,52 +46,28 @@ pub(super) async fn handle(
     match route {
         Route::CreateConnection => create(state, req).await,
         Route::ListConnections => {
-            let data: Vec<Value> = state
-                .registry
-                .all()
-                .iter()
-                .map(|e| connection_json(state, req.headers(), e))
-                .collect();
+            let data: Vec<Value> =
+                state.registry.all().iter().map(|e| connection_json(state, req.headers(), e)).collect();
             Ok(json(StatusCode::OK, &json!({ "data": data })))
         }
         Route::GetConnection(id) => {
-            let entry = state
-                .registry
-                .get(id)
-                .ok_or_else(|| ApiError::not_found("connection"))?;
-            Ok(json(
-                StatusCode::OK,
-                &connection_json(state, req.headers(), &entry),
-            ))
+            let entry = state.registry.get(id).ok_or_else(|| ApiError::not_found("connection"))?;
+            Ok(json(StatusCode::OK, &connection_json(state, req.headers(), &entry)))
         }
         Route::DeleteConnection(id) => {
             let removed = state.store.delete_connection(id).await?;
             state.registry.remove_connection(id);
-            if removed {
-                Ok(empty(StatusCode::NO_CONTENT))
-            } else {
-                Err(ApiError::not_found("connection"))
-            }
+            if removed { Ok(empty(StatusCode::NO_CONTENT)) } else { Err(ApiError::not_found("connection")) }
         }
         Route::ConnectionHooks(id) => {
-            let entry = state
-                .registry
-                .get(id)
-                .ok_or_else(|| ApiError::not_found("connection"))?;
+            let entry = state.registry.get(id).ok_or_else(|| ApiError::not_found("connection"))?;
             let hooks: Vec<Value> = entry.hooks.iter().map(hook_json).collect();
             Ok(json(StatusCode::OK, &json!({ "data": hooks })))
         }
         Route::RotateApiKey(id) => {
-            state
-                .registry
-                .get(id)
-                .ok_or_else(|| ApiError::not_found("connection"))?;
+            state.registry.get(id).ok_or_else(|| ApiError::not_found("connection"))?;
             let api_key = random_token("sk_", 32);
-            if !state
-                .store
-                .set_api_key_hash(id, api_key_hash(&api_key))
-                .await?
-            {
+            if !state.store.set_api_key_hash(id, api_key_hash(&api_key)).await? {
                 return Err(ApiError::not_found("connection"));
             }
             state.registry.set_api_key_hash(id, api_key_hash(&api_key));
@@ -106,19 +76,12 @@ pub(super) async fn handle(
         Route::RotateSigningSecret(id) => rotate_secret(state, id, req).await,
         Route::DeadLetters => {
             let connection = query_param(query, "connection");
-            let letters = state
-                .store
-                .dead_letters(connection.as_deref(), limit(query, 50, 500)?)
-                .await?;
+            let letters = state.store.dead_letters(connection.as_deref(), limit(query, 50, 500)?).await?;
             let data: Vec<Value> = letters.iter().map(dead_letter_json).collect();
             Ok(json(StatusCode::OK, &json!({ "data": data })))
         }
         Route::RetryDeadLetter(id) => {
-            let number = id
-                .strip_prefix(DELIVERY_ID_PREFIX)
-                .unwrap_or(id)
-                .parse::<i64>()
-                .ok();
+            let number = id.strip_prefix(DELIVERY_ID_PREFIX).unwrap_or(id).parse::<i64>().ok();
             let found = match number {
                 Some(n) => state.store.retry_dead_letter(n, now_ms()).await?,
                 None => false,
@@ -127,10 +90,7 @@ pub(super) async fn handle(
                 return Err(ApiError::not_found("dead letter"));
             }
             state.queue.wake();
-            Ok(json(
-                StatusCode::ACCEPTED,
-                &json!({ "id": id, "status": "scheduled" }),
-            ))
+            Ok(json(StatusCode::ACCEPTED, &json!({ "id": id, "status": "scheduled" })))
         }
         _ => Err(ApiError::not_found("route")),
     }
@@ -147,55 +107,36 @@ struct ConnectionIn {
 
 async fn create(state: &AppState, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
-    let input: ConnectionIn = read_json(&parts.headers, body).await?;
-    let name = input
-        .name
-        .map(|n| n.trim().to_owned())
-        .filter(|n| !n.is_empty());
+    let input: ConnectionIn = read_json(&parts.headers, body, state.config.body_timeout).await?;
+    let name = input.name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
     let name = name.ok_or_else(|| ApiError::validation("name is required"))?;
     if name.len() > 200 {
         return Err(ApiError::validation("name is longer than 200 bytes"));
     }
     let id = input.id.unwrap_or_else(|| random_token("con_", 12));
-    if id.is_empty()
-        || id.len() > 64
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(ApiError::validation(
-            "id must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -",
-        ));
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(ApiError::validation("id must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -"));
     }
     let api_key = secret_field(input.api_key, "api_key", "sk_")?;
     let signing_secret = secret_field(input.signing_secret, "signing_secret", "whsec_")?;
     if input.ingest_rate == Some(0) {
-        return Err(ApiError::validation(
-            "ingest_rate must be at least 1 event per second",
-        ));
+        return Err(ApiError::validation("ingest_rate must be at least 1 event per second"));
     }
     let connection = Connection {
         id: id.clone(),
         name: name.clone(),
         api_key_hash: api_key_hash(&api_key),
-        secrets: vec![SigningSecret {
-            secret: signing_secret.clone(),
-            expires_at: None,
-        }],
+        secrets: vec![SigningSecret { secret: signing_secret.clone(), expires_at: None }],
         ingest_rate: input.ingest_rate,
         created_at: now_ms(),
     };
     match state.store.create_connection(connection.clone()).await? {
         Created::Created => {}
         Created::IdTaken => {
-            return Err(ApiError::conflict(format!(
-                "a connection with id {id:?} already exists"
-            )));
+            return Err(ApiError::conflict(format!("a connection with id {id:?} already exists")));
         }
         Created::KeyTaken => {
-            return Err(ApiError::conflict(
-                "that api_key belongs to another connection",
-            ));
+            return Err(ApiError::conflict("that api_key belongs to another connection"));
         }
     }
     state.registry.insert_connection(connection);
@@ -214,9 +155,7 @@ fn secret_field(given: Option<String>, field: &str, prefix: &str) -> Result<Stri
     match given {
         None => Ok(random_token(prefix, 32)),
         Some(s) if s.is_empty() || s.len() > 256 || s.chars().any(char::is_whitespace) => {
-            Err(ApiError::validation(format!(
-                "{field} must be 1 to 256 characters without spaces"
-            )))
+            Err(ApiError::validation(format!("{field} must be 1 to 256 characters without spaces")))
         }
         Some(s) => Ok(s),
     }
@@ -228,36 +167,21 @@ struct RotateIn {
 }
 
 async fn rotate_secret(state: &AppState, id: &str, req: Request<Incoming>) -> Reply {
-    let entry = state
-        .registry
-        .get(id)
-        .ok_or_else(|| ApiError::not_found("connection"))?;
+    let entry = state.registry.get(id).ok_or_else(|| ApiError::not_found("connection"))?;
     let (parts, body) = req.into_parts();
-    let input: RotateIn = read_json(&parts.headers, body).await?;
+    let input: RotateIn = read_json(&parts.headers, body, state.config.body_timeout).await?;
     let grace = input.grace_seconds.unwrap_or(0);
     if grace > MAX_GRACE_SECONDS {
-        return Err(ApiError::validation(format!(
-            "grace_seconds must be at most {MAX_GRACE_SECONDS}"
-        )));
+        return Err(ApiError::validation(format!("grace_seconds must be at most {MAX_GRACE_SECONDS}")));
     }
     let now = now_ms();
     let retire_at = now + i64::try_from(grace * 1000).unwrap_or(i64::MAX);
     let secret = random_token("whsec_", 32);
-    let mut secrets = vec![SigningSecret {
-        secret: secret.clone(),
-        expires_at: None,
-    }];
-    secrets.extend(
-        entry
-            .connection
-            .secrets
-            .iter()
-            .filter(|s| s.is_live(now))
-            .map(|s| SigningSecret {
-                secret: s.secret.clone(),
-                expires_at: Some(s.expires_at.map_or(retire_at, |at| at.min(retire_at))),
-            }),
-    );
+    let mut secrets = vec![SigningSecret { secret: secret.clone(), expires_at: None }];
+    secrets.extend(entry.connection.secrets.iter().filter(|s| s.is_live(now)).map(|s| SigningSecret {
+        secret: s.secret.clone(),
+        expires_at: Some(s.expires_at.map_or(retire_at, |at| at.min(retire_at))),
+    }));
     secrets.retain(|s| s.is_live(now));
     secrets.truncate(MAX_SECRETS);
     if !state.store.set_secrets(id, secrets.clone()).await? {
@@ -265,24 +189,15 @@ async fn rotate_secret(state: &AppState, id: &str, req: Request<Incoming>) -> Re
     }
     state.registry.set_secrets(id, secrets);
     let previous_expires_at = (grace > 0).then(|| rfc3339(retire_at));
-    Ok(json(
-        StatusCode::OK,
-        &json!({ "signing_secret": secret, "previous_expires_at": previous_expires_at }),
-    ))
+    Ok(json(StatusCode::OK, &json!({ "signing_secret": secret, "previous_expires_at": previous_expires_at })))
 }
 
 fn ingest_url(state: &AppState, headers: &HeaderMap, id: &str) -> String {
     let base = match &state.config.public_url {
         Some(url) => url.as_str().trim_end_matches('/').to_owned(),
         None => {
-            let host = headers
-                .get(hyper::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost");
-            let scheme = headers
-                .get("x-forwarded-proto")
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("http");
+            let host = headers.get(hyper::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
             let scheme = if scheme == "https" { "https" } else { "http" };
             format!("{scheme}://{host}")
         }

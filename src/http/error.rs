@@ -1,6 +1,8 @@
 //! Client-facing errors: every one becomes `{"error": code, "message": sentence}` with one
 //! status per kind, exactly as API.md lists them. Internal causes are logged, never sent.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, RETRY_AFTER};
@@ -35,11 +37,13 @@ pub enum ErrorCode {
     RateLimited,
     /// 503.
     Unavailable,
+    /// 408: the request body did not arrive in time.
+    RequestTimeout,
 }
 
 impl ErrorCode {
     /// Every code, for documentation checks.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         Self::Unauthorized,
         Self::NotFound,
         Self::MethodNotAllowed,
@@ -52,6 +56,7 @@ impl ErrorCode {
         Self::Conflict,
         Self::RateLimited,
         Self::Unavailable,
+        Self::RequestTimeout,
     ];
 
     /// The code as it appears in `{"error": …}`.
@@ -69,6 +74,7 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
+            Self::RequestTimeout => "request_timeout",
         }
     }
 }
@@ -84,41 +90,23 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            headers: Vec::new(),
-        }
+        Self { status, code, message: message.into(), headers: Vec::new() }
     }
 
     /// 401: unknown connection, bad signature, missing or unknown key (one answer for all).
     pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "missing or invalid credentials",
-        )
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or invalid credentials")
     }
 
     /// 404 for a resource this caller cannot see.
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            format!("{what} not found"),
-        )
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, format!("{what} not found"))
     }
 
     /// 405 with the methods the path takes.
     pub fn method_not_allowed(allow: &'static str) -> Self {
-        let mut e = Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::MethodNotAllowed,
-            format!("use {allow}"),
-        );
-        e.headers
-            .push((hyper::header::ALLOW, HeaderValue::from_static(allow)));
+        let mut e = Self::new(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, format!("use {allow}"));
+        e.headers.push((hyper::header::ALLOW, HeaderValue::from_static(allow)));
         e
     }
 
@@ -143,11 +131,7 @@ impl ApiError {
 
     /// 422: the hook's target URL breaks a rule (the message says which).
     pub fn invalid_url(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::InvalidUrl,
-            message,
-        )
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidUrl, message)
     }
 
     /// 422: an event type the relay does not know.
@@ -161,11 +145,7 @@ impl ApiError {
 
     /// 422: a well-formed request with a field that breaks a rule.
     pub fn validation(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::ValidationFailed,
-            message,
-        )
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationFailed, message)
     }
 
     /// 409.
@@ -175,23 +155,29 @@ impl ApiError {
 
     /// 429 with `Retry-After`.
     pub fn rate_limited(retry_after_secs: u64) -> Self {
-        let mut e = Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::RateLimited,
-            "too many requests; retry later",
-        );
-        e.headers
-            .push((RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1))));
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, "too many requests; retry later");
+        e.headers.push((RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1))));
+        e
+    }
+
+    /// 408: the client sent its body too slowly.
+    pub fn request_timeout(limit: Duration) -> Self {
+        let message = format!("the request body did not arrive within {}", humantime::format_duration(limit));
+        Self::new(StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout, message)
+    }
+
+    /// 503 when the relay is at its limit of concurrent work; nothing was accepted.
+    pub fn overloaded() -> Self {
+        let mut e =
+            Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "the relay is busy; retry later");
+        e.headers.push((RETRY_AFTER, HeaderValue::from_static("1")));
         e
     }
 
     /// 503: the store cannot serve or commit; nothing was accepted.
     pub fn unavailable() -> Self {
-        let mut e = Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "the store is unavailable; retry later",
-        );
+        let mut e =
+            Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "the store is unavailable; retry later");
         e.headers.push((RETRY_AFTER, HeaderValue::from_static("1")));
         e
     }

@@ -17,30 +17,20 @@ use super::auth::authorize;
 use super::error::ApiError;
 use super::io::{empty, json, limit, read_json};
 use super::routes::Route;
-use crate::model::{
-    Attempt, EVENT_TYPES, HOOK_ID_PREFIX, Hook, IMAGE_CREATED, now_ms, random_token, rfc3339,
-};
+use crate::model::{Attempt, EVENT_TYPES, HOOK_ID_PREFIX, Hook, IMAGE_CREATED, now_ms, random_token, rfc3339};
 use crate::registry::Entry;
 use crate::store::Attached;
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
-pub(super) async fn handle(
-    state: &AppState,
-    client: IpAddr,
-    route: Route<'_>,
-    req: Request<Incoming>,
-) -> Reply {
-    let entry = authorize(state, client, req.headers(), |key| {
-        state.registry.authenticate(key)
-    })?;
+pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, req: Request<Incoming>) -> Reply {
+    let entry = authorize(state, client, req.headers(), |key| state.registry.authenticate(key))?;
     let query = req.uri().query().map(str::to_owned);
     let query = query.as_deref();
     match route {
-        Route::Connection => Ok(json(
-            StatusCode::OK,
-            &json!({ "id": entry.connection.id, "name": entry.connection.name }),
-        )),
+        Route::Connection => {
+            Ok(json(StatusCode::OK, &json!({ "id": entry.connection.id, "name": entry.connection.name })))
+        }
         Route::ListHooks => {
             let hooks: Vec<Value> = entry.hooks.iter().map(hook_json).collect();
             Ok(json(StatusCode::OK, &json!({ "data": hooks })))
@@ -51,11 +41,7 @@ pub(super) async fn handle(
             own_hook(&entry, id)?;
             let removed = state.store.detach_hook(&entry.connection.id, id).await?;
             state.registry.remove_hook(&entry.connection.id, id);
-            if removed {
-                Ok(empty(StatusCode::NO_CONTENT))
-            } else {
-                Err(ApiError::not_found("hook"))
-            }
+            if removed { Ok(empty(StatusCode::NO_CONTENT)) } else { Err(ApiError::not_found("hook")) }
         }
         Route::HookDeliveries(id) => {
             own_hook(&entry, id)?;
@@ -64,10 +50,7 @@ pub(super) async fn handle(
             Ok(json(StatusCode::OK, &json!({ "data": data })))
         }
         Route::Events => {
-            let events = state
-                .store
-                .events(&entry.connection.id, limit(query, 10, 100)?)
-                .await?;
+            let events = state.store.events(&entry.connection.id, limit(query, 10, 100)?).await?;
             let data: Vec<Value> = events
                 .iter()
                 .map(|e| {
@@ -92,24 +75,17 @@ struct HookIn {
 
 async fn attach(state: &AppState, entry: &Arc<Entry>, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
-    let input: HookIn = read_json(&parts.headers, body).await?;
+    let input: HookIn = read_json(&parts.headers, body, state.config.body_timeout).await?;
     let raw_url = input
         .url
         .or(input.target_url)
         .filter(|u| !u.trim().is_empty())
         .ok_or_else(|| ApiError::invalid_url("url (or target_url) is required"))?;
-    let event = input
-        .event
-        .filter(|e| !e.is_empty())
-        .unwrap_or_else(|| IMAGE_CREATED.to_owned());
+    let event = input.event.filter(|e| !e.is_empty()).unwrap_or_else(|| IMAGE_CREATED.to_owned());
     if !EVENT_TYPES.contains(&event.as_str()) {
         return Err(ApiError::invalid_event(&event));
     }
-    let url = state
-        .config
-        .targets
-        .check(raw_url.trim())
-        .map_err(ApiError::invalid_url)?;
+    let url = state.config.targets.check(raw_url.trim()).map_err(ApiError::invalid_url)?;
     let hook = Hook {
         id: random_token(HOOK_ID_PREFIX, 16),
         connection_id: entry.connection.id.clone(),

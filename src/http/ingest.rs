@@ -26,17 +26,14 @@ pub(super) async fn ingest(
     connection_id: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let entry = state
-        .registry
-        .get(connection_id)
-        .ok_or_else(ApiError::unauthorized)?;
+    let entry = state.registry.get(connection_id).ok_or_else(ApiError::unauthorized)?;
+    let Ok(_permit) = state.ingest_permits.try_acquire() else {
+        return Err(ApiError::overloaded());
+    };
     let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, state.config.max_body).await?;
+    let body = read_body(&parts.headers, body, state.config.max_body, state.config.body_timeout).await?;
     let now = now_ms();
-    let signature = parts
-        .headers
-        .get(SIGNATURE_HEADER)
-        .map(HeaderValue::as_bytes);
+    let signature = parts.headers.get(SIGNATURE_HEADER).map(HeaderValue::as_bytes);
     if !entry.verifier.verify(signature, &body, now) {
         return Err(ApiError::unauthorized());
     }
@@ -51,12 +48,7 @@ pub(super) async fn ingest(
     Ok(response)
 }
 
-async fn accept(
-    state: &AppState,
-    entry: &Entry,
-    body: Bytes,
-    now: i64,
-) -> Result<Response<Full<Bytes>>, ApiError> {
+async fn accept(state: &AppState, entry: &Entry, body: Bytes, now: i64) -> Result<Response<Full<Bytes>>, ApiError> {
     let envelope = Envelope::parse(&body)?;
     let hook_ids: Vec<String> = entry
         .hooks
@@ -64,18 +56,9 @@ async fn accept(
         .filter(|h| h.matches(&envelope.event_type, envelope.template_id.as_deref()))
         .map(|h| h.id.clone())
         .collect();
-    let event = Event {
-        id: envelope.id,
-        event_type: envelope.event_type,
-        payload: body,
-        received_at: now,
-    };
+    let event = Event { id: envelope.id, event_type: envelope.event_type, payload: body, received_at: now };
     let event_id = event.id.clone();
-    match state
-        .store
-        .ingest(&entry.connection.id, event, hook_ids)
-        .await?
-    {
+    match state.store.ingest(&entry.connection.id, event, hook_ids).await? {
         Ingested::Accepted { deliveries } => {
             if deliveries > 0 {
                 state.queue.wake();
@@ -84,8 +67,7 @@ async fn accept(
             Ok(json(StatusCode::ACCEPTED, &body))
         }
         Ingested::Duplicate => {
-            let body =
-                serde_json::json!({ "event_id": event_id, "duplicate": true, "deliveries": 0 });
+            let body = serde_json::json!({ "event_id": event_id, "duplicate": true, "deliveries": 0 });
             Ok(json(StatusCode::OK, &body))
         }
         Ingested::UnknownConnection => Err(ApiError::unauthorized()),
@@ -109,30 +91,21 @@ impl Envelope {
     /// # Errors
     /// 400 `invalid_payload` when the body is not a JSON object or its id is too long.
     pub(super) fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|_| ApiError::invalid_payload("the body is not valid JSON"))?;
+        let value: Value =
+            serde_json::from_slice(body).map_err(|_| ApiError::invalid_payload("the body is not valid JSON"))?;
         let Value::Object(fields) = value else {
             return Err(ApiError::invalid_payload("the body is not a JSON object"));
         };
         let text = |name: &str| fields.get(name).and_then(Value::as_str);
         let id = match text("id") {
             Some(id) if id.len() > MAX_EVENT_ID_LEN => {
-                return Err(ApiError::invalid_payload(format!(
-                    "the id is longer than {MAX_EVENT_ID_LEN} bytes"
-                )));
+                return Err(ApiError::invalid_payload(format!("the id is longer than {MAX_EVENT_ID_LEN} bytes")));
             }
             Some(id) if !id.is_empty() => id.to_owned(),
             _ => hex::encode(Sha256::digest(body)),
         };
-        let event_type = text("event")
-            .or_else(|| text("type"))
-            .unwrap_or(IMAGE_CREATED)
-            .to_owned();
-        Ok(Self {
-            id,
-            event_type,
-            template_id: text("template_id").map(str::to_owned),
-        })
+        let event_type = text("event").or_else(|| text("type")).unwrap_or(IMAGE_CREATED).to_owned();
+        Ok(Self { id, event_type, template_id: text("template_id").map(str::to_owned) })
     }
 }
 
@@ -148,15 +121,10 @@ mod tests {
 
     #[test]
     fn envelope_reads_id_type_and_template() {
-        let e = Envelope::parse(br#"{"id":"evt_1","type":"image.deleted","template_id":"t1"}"#)
-            .unwrap();
+        let e = Envelope::parse(br#"{"id":"evt_1","type":"image.deleted","template_id":"t1"}"#).unwrap();
         assert_eq!(
             e,
-            Envelope {
-                id: "evt_1".into(),
-                event_type: "image.deleted".into(),
-                template_id: Some("t1".into())
-            }
+            Envelope { id: "evt_1".into(), event_type: "image.deleted".into(), template_id: Some("t1".into()) }
         );
         let e = Envelope::parse(br#"{"event":"a","type":"b"}"#).unwrap();
         assert_eq!(e.event_type, "a");
@@ -167,10 +135,7 @@ mod tests {
         let body = br#"{"id":7,"template_id":3}"#;
         let e = Envelope::parse(body).unwrap();
         assert_eq!(e.id, hex::encode(Sha256::digest(body)));
-        assert_eq!(
-            (e.event_type.as_str(), e.template_id),
-            (IMAGE_CREATED, None)
-        );
+        assert_eq!((e.event_type.as_str(), e.template_id), (IMAGE_CREATED, None));
     }
 
     #[test]

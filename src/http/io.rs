@@ -1,6 +1,8 @@
 //! Request and response plumbing shared by the handlers: bounded body reads, JSON in and out,
 //! bearer tokens, client addresses and query parameters.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -18,9 +20,7 @@ pub(super) fn json(status: StatusCode, value: &impl serde::Serialize) -> Respons
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -31,50 +31,43 @@ pub(super) fn empty(status: StatusCode) -> Response<Full<Bytes>> {
     response
 }
 
-/// Reads the whole body, refusing with 413 as soon as it passes `limit` (never buffered whole).
+/// Reads the whole body, refusing with 413 as soon as it passes `limit` (never buffered whole)
+/// and with 408 when it has not all arrived within `timeout` (slow-body clients).
 ///
 /// # Errors
-/// 413 when too large; 400 when the client breaks off.
+/// 413 when too large; 408 when too slow; 400 when the client breaks off.
 pub(super) async fn read_body(
     headers: &HeaderMap,
     body: Incoming,
     limit: usize,
+    timeout: Duration,
 ) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::payload_too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::payload_too_large(limit))
-        }
-        Err(_) => Err(ApiError::invalid_request(
-            "the request body could not be read",
-        )),
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ApiError::request_timeout(timeout)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(limit)),
+        Ok(Err(_)) => Err(ApiError::invalid_request("the request body could not be read")),
     }
 }
 
-/// Reads and parses a JSON body; an empty body parses as `{}`.
+/// Reads and parses a JSON body of at most [`MAX_API_BODY`]; an empty body parses as `{}`.
 ///
 /// # Errors
-/// 400 `invalid_request` for malformed JSON or wrong field types; 413 when too large.
+/// 400 `invalid_request` for malformed JSON or wrong field types; 413 when too large; 408 when
+/// too slow.
 pub(super) async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Incoming,
+    timeout: Duration,
 ) -> Result<T, ApiError> {
-    let bytes = read_body(headers, body, MAX_API_BODY).await?;
-    let bytes: &[u8] = if bytes.trim_ascii().is_empty() {
-        b"{}"
-    } else {
-        &bytes
-    };
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::invalid_request(format!("the body is not valid JSON for this request: {e}"))
-    })
+    let bytes = read_body(headers, body, MAX_API_BODY, timeout).await?;
+    let bytes: &[u8] = if bytes.trim_ascii().is_empty() { b"{}" } else { &bytes };
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid_request(format!("the body is not valid JSON for this request: {e}")))
 }
 
 /// The token of an `Authorization: Bearer …` header.
@@ -86,13 +79,8 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The value of a query parameter.
-pub(super) fn query_param<'a>(
-    query: Option<&'a str>,
-    name: &str,
-) -> Option<std::borrow::Cow<'a, str>> {
-    url::form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
+pub(super) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
 /// The `limit` query parameter: `default` when absent, 1..=`max`.
@@ -104,9 +92,7 @@ pub(super) fn limit(query: Option<&str>, default: usize, max: usize) -> Result<u
         None => Ok(default),
         Some(v) => match v.parse::<usize>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(ApiError::invalid_request(format!(
-                "limit must be a whole number from 1 to {max}"
-            ))),
+            _ => Err(ApiError::invalid_request(format!("limit must be a whole number from 1 to {max}"))),
         },
     }
 }

@@ -27,6 +27,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -40,8 +41,6 @@ use crate::ratelimit::AuthFailures;
 use crate::registry::Registry;
 use crate::store::Store;
 
-/// How long a client may take to send its request headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What every handler may use.
@@ -60,21 +59,15 @@ pub struct AppState {
     pub admin_token_hash: Option<[u8; 32]>,
     /// Counters and histograms served at `/metrics`.
     pub metrics: Metrics,
+    /// One permit per ingest in progress (`RELAY_MAX_INFLIGHT_INGEST`).
+    pub ingest_permits: Arc<Semaphore>,
 }
 
 impl AppState {
     /// Builds the handler state.
-    pub fn new(
-        config: Config,
-        store: Store,
-        registry: Registry,
-        queue: DeliveryQueue,
-        metrics: Metrics,
-    ) -> Self {
-        let admin_token_hash = config
-            .admin_token
-            .as_deref()
-            .map(|t| Sha256::digest(t.as_bytes()).into());
+    pub fn new(config: Config, store: Store, registry: Registry, queue: DeliveryQueue, metrics: Metrics) -> Self {
+        let max_inflight_ingest = config.max_inflight_ingest;
+        let admin_token_hash = config.admin_token.as_deref().map(|t| Sha256::digest(t.as_bytes()).into());
         Self {
             config,
             store,
@@ -83,6 +76,7 @@ impl AppState {
             auth_failures: AuthFailures::default(),
             admin_token_hash,
             metrics,
+            ingest_permits: Arc::new(Semaphore::new(max_inflight_ingest)),
         }
     }
 }
@@ -106,13 +100,10 @@ pub async fn serve(
     grace: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(state.config.header_timeout).keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(state.config.max_connections));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -126,28 +117,40 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            tokio::spawn(refuse(stream));
+            continue;
+        };
         let state = Arc::clone(&state);
         let service = service_fn(move |req| {
             let state = Arc::clone(&state);
             async move { Ok::<_, Infallible>(handle(&state, surface, peer.ip(), req).await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(cause = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(grace = ?grace, "open connections outlived the shutdown grace");
     }
+}
+
+/// Answers a connection over the cap with 503 and closes it, without reading its request.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str = r#"{"error":"unavailable","message":"too many connections; retry later"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
+    let _ = stream.shutdown().await;
 }
 
 /// The local address to report after binding port 0.
@@ -168,12 +171,7 @@ fn client_address(state: &AppState, peer: IpAddr, req: &Request<Incoming>) -> Ip
         .unwrap_or(peer)
 }
 
-async fn handle(
-    state: &AppState,
-    surface: Surface,
-    peer: IpAddr,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+async fn handle(state: &AppState, surface: Surface, peer: IpAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let client = client_address(state, peer, &req);
     let request_id = req
@@ -182,8 +180,7 @@ async fn handle(
         .filter(|v| v.len() <= 128 && v.to_str().is_ok_and(|s| !s.is_empty()))
         .cloned()
         .unwrap_or_else(|| {
-            HeaderValue::from_str(&crate::model::random_token("req_", 12))
-                .expect("hex is a valid header")
+            HeaderValue::from_str(&crate::model::random_token("req_", 12)).expect("hex is a valid header")
         });
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -191,9 +188,7 @@ async fn handle(
         let metrics_elsewhere = state.config.metrics_listen.is_some();
         match (surface, route) {
             (Surface::Metrics, Route::Metrics) => Ok(route),
-            (Surface::Api, Route::Metrics) if metrics_elsewhere => {
-                Err(ApiError::not_found("route"))
-            }
+            (Surface::Api, Route::Metrics) if metrics_elsewhere => Err(ApiError::not_found("route")),
             (Surface::Api, _) => Ok(route),
             (Surface::Metrics, _) => Err(ApiError::not_found("route")),
         }
@@ -206,11 +201,7 @@ async fn handle(
             Err(e) => Err(e),
         };
         let response = result.unwrap_or_else(ApiError::into_response);
-        tracing::info!(
-            status = response.status().as_u16(),
-            ms = started.elapsed().as_millis() as u64,
-            "request"
-        );
+        tracing::info!(status = response.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
         response
     }
     .instrument(span)
@@ -226,36 +217,23 @@ async fn dispatch(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     match route {
-        Route::Healthz => Ok(io::json(
-            StatusCode::OK,
-            &serde_json::json!({ "status": "ok" }),
-        )),
+        Route::Healthz => Ok(io::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))),
         Route::Readyz => match state.store.ping().await {
-            Ok(()) => Ok(io::json(
-                StatusCode::OK,
-                &serde_json::json!({ "status": "ready" }),
-            )),
+            Ok(()) => Ok(io::json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))),
             Err(e) => Err(e.into()),
         },
         Route::Metrics => {
             let pending = state.store.pending_count().await?;
-            let text =
-                state
-                    .metrics
-                    .render(pending, state.registry.hook_count(), state.registry.len());
+            let text = state.metrics.render(pending, state.registry.hook_count(), state.registry.len());
             let mut response = Response::new(Full::new(Bytes::from(text)));
             response.headers_mut().insert(
                 CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
             );
             Ok(response)
         }
         Route::Ingest(connection_id) => {
-            let response = ingest::ingest(state, connection_id, req)
-                .await
-                .unwrap_or_else(ApiError::into_response);
+            let response = ingest::ingest(state, connection_id, req).await.unwrap_or_else(ApiError::into_response);
             state.metrics.ingest(ingest_outcome(response.status()));
             Ok(response)
         }

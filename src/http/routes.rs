@@ -136,44 +136,18 @@ pub(super) fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Api
         ["metrics"] => (pick(m, [("GET", Route::Metrics)]), "GET"),
         ["v1", "ingest", id] if !id.is_empty() => (pick(m, [("POST", Route::Ingest(id))]), "POST"),
         ["v1", "connection"] => (pick(m, [("GET", Route::Connection)]), "GET"),
-        ["v1", "hooks"] => (
-            pick(m, [("GET", Route::ListHooks), ("POST", Route::AttachHook)]),
-            "GET, POST",
-        ),
-        ["v1", "hooks", id] if !id.is_empty() => (
-            pick(
-                m,
-                [
-                    ("GET", Route::GetHook(id)),
-                    ("DELETE", Route::DetachHook(id)),
-                ],
-            ),
-            "GET, DELETE",
-        ),
-        ["v1", "hooks", id, "deliveries"] if !id.is_empty() => {
-            (pick(m, [("GET", Route::HookDeliveries(id))]), "GET")
+        ["v1", "hooks"] => (pick(m, [("GET", Route::ListHooks), ("POST", Route::AttachHook)]), "GET, POST"),
+        ["v1", "hooks", id] if !id.is_empty() => {
+            (pick(m, [("GET", Route::GetHook(id)), ("DELETE", Route::DetachHook(id))]), "GET, DELETE")
         }
+        ["v1", "hooks", id, "deliveries"] if !id.is_empty() => (pick(m, [("GET", Route::HookDeliveries(id))]), "GET"),
         ["v1", "events"] => (pick(m, [("GET", Route::Events)]), "GET"),
-        ["admin", "v1", "connections"] => (
-            pick(
-                m,
-                [
-                    ("GET", Route::ListConnections),
-                    ("POST", Route::CreateConnection),
-                ],
-            ),
-            "GET, POST",
-        ),
-        ["admin", "v1", "connections", id] if !id.is_empty() => (
-            pick(
-                m,
-                [
-                    ("GET", Route::GetConnection(id)),
-                    ("DELETE", Route::DeleteConnection(id)),
-                ],
-            ),
-            "GET, DELETE",
-        ),
+        ["admin", "v1", "connections"] => {
+            (pick(m, [("GET", Route::ListConnections), ("POST", Route::CreateConnection)]), "GET, POST")
+        }
+        ["admin", "v1", "connections", id] if !id.is_empty() => {
+            (pick(m, [("GET", Route::GetConnection(id)), ("DELETE", Route::DeleteConnection(id))]), "GET, DELETE")
+        }
         ["admin", "v1", "connections", id, "hooks"] if !id.is_empty() => {
             (pick(m, [("GET", Route::ConnectionHooks(id))]), "GET")
         }
@@ -193,10 +167,7 @@ pub(super) fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Api
 }
 
 fn pick<'a, const N: usize>(method: &str, options: [(&str, Route<'a>); N]) -> Option<Route<'a>> {
-    options
-        .into_iter()
-        .find(|(m, _)| *m == method)
-        .map(|(_, r)| r)
+    options.into_iter().find(|(m, _)| *m == method).map(|(_, r)| r)
 }
 
 #[cfg(test)]
@@ -218,9 +189,6 @@ mod tests {
         assert_eq!(route(&Method::GET, "/nope").unwrap_err().status(), 404);
         assert_eq!(route(&Method::GET, "/v1/hooks/").unwrap_err().status(), 404);
         assert_eq!(route(&Method::PUT, "/v1/hooks").unwrap_err().status(), 405);
-        assert_eq!(
-            route(&Method::GET, "/v1/ingest/c1").unwrap_err().status(),
-            405
-        );
+        assert_eq!(route(&Method::GET, "/v1/ingest/c1").unwrap_err().status(), 405);
     }
 }

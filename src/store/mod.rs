@@ -10,9 +10,7 @@ use std::sync::Arc;
 
 use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
-use crate::model::{
-    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret,
-};
+use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret};
 
 pub use sqlite::SqliteStore;
 
@@ -108,9 +106,7 @@ impl Store {
     /// The database cannot be created, opened or migrated.
     pub async fn open(url: &DatabaseUrl, metrics: Metrics) -> Result<Self, StoreError> {
         match url {
-            DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(
-                SqliteStore::open(path.clone(), metrics).await?,
-            )),
+            DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(SqliteStore::open(path.clone(), metrics).await?)),
         }
     }
 
@@ -166,11 +162,7 @@ impl Store {
     ///
     /// # Errors
     /// The write failed.
-    pub async fn set_secrets(
-        &self,
-        id: &str,
-        secrets: Vec<SigningSecret>,
-    ) -> Result<bool, StoreError> {
+    pub async fn set_secrets(&self, id: &str, secrets: Vec<SigningSecret>) -> Result<bool, StoreError> {
         dispatch!(self.set_secrets(id.to_owned(), secrets))
     }
 
@@ -186,11 +178,7 @@ impl Store {
     ///
     /// # Errors
     /// The write failed.
-    pub async fn detach_hook(
-        &self,
-        connection_id: &str,
-        hook_id: &str,
-    ) -> Result<bool, StoreError> {
+    pub async fn detach_hook(&self, connection_id: &str, hook_id: &str) -> Result<bool, StoreError> {
         dispatch!(self.detach_hook(connection_id.to_owned(), hook_id.to_owned()))
     }
 
@@ -211,11 +199,7 @@ impl Store {
     ///
     /// # Errors
     /// The read failed.
-    pub async fn events(
-        &self,
-        connection_id: &str,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
+    pub async fn events(&self, connection_id: &str, limit: usize) -> Result<Vec<Event>, StoreError> {
         dispatch!(self.events(connection_id.to_owned(), limit))
     }
 
@@ -263,11 +247,7 @@ impl Store {
     ///
     /// # Errors
     /// The read failed.
-    pub async fn dead_letters(
-        &self,
-        connection_id: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>, StoreError> {
+    pub async fn dead_letters(&self, connection_id: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         dispatch!(self.dead_letters(connection_id.map(str::to_owned), limit))
     }
 

@@ -16,10 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::sqlite_schema::{DEAD, DELIVERED, MIGRATIONS, PENDING};
 use super::{Attached, Claim, Created, Ingested, Snapshot, StoreError};
 use crate::metrics::Metrics;
-use crate::model::{
-    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, NextStep,
-    SigningSecret,
-};
+use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, NextStep, SigningSecret};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -55,19 +52,12 @@ struct Job<T, F> {
 impl<T: Send, F: FnOnce(&Db) -> Result<T, StoreError> + Send> WriteJob for Job<T, F> {
     fn run(&mut self, db: &Db) {
         let op = self.op.take().expect("a job runs once");
-        let result = db
-            .execute_batch("SAVEPOINT job")
-            .map_err(StoreError::from)
-            .and_then(|()| {
-                let result = op(db);
-                let end = if result.is_ok() {
-                    "RELEASE job"
-                } else {
-                    "ROLLBACK TO job; RELEASE job"
-                };
-                db.execute_batch(end)?;
-                result
-            });
+        let result = db.execute_batch("SAVEPOINT job").map_err(StoreError::from).and_then(|()| {
+            let result = op(db);
+            let end = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            db.execute_batch(end)?;
+            result
+        });
         self.result = Some(result);
     }
 
@@ -97,20 +87,10 @@ impl SqliteStore {
     }
 
     fn open_blocking(path: &Path, metrics: Metrics) -> Result<Self, StoreError> {
-        if let Some(dir) = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         }
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
         let mut db = Db::open(path)?;
         db.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
@@ -118,20 +98,12 @@ impl SqliteStore {
         )?;
         migrate(&mut db)?;
         // Single instance: a lease still set was held by a process that is gone.
-        db.execute(
-            "UPDATE deliveries SET lease_until = NULL WHERE state = ?1 AND lease_until IS NOT NULL",
-            [PENDING],
-        )?;
+        db.execute("UPDATE deliveries SET lease_until = NULL WHERE state = ?1 AND lease_until IS NOT NULL", [PENDING])?;
         let reader = Db::open(path)?;
         reader.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")?;
         let (writer, jobs) = mpsc::channel(QUEUE_DEPTH);
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || run_writer(db, jobs, &metrics))?;
-        Ok(Self {
-            writer,
-            reader: Arc::new(Mutex::new(reader)),
-        })
+        std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || run_writer(db, jobs, &metrics))?;
+        Ok(Self { writer, reader: Arc::new(Mutex::new(reader)) })
     }
 
     async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
@@ -140,15 +112,8 @@ impl SqliteStore {
         F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, result) = oneshot::channel();
-        let job = Box::new(Job {
-            op: Some(op),
-            result: None,
-            reply,
-        });
-        self.writer
-            .send(job)
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let job = Box::new(Job { op: Some(op), result: None, reply });
+        self.writer.send(job).await.map_err(|_| StoreError::Closed)?;
         result.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -159,9 +124,7 @@ impl SqliteStore {
     {
         let reader = Arc::clone(&self.reader);
         tokio::task::spawn_blocking(move || {
-            let db = reader
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let db = reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             op(&db)
         })
         .await
@@ -169,26 +132,18 @@ impl SqliteStore {
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|db| Ok(db.query_row("SELECT 1", [], |_| Ok(()))?))
-            .await
+        self.read(|db| Ok(db.query_row("SELECT 1", [], |_| Ok(()))?)).await
     }
 
     pub(super) async fn pending_count(&self) -> Result<u64, StoreError> {
-        self.read(|db| {
-            Ok(db.query_row(
-                "SELECT COUNT(*) FROM deliveries WHERE state = ?1",
-                [PENDING],
-                |r| r.get(0),
-            )?)
-        })
-        .await
+        self.read(|db| Ok(db.query_row("SELECT COUNT(*) FROM deliveries WHERE state = ?1", [PENDING], |r| r.get(0))?))
+            .await
     }
 
     pub(super) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         self.read(|db| {
-            let mut stmt = db.prepare(
-                "SELECT id, name, api_key_hash, secrets, ingest_rate, created_at FROM connections",
-            )?;
+            let mut stmt =
+                db.prepare("SELECT id, name, api_key_hash, secrets, ingest_rate, created_at FROM connections")?;
             let connections = stmt
                 .query_map([], connection_row)?
                 .map(|row| row.map_err(StoreError::from).and_then(|r| r))
@@ -210,10 +165,7 @@ impl SqliteStore {
             if exists("SELECT 1 FROM connections WHERE id = ?1", &c.id)? {
                 return Ok(Created::IdTaken);
             }
-            if exists(
-                "SELECT 1 FROM connections WHERE api_key_hash = ?1",
-                &c.api_key_hash.as_slice(),
-            )? {
+            if exists("SELECT 1 FROM connections WHERE api_key_hash = ?1", &c.api_key_hash.as_slice())? {
                 return Ok(Created::KeyTaken);
             }
             db.execute(
@@ -234,35 +186,22 @@ impl SqliteStore {
     }
 
     pub(super) async fn delete_connection(&self, id: String) -> Result<bool, StoreError> {
-        self.write(move |db| Ok(db.execute("DELETE FROM connections WHERE id = ?1", [id])? == 1))
-            .await
+        self.write(move |db| Ok(db.execute("DELETE FROM connections WHERE id = ?1", [id])? == 1)).await
     }
 
-    pub(super) async fn set_api_key_hash(
-        &self,
-        id: String,
-        hash: [u8; 32],
-    ) -> Result<bool, StoreError> {
+    pub(super) async fn set_api_key_hash(&self, id: String, hash: [u8; 32]) -> Result<bool, StoreError> {
         self.write(move |db| {
-            let n = db.execute(
-                "UPDATE connections SET api_key_hash = ?2 WHERE id = ?1",
-                params![id, hash.as_slice()],
-            )?;
+            let n =
+                db.execute("UPDATE connections SET api_key_hash = ?2 WHERE id = ?1", params![id, hash.as_slice()])?;
             Ok(n == 1)
         })
         .await
     }
 
-    pub(super) async fn set_secrets(
-        &self,
-        id: String,
-        secrets: Vec<SigningSecret>,
-    ) -> Result<bool, StoreError> {
+    pub(super) async fn set_secrets(&self, id: String, secrets: Vec<SigningSecret>) -> Result<bool, StoreError> {
         self.write(move |db| {
-            let n = db.execute(
-                "UPDATE connections SET secrets = ?2 WHERE id = ?1",
-                params![id, secrets_json(&secrets)?],
-            )?;
+            let n =
+                db.execute("UPDATE connections SET secrets = ?2 WHERE id = ?1", params![id, secrets_json(&secrets)?])?;
             Ok(n == 1)
         })
         .await
@@ -276,10 +215,7 @@ impl SqliteStore {
                     "SELECT id, connection_id, url, event, template_id, created_at FROM hooks
                      WHERE connection_id = ?1 AND url = ?2 AND event = ?3 AND template_id = ?4",
                 )?
-                .query_row(
-                    params![hook.connection_id, hook.url, hook.event, template],
-                    hook_row,
-                )
+                .query_row(params![hook.connection_id, hook.url, hook.event, template], hook_row)
                 .optional()?;
             if let Some(existing) = existing {
                 return Ok(Attached::Existing(existing));
@@ -301,16 +237,9 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn detach_hook(
-        &self,
-        connection_id: String,
-        hook_id: String,
-    ) -> Result<bool, StoreError> {
+    pub(super) async fn detach_hook(&self, connection_id: String, hook_id: String) -> Result<bool, StoreError> {
         self.write(move |db| {
-            let n = db.execute(
-                "DELETE FROM hooks WHERE id = ?1 AND connection_id = ?2",
-                [hook_id, connection_id],
-            )?;
+            let n = db.execute("DELETE FROM hooks WHERE id = ?1 AND connection_id = ?2", [hook_id, connection_id])?;
             Ok(n == 1)
         })
         .await
@@ -349,11 +278,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn events(
-        &self,
-        connection_id: String,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
+    pub(super) async fn events(&self, connection_id: String, limit: usize) -> Result<Vec<Event>, StoreError> {
         self.read(move |db| {
             let mut stmt = db.prepare_cached(
                 "SELECT id, type, payload, received_at FROM events WHERE connection_id = ?1 ORDER BY seq DESC LIMIT ?2",
@@ -371,11 +296,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn attempts(
-        &self,
-        hook_id: String,
-        limit: usize,
-    ) -> Result<Vec<Attempt>, StoreError> {
+    pub(super) async fn attempts(&self, hook_id: String, limit: usize) -> Result<Vec<Attempt>, StoreError> {
         self.read(move |db| {
             let mut stmt = db.prepare_cached(
                 "SELECT event_id, attempt, status_code, error, duration_ms, at FROM attempts
@@ -487,8 +408,7 @@ impl SqliteStore {
 
     pub(super) async fn release(&self, ids: Vec<i64>) -> Result<(), StoreError> {
         self.write(move |db| {
-            let mut stmt =
-                db.prepare_cached("UPDATE deliveries SET lease_until = NULL WHERE id = ?1")?;
+            let mut stmt = db.prepare_cached("UPDATE deliveries SET lease_until = NULL WHERE id = ?1")?;
             for id in ids {
                 stmt.execute([id])?;
             }
@@ -612,22 +532,17 @@ fn connection_row(r: &Row<'_>) -> rusqlite::Result<Result<Connection, StoreError
     let hash: Vec<u8> = r.get(2)?;
     let secrets: String = r.get(3)?;
     let decoded = (|| {
-        let api_key_hash = hash.try_into().map_err(|_| {
-            StoreError::Corrupt(format!("connection {id}: API key hash is not 32 bytes"))
-        })?;
+        let api_key_hash = hash
+            .try_into()
+            .map_err(|_| StoreError::Corrupt(format!("connection {id}: API key hash is not 32 bytes")))?;
         let secrets = serde_json::from_str(&secrets)
             .map_err(|e| StoreError::Corrupt(format!("connection {id}: secrets: {e}")))?;
         Ok((api_key_hash, secrets))
     })();
     Ok(match decoded {
-        Ok((api_key_hash, secrets)) => Ok(Connection {
-            name: r.get(1)?,
-            api_key_hash,
-            secrets,
-            ingest_rate: r.get(4)?,
-            created_at: r.get(5)?,
-            id,
-        }),
+        Ok((api_key_hash, secrets)) => {
+            Ok(Connection { name: r.get(1)?, api_key_hash, secrets, ingest_rate: r.get(4)?, created_at: r.get(5)?, id })
+        }
         Err(e) => Err(e),
     })
 }

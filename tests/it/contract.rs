@@ -8,8 +8,7 @@ use stencil_relay::http::{ErrorCode, PATTERNS};
 
 /// openapi.yaml as JSON values.
 pub(crate) fn openapi() -> Value {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
     serde_yaml_ng::from_str(&text).expect("openapi.yaml is valid YAML")
 }
 
@@ -38,27 +37,12 @@ fn openapi_lists_exactly_the_routes_the_router_serves() {
 fn every_operation_documents_a_success_and_its_errors_use_the_error_schema() {
     let doc = openapi();
     for (path, item) in doc["paths"].as_object().unwrap() {
-        for (method, op) in item
-            .as_object()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| *k != "parameters")
-        {
-            let responses = op["responses"]
-                .as_object()
-                .unwrap_or_else(|| panic!("{method} {path} has no responses"));
-            assert!(
-                responses.keys().any(|s| s.starts_with('2')),
-                "{method} {path} documents no success"
-            );
-            for (status, response) in responses
-                .iter()
-                .filter(|(s, _)| s.starts_with('4') || s.starts_with('5'))
-            {
+        for (method, op) in item.as_object().unwrap().iter().filter(|(k, _)| *k != "parameters") {
+            let responses = op["responses"].as_object().unwrap_or_else(|| panic!("{method} {path} has no responses"));
+            assert!(responses.keys().any(|s| s.starts_with('2')), "{method} {path} documents no success");
+            for (status, response) in responses.iter().filter(|(s, _)| s.starts_with('4') || s.starts_with('5')) {
                 let reference = response["$ref"].as_str().map(str::to_owned);
-                let schema = response["content"]["application/json"]["schema"]["$ref"]
-                    .as_str()
-                    .map(str::to_owned);
+                let schema = response["content"]["application/json"]["schema"]["$ref"].as_str().map(str::to_owned);
                 assert!(
                     reference.is_some_and(|r| r.starts_with("#/components/responses/"))
                         || schema.as_deref() == Some("#/components/schemas/Error"),
@@ -72,20 +56,18 @@ fn every_operation_documents_a_success_and_its_errors_use_the_error_schema() {
 #[test]
 fn openapi_error_codes_are_the_relays() {
     let doc = openapi();
-    let documented: BTreeSet<&str> =
-        doc["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
+    let documented: BTreeSet<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     let emitted: BTreeSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
     assert_eq!(documented, emitted);
 }
 
 #[test]
 fn readme_links_the_openapi_document() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     assert!(readme.contains("](openapi.yaml)"));
 }

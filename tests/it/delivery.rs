@@ -16,42 +16,22 @@ async fn delivers_exact_bytes_with_identity_headers() {
     let body = crate::harness::fixture("payloads/image-created.json");
     relay.ingest(&conn, &body).await;
     let got = sink.recv().await;
-    assert_eq!(
-        got.body.as_ref(),
-        body.as_slice(),
-        "the exact bytes, whitespace included"
-    );
+    assert_eq!(got.body.as_ref(), body.as_slice(), "the exact bytes, whitespace included");
     assert_eq!(got.header("content-type"), "application/json");
     assert!(got.header("user-agent").starts_with("stencil-relay/"));
-    assert_eq!(
-        got.header("x-relay-event-id"),
-        "7d2a3c1e-5b4f-4e8a-9c6d-2f1e0a9b8c7d"
-    );
-    assert_eq!(
-        got.header("webhook-id"),
-        "7d2a3c1e-5b4f-4e8a-9c6d-2f1e0a9b8c7d"
-    );
-    assert_eq!(
-        (got.header("x-relay-hook-id"), got.header("x-relay-attempt")),
-        (hook.as_str(), "1")
-    );
+    assert_eq!(got.header("x-relay-event-id"), "7d2a3c1e-5b4f-4e8a-9c6d-2f1e0a9b8c7d");
+    assert_eq!(got.header("webhook-id"), "7d2a3c1e-5b4f-4e8a-9c6d-2f1e0a9b8c7d");
+    assert_eq!((got.header("x-relay-hook-id"), got.header("x-relay-attempt")), (hook.as_str(), "1"));
     let ts: u64 = got.header("webhook-timestamp").parse().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     assert!(now.abs_diff(ts) < 60);
 }
 
 #[tokio::test]
 async fn fan_out_reaches_exactly_the_matching_hooks_of_the_connection() {
     let relay = TestServer::start().await;
-    let (all_a, tpl_a, other_tpl_a, all_b) = (
-        Sink::start().await,
-        Sink::start().await,
-        Sink::start().await,
-        Sink::start().await,
-    );
+    let (all_a, tpl_a, other_tpl_a, all_b) =
+        (Sink::start().await, Sink::start().await, Sink::start().await, Sink::start().await);
     let a = relay.connection("a").await;
     let b = relay.connection("b").await;
     relay.attach(&a, &all_a.url, None).await;
@@ -82,21 +62,11 @@ async fn retries_count_attempts_and_keep_the_event_id() {
     let tries = sink.recv_n(3).await;
     let attempts: Vec<&str> = tries.iter().map(|t| t.header("x-relay-attempt")).collect();
     assert_eq!(attempts, ["1", "2", "3"]);
-    assert!(
-        tries
-            .iter()
-            .all(|t| t.header("webhook-id") == "evt-r" && t.body == tries[0].body)
-    );
-    assert!(
-        tries[1].at - tries[0].at >= Duration::from_millis(100),
-        "first retry waits the schedule's 100ms"
-    );
+    assert!(tries.iter().all(|t| t.header("webhook-id") == "evt-r" && t.body == tries[0].body));
+    assert!(tries[1].at - tries[0].at >= Duration::from_millis(100), "first retry waits the schedule's 100ms");
     assert!(tries[2].at - tries[1].at >= Duration::from_millis(200));
     let log = relay.await_attempts(&conn, &hook, 3).await;
-    let statuses: Vec<u64> = log
-        .iter()
-        .map(|a| a["status_code"].as_u64().unwrap())
-        .collect();
+    let statuses: Vec<u64> = log.iter().map(|a| a["status_code"].as_u64().unwrap()).collect();
     assert_eq!(statuses, [200, 503, 500]);
     assert_eq!(log[1]["error"], "the target answered 503");
 }
@@ -110,11 +80,7 @@ async fn retry_after_lengthens_the_wait() {
     relay.attach(&conn, &sink.url, None).await;
     relay.ingest(&conn, &event("evt-429", None)).await;
     let tries = sink.recv_n(2).await;
-    assert!(
-        tries[1].at - tries[0].at >= Duration::from_millis(950),
-        "waited {:?}",
-        tries[1].at - tries[0].at
-    );
+    assert!(tries[1].at - tries[0].at >= Duration::from_millis(950), "waited {:?}", tries[1].at - tries[0].at);
 }
 
 #[tokio::test]
@@ -126,23 +92,14 @@ async fn gone_detaches_the_hook() {
     relay.ingest(&conn, &event("evt-1", None)).await;
     sink.recv().await;
     eventually("the hook to be detached", || async {
-        let reply = relay
-            .api(&conn, Method::GET, &format!("/hooks/{hook}"), None)
-            .await;
+        let reply = relay.api(&conn, Method::GET, &format!("/hooks/{hook}"), None).await;
         (reply.status == StatusCode::NOT_FOUND).then_some(())
     })
     .await;
-    assert_eq!(
-        relay.ingest(&conn, &event("evt-2", None)).await.body["deliveries"],
-        0
-    );
+    assert_eq!(relay.ingest(&conn, &event("evt-2", None)).await.body["deliveries"], 0);
     sink.assert_silent(Duration::from_millis(400)).await;
     let letters = relay.admin(Method::GET, "/dead-letters", None).await;
-    assert_eq!(
-        letters.body["data"],
-        json!([]),
-        "a detach is not a dead letter"
-    );
+    assert_eq!(letters.body["data"], json!([]), "a detach is not a dead letter");
 }
 
 #[tokio::test]
@@ -157,15 +114,8 @@ async fn exhausted_schedule_and_other_4xx_go_to_dead_letters() {
     failing.recv_n(4).await; // 1 try + 3 retries
     refusing.recv().await;
     let letters = relay.await_dead_letters("", 2).await;
-    let mut seen: Vec<(u64, u64)> = letters
-        .iter()
-        .map(|l| {
-            (
-                l["attempts"].as_u64().unwrap(),
-                l["last_status"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let mut seen: Vec<(u64, u64)> =
+        letters.iter().map(|l| (l["attempts"].as_u64().unwrap(), l["last_status"].as_u64().unwrap())).collect();
     seen.sort_unstable();
     assert_eq!(seen, [(1, 404), (4, 500)]);
     failing.assert_silent(Duration::from_millis(500)).await;
@@ -199,11 +149,7 @@ async fn slow_targets_time_out_and_are_retried() {
     assert_eq!(tries[1].header("x-relay-attempt"), "2");
     let log = relay.await_attempts(&conn, &hook, 2).await;
     assert_eq!(log[1]["status_code"], serde_json::Value::Null);
-    assert!(
-        log[1]["error"].as_str().unwrap().contains("timed out"),
-        "{}",
-        log[1]
-    );
+    assert!(log[1]["error"].as_str().unwrap().contains("timed out"), "{}", log[1]);
 }
 
 #[tokio::test]
@@ -215,22 +161,13 @@ async fn deliveries_to_one_hook_are_paced() {
     let conn = relay.connection("acme").await;
     relay.attach(&conn, &paced.url, None).await;
     for n in 0..6 {
-        assert_eq!(
-            relay
-                .ingest(&conn, &event(&format!("evt-{n}"), None))
-                .await
-                .status,
-            StatusCode::ACCEPTED
-        );
+        assert_eq!(relay.ingest(&conn, &event(&format!("evt-{n}"), None)).await.status, StatusCode::ACCEPTED);
     }
     let arrivals = paced.recv_n(6).await;
     // What Make enforces: never more than `rate` requests to one hook within one second.
     for window in arrivals.windows(3) {
         let span = window[2].at - window[0].at;
-        assert!(
-            span >= Duration::from_secs(1),
-            "3 deliveries at 2/s within {span:?}"
-        );
+        assert!(span >= Duration::from_secs(1), "3 deliveries at 2/s within {span:?}");
     }
 }
 
@@ -241,27 +178,16 @@ async fn refuses_inward_addresses_at_delivery_time() {
     let sink = Sink::start().await;
     let relay = TestServer::start().await;
     let conn = relay.connection("acme").await;
-    let by_name = relay
-        .attach(&conn, &sink.url.replace("127.0.0.1", "localhost"), None)
-        .await;
+    let by_name = relay.attach(&conn, &sink.url.replace("127.0.0.1", "localhost"), None).await;
     let by_ip = relay.attach(&conn, &sink.url, None).await;
     let mut strict_args = relay.args.clone();
     strict_args.allow_private_targets = Some("false".into());
     let relay = relay.restart_with(strict_args).await;
-    assert_eq!(
-        relay.ingest(&conn, &event("evt-inward", None)).await.body["deliveries"],
-        2
-    );
-    for (hook, why) in [
-        (by_name, "forbidden addresses"),
-        (by_ip, "forbidden address"),
-    ] {
+    assert_eq!(relay.ingest(&conn, &event("evt-inward", None)).await.body["deliveries"], 2);
+    for (hook, why) in [(by_name, "forbidden addresses"), (by_ip, "forbidden address")] {
         let attempt = relay.await_attempts(&conn, &hook, 1).await.remove(0);
         assert_eq!(attempt["status_code"], serde_json::Value::Null);
-        assert!(
-            attempt["error"].as_str().unwrap().contains(why),
-            "{attempt}"
-        );
+        assert!(attempt["error"].as_str().unwrap().contains(why), "{attempt}");
     }
     sink.assert_silent(Duration::from_millis(200)).await;
 }

@@ -19,56 +19,28 @@ fn fly_toml_matches_the_relay_settings() {
     .expect("fly.toml's environment is a valid configuration");
 
     let port = fly["http_service"]["internal_port"].as_integer().unwrap();
-    assert_eq!(
-        i64::from(config.listen.port()),
-        port,
-        "internal_port is the listen port"
-    );
-    assert!(
-        config.listen.ip().is_unspecified(),
-        "Fly's proxy reaches the machine from outside"
-    );
+    assert_eq!(i64::from(config.listen.port()), port, "internal_port is the listen port");
+    assert!(config.listen.ip().is_unspecified(), "Fly's proxy reaches the machine from outside");
 
-    let mount = fly["mounts"]
-        .as_array()
-        .map_or_else(|| fly["mounts"].clone(), |m| m[0].clone());
+    let mount = fly["mounts"].as_array().map_or_else(|| fly["mounts"].clone(), |m| m[0].clone());
     let volume = mount["destination"].as_str().unwrap();
     let DatabaseUrl::Sqlite(path) = &config.database;
-    assert!(
-        path.starts_with(volume),
-        "the SQLite file {path:?} lives on the volume {volume}"
-    );
+    assert!(path.starts_with(volume), "the SQLite file {path:?} lives on the volume {volume}");
 
     let checks = fly["http_service"]["checks"].as_array().unwrap();
-    assert!(
-        checks
-            .iter()
-            .any(|c| c["path"].as_str() == Some("/healthz"))
-    );
+    assert!(checks.iter().any(|c| c["path"].as_str() == Some("/healthz")));
 }
 
 #[test]
 fn dockerfile_is_multi_stage_and_runs_the_relay_as_non_root() {
     let docker = read("Dockerfile");
     assert!(docker.matches("FROM ").count() >= 2, "multi-stage");
-    assert!(
-        docker.contains("ca-certificates"),
-        "HTTPS deliveries need root certificates"
-    );
+    assert!(docker.contains("ca-certificates"), "HTTPS deliveries need root certificates");
     assert!(docker.contains("CMD [\"serve\"]"));
     assert!(docker.contains("--uid 10001"));
     let entrypoint = read("deploy/docker-entrypoint.sh");
-    for line in entrypoint
-        .lines()
-        .filter(|l| l.trim_start().starts_with("exec "))
-    {
-        assert!(
-            !line.contains("setpriv") || line.contains("--reuid=relay"),
-            "{line}"
-        );
+    for line in entrypoint.lines().filter(|l| l.trim_start().starts_with("exec ")) {
+        assert!(!line.contains("setpriv") || line.contains("--reuid=relay"), "{line}");
     }
-    assert!(
-        entrypoint.contains("exec setpriv --reuid=relay"),
-        "as root, it drops to the relay user"
-    );
+    assert!(entrypoint.contains("exec setpriv --reuid=relay"), "as root, it drops to the relay user");
 }

@@ -13,12 +13,8 @@ async fn connection_check_needs_a_valid_key() {
     let ok = relay.api(&conn, Method::GET, "/connection", None).await;
     assert_eq!(ok.status, StatusCode::OK);
     assert_eq!(ok.body, json!({ "id": "acme", "name": "Project acme" }));
-    let missing = relay
-        .send(Method::GET, "/v1/connection", None, None, &[])
-        .await;
-    let wrong = relay
-        .send(Method::GET, "/v1/connection", Some("sk_wrong"), None, &[])
-        .await;
+    let missing = relay.send(Method::GET, "/v1/connection", None, None, &[]).await;
+    let wrong = relay.send(Method::GET, "/v1/connection", Some("sk_wrong"), None, &[]).await;
     for reply in [missing, wrong] {
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
         assert_eq!(reply.error(), "unauthorized");
@@ -31,38 +27,20 @@ async fn attach_is_idempotent_and_accepts_zapier_target_url() {
     let relay = TestServer::start().await;
     let conn = relay.connection("acme").await;
     let url = "http://127.0.0.1:9/hook";
-    let created = relay
-        .api(&conn, Method::POST, "/hooks", Some(json!({ "url": url })))
-        .await;
+    let created = relay.api(&conn, Method::POST, "/hooks", Some(json!({ "url": url }))).await;
     assert_eq!(created.status, StatusCode::CREATED);
     let hook = &created.body;
     assert!(hook["id"].as_str().unwrap().starts_with("hk_"));
-    assert_eq!(
-        (hook["url"].as_str(), hook["event"].as_str()),
-        (Some(url), Some("image.created"))
-    );
+    assert_eq!((hook["url"].as_str(), hook["event"].as_str()), (Some(url), Some("image.created")));
     assert_eq!(hook["template_id"], Value::Null);
     assert!(hook["created_at"].as_str().unwrap().ends_with('Z'));
 
-    let again = relay
-        .api(
-            &conn,
-            Method::POST,
-            "/hooks",
-            Some(json!({ "target_url": url, "event": "image.created" })),
-        )
-        .await;
+    let again =
+        relay.api(&conn, Method::POST, "/hooks", Some(json!({ "target_url": url, "event": "image.created" }))).await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.body, created.body);
 
-    let narrowed = relay
-        .api(
-            &conn,
-            Method::POST,
-            "/hooks",
-            Some(json!({ "url": url, "template_id": "tpl" })),
-        )
-        .await;
+    let narrowed = relay.api(&conn, Method::POST, "/hooks", Some(json!({ "url": url, "template_id": "tpl" }))).await;
     assert_eq!(narrowed.status, StatusCode::CREATED);
     assert_ne!(narrowed.body["id"], created.body["id"]);
     assert_eq!(narrowed.body["template_id"], "tpl");
@@ -70,13 +48,7 @@ async fn attach_is_idempotent_and_accepts_zapier_target_url() {
     let list = relay.api(&conn, Method::GET, "/hooks", None).await;
     assert_eq!(list.body["data"].as_array().unwrap().len(), 2);
     let id = created.body["id"].as_str().unwrap();
-    assert_eq!(
-        relay
-            .api(&conn, Method::GET, &format!("/hooks/{id}"), None)
-            .await
-            .body,
-        created.body
-    );
+    assert_eq!(relay.api(&conn, Method::GET, &format!("/hooks/{id}"), None).await.body, created.body);
 }
 
 #[tokio::test]
@@ -98,12 +70,7 @@ async fn connections_never_see_each_others_hooks() {
     relay.attach(&b, "http://127.0.0.1:9/b", None).await;
 
     let list_b = relay.api(&b, Method::GET, "/hooks", None).await;
-    let ids: Vec<&str> = list_b.body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = list_b.body["data"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap()).collect();
     assert!(!ids.contains(&hook_a.as_str()));
     for (method, path) in [
         (Method::GET, format!("/hooks/{hook_a}")),
@@ -111,19 +78,9 @@ async fn connections_never_see_each_others_hooks() {
         (Method::DELETE, format!("/hooks/{hook_a}")),
     ] {
         let reply = relay.api(&b, method, &path, None).await;
-        assert_eq!(
-            (reply.status, reply.error()),
-            (StatusCode::NOT_FOUND, "not_found"),
-            "{path}"
-        );
+        assert_eq!((reply.status, reply.error()), (StatusCode::NOT_FOUND, "not_found"), "{path}");
     }
-    assert_eq!(
-        relay
-            .api(&a, Method::GET, &format!("/hooks/{hook_a}"), None)
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(relay.api(&a, Method::GET, &format!("/hooks/{hook_a}"), None).await.status, StatusCode::OK);
 
     relay.ingest(&a, &event("evt-a", None)).await;
     let events_b = relay.api(&b, Method::GET, "/events", None).await;
@@ -137,22 +94,10 @@ async fn detach_removes_the_hook_once() {
     let id = relay.attach(&conn, "http://127.0.0.1:9/hook", None).await;
     let path = format!("/hooks/{id}");
     let gone = relay.api(&conn, Method::DELETE, &path, None).await;
-    assert_eq!(
-        (gone.status, &gone.body),
-        (StatusCode::NO_CONTENT, &Value::Null)
-    );
-    assert_eq!(
-        relay.api(&conn, Method::DELETE, &path, None).await.status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        relay.api(&conn, Method::GET, &path, None).await.status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        relay.ingest(&conn, &event("e", None)).await.body["deliveries"],
-        0
-    );
+    assert_eq!((gone.status, &gone.body), (StatusCode::NO_CONTENT, &Value::Null));
+    assert_eq!(relay.api(&conn, Method::DELETE, &path, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(relay.api(&conn, Method::GET, &path, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(relay.ingest(&conn, &event("e", None)).await.body["deliveries"], 0);
 }
 
 #[tokio::test]
@@ -171,22 +116,13 @@ async fn deliveries_and_events_list_newest_first() {
     let data = newest.body["data"].as_array().unwrap();
     assert_eq!(data.len(), 2);
     assert_eq!(data[0]["event_id"], "evt-3");
-    assert_eq!(
-        (data[0]["attempt"].as_u64(), data[0]["status_code"].as_u64()),
-        (Some(1), Some(200))
-    );
+    assert_eq!((data[0]["attempt"].as_u64(), data[0]["status_code"].as_u64()), (Some(1), Some(200)));
     assert_eq!(data[0]["error"], Value::Null);
     assert!(data[0]["duration_ms"].is_u64() && data[0]["at"].as_str().unwrap().ends_with('Z'));
 
     let events = relay.api(&conn, Method::GET, "/events?limit=2", None).await;
     let events = events.body["data"].as_array().unwrap().clone();
-    assert_eq!(
-        events
-            .iter()
-            .map(|e| e["id"].as_str().unwrap())
-            .collect::<Vec<_>>(),
-        ["evt-3", "evt-2"]
-    );
+    assert_eq!(events.iter().map(|e| e["id"].as_str().unwrap()).collect::<Vec<_>>(), ["evt-3", "evt-2"]);
     assert_eq!(
         events[0]["payload"]["image_url"],
         "https://images.usestencil.com/images/7d2a3c1e-5b4f-4e8a-9c6d-2f1e0a9b8c7d.png"
@@ -194,74 +130,31 @@ async fn deliveries_and_events_list_newest_first() {
     assert_eq!(events[0]["type"], "image.created");
     assert!(events[0]["received_at"].is_string());
     let bad = relay.api(&conn, Method::GET, "/events?limit=0", None).await;
-    assert_eq!(
-        (bad.status, bad.error()),
-        (StatusCode::BAD_REQUEST, "invalid_request")
-    );
+    assert_eq!((bad.status, bad.error()), (StatusCode::BAD_REQUEST, "invalid_request"));
 }
 
 #[tokio::test]
 async fn bad_requests_get_clear_errors() {
     let relay = TestServer::start().await;
     let conn = relay.connection("acme").await;
-    let malformed = relay
-        .send(
-            Method::POST,
-            "/v1/hooks",
-            Some(&conn.api_key),
-            Some(b"{nope".to_vec()),
-            &[],
-        )
-        .await;
-    assert_eq!(
-        (malformed.status, malformed.error()),
-        (StatusCode::BAD_REQUEST, "invalid_request")
-    );
+    let malformed = relay.send(Method::POST, "/v1/hooks", Some(&conn.api_key), Some(b"{nope".to_vec()), &[]).await;
+    assert_eq!((malformed.status, malformed.error()), (StatusCode::BAD_REQUEST, "invalid_request"));
     let event = relay
-        .api(
-            &conn,
-            Method::POST,
-            "/hooks",
-            Some(json!({ "url": "http://127.0.0.1:9/", "event": "image.deleted" })),
-        )
+        .api(&conn, Method::POST, "/hooks", Some(json!({ "url": "http://127.0.0.1:9/", "event": "image.deleted" })))
         .await;
-    assert_eq!(
-        (event.status, event.error()),
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_event")
-    );
-    let no_url = relay
-        .api(&conn, Method::POST, "/hooks", Some(json!({})))
-        .await;
-    assert_eq!(
-        (no_url.status, no_url.error()),
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_url")
-    );
-    let unknown = relay
-        .send(Method::GET, "/v2/nothing", None, None, &[])
-        .await;
-    assert_eq!(
-        (unknown.status, unknown.error()),
-        (StatusCode::NOT_FOUND, "not_found")
-    );
-    let method = relay
-        .send(Method::PUT, "/v1/hooks", Some(&conn.api_key), None, &[])
-        .await;
+    assert_eq!((event.status, event.error()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_event"));
+    let no_url = relay.api(&conn, Method::POST, "/hooks", Some(json!({}))).await;
+    assert_eq!((no_url.status, no_url.error()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_url"));
+    let unknown = relay.send(Method::GET, "/v2/nothing", None, None, &[]).await;
+    assert_eq!((unknown.status, unknown.error()), (StatusCode::NOT_FOUND, "not_found"));
+    let method = relay.send(Method::PUT, "/v1/hooks", Some(&conn.api_key), None, &[]).await;
     assert_eq!(method.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(method.header("allow"), "GET, POST");
 }
 
 async fn attach_status(relay: &TestServer, conn: &Conn, url: &str) -> (StatusCode, String) {
-    let reply = relay
-        .api(conn, Method::POST, "/hooks", Some(json!({ "url": url })))
-        .await;
-    (
-        reply.status,
-        format!(
-            "{} {}",
-            reply.error(),
-            reply.body["message"].as_str().unwrap_or_default()
-        ),
-    )
+    let reply = relay.api(conn, Method::POST, "/hooks", Some(json!({ "url": url }))).await;
+    (reply.status, format!("{} {}", reply.error(), reply.body["message"].as_str().unwrap_or_default()))
 }
 
 #[tokio::test]
@@ -271,24 +164,13 @@ async fn target_rules_in_production_settings() {
     args.allow_private_targets = None;
     let relay = TestServer::start_with(args).await;
     let conn = relay.connection("acme").await;
-    for url in [
-        "https://hook.eu1.make.com/abc",
-        "https://hook.integromat.com/abc",
-        "https://hook.make.com/x",
-    ] {
-        assert_eq!(
-            attach_status(&relay, &conn, url).await.0,
-            StatusCode::CREATED,
-            "{url}"
-        );
+    for url in ["https://hook.eu1.make.com/abc", "https://hook.integromat.com/abc", "https://hook.make.com/x"] {
+        assert_eq!(attach_status(&relay, &conn, url).await.0, StatusCode::CREATED, "{url}");
     }
     for (url, why) in [
         ("http://hook.eu1.make.com/abc", "https"),
         ("https://example.com/abc", "allowed target hosts"),
-        (
-            "https://hook.eu1.make.com.evil.com/abc",
-            "allowed target hosts",
-        ),
+        ("https://hook.eu1.make.com.evil.com/abc", "allowed target hosts"),
         ("https://127.0.0.1/abc", "loopback"),
         ("https://2130706433/abc", "loopback"),
         ("https://[::ffff:127.0.0.1]/abc", "loopback"),
@@ -299,18 +181,10 @@ async fn target_rules_in_production_settings() {
     ] {
         let (status, message) = attach_status(&relay, &conn, url).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}");
-        assert!(
-            message.starts_with("invalid_url") && message.contains(why),
-            "{url}: {message}"
-        );
+        assert!(message.starts_with("invalid_url") && message.contains(why), "{url}: {message}");
     }
     let long = format!("https://hook.make.com/{}", "a".repeat(2048));
-    assert!(
-        attach_status(&relay, &conn, &long)
-            .await
-            .1
-            .contains("longer")
-    );
+    assert!(attach_status(&relay, &conn, &long).await.1.contains("longer"));
 }
 
 #[tokio::test]
@@ -320,28 +194,11 @@ async fn custom_target_host_patterns() {
     args.allow_private_targets = None;
     let relay = TestServer::start_with(args).await;
     let conn = relay.connection("acme").await;
+    assert_eq!(attach_status(&relay, &conn, "https://HOOK.eu.example.com/a").await.0, StatusCode::CREATED);
+    assert_eq!(attach_status(&relay, &conn, "https://api.example.org/a").await.0, StatusCode::CREATED);
+    assert_eq!(attach_status(&relay, &conn, "https://hook.make.com/a").await.0, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
-        attach_status(&relay, &conn, "https://HOOK.eu.example.com/a")
-            .await
-            .0,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        attach_status(&relay, &conn, "https://api.example.org/a")
-            .await
-            .0,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        attach_status(&relay, &conn, "https://hook.make.com/a")
-            .await
-            .0,
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
-    assert_eq!(
-        attach_status(&relay, &conn, "https://hook.a.b.example.com/a")
-            .await
-            .0,
+        attach_status(&relay, &conn, "https://hook.a.b.example.com/a").await.0,
         StatusCode::UNPROCESSABLE_ENTITY
     );
 }
@@ -352,30 +209,14 @@ async fn repeated_auth_failures_from_one_address_are_slowed() {
     let conn = relay.connection("acme").await;
     let mut statuses = Vec::new();
     for _ in 0..=stencil_relay::ratelimit::AUTH_FAILURE_BURST {
-        statuses.push(
-            relay
-                .send(Method::GET, "/v1/connection", Some("sk_guess"), None, &[])
-                .await
-                .status,
-        );
+        statuses.push(relay.send(Method::GET, "/v1/connection", Some("sk_guess"), None, &[]).await.status);
     }
-    assert!(
-        statuses[..statuses.len() - 1]
-            .iter()
-            .all(|s| *s == StatusCode::UNAUTHORIZED)
-    );
+    assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == StatusCode::UNAUTHORIZED));
     let slowed = relay.api(&conn, Method::GET, "/connection", None).await;
-    assert_eq!(
-        (slowed.status, slowed.error()),
-        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
-    );
+    assert_eq!((slowed.status, slowed.error()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
     assert!(slowed.header("retry-after").parse::<u64>().unwrap() >= 1);
     let admin = relay.admin(Method::GET, "/connections", None).await;
-    assert_eq!(
-        admin.status,
-        StatusCode::TOO_MANY_REQUESTS,
-        "the admin API shares the limit"
-    );
+    assert_eq!(admin.status, StatusCode::TOO_MANY_REQUESTS, "the admin API shares the limit");
 }
 
 #[tokio::test]
@@ -386,39 +227,11 @@ async fn behind_a_proxy_the_failure_limit_is_per_forwarded_client() {
     let conn = relay.connection("acme").await;
     let attacker = [("fly-client-ip", "203.0.113.7")];
     for _ in 0..=stencil_relay::ratelimit::AUTH_FAILURE_BURST {
-        relay
-            .send(
-                Method::GET,
-                "/v1/connection",
-                Some("sk_guess"),
-                None,
-                &attacker,
-            )
-            .await;
+        relay.send(Method::GET, "/v1/connection", Some("sk_guess"), None, &attacker).await;
     }
-    let blocked = relay
-        .send(
-            Method::GET,
-            "/v1/connection",
-            Some(&conn.api_key),
-            None,
-            &attacker,
-        )
-        .await;
+    let blocked = relay.send(Method::GET, "/v1/connection", Some(&conn.api_key), None, &attacker).await;
     assert_eq!(blocked.status, StatusCode::TOO_MANY_REQUESTS);
     let make = [("fly-client-ip", "198.51.100.20")];
-    let served = relay
-        .send(
-            Method::GET,
-            "/v1/connection",
-            Some(&conn.api_key),
-            None,
-            &make,
-        )
-        .await;
-    assert_eq!(
-        served.status,
-        StatusCode::OK,
-        "another client behind the same proxy is not slowed"
-    );
+    let served = relay.send(Method::GET, "/v1/connection", Some(&conn.api_key), None, &make).await;
+    assert_eq!(served.status, StatusCode::OK, "another client behind the same proxy is not slowed");
 }

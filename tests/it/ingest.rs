@@ -13,12 +13,8 @@ async fn accepted_event_counts_matching_deliveries_then_is_a_duplicate() {
     let sink = Sink::start().await;
     let conn = relay.connection("acme").await;
     relay.attach(&conn, &sink.url, None).await;
-    relay
-        .attach(&conn, &format!("{}?t=1", sink.url), Some("tpl-1"))
-        .await;
-    relay
-        .attach(&conn, &format!("{}?t=2", sink.url), Some("tpl-2"))
-        .await;
+    relay.attach(&conn, &format!("{}?t=1", sink.url), Some("tpl-1")).await;
+    relay.attach(&conn, &format!("{}?t=2", sink.url), Some("tpl-2")).await;
 
     let body = event("evt-1", Some("tpl-1"));
     let first = relay.ingest(&conn, &body).await;
@@ -27,10 +23,7 @@ async fn accepted_event_counts_matching_deliveries_then_is_a_duplicate() {
 
     let again = relay.ingest(&conn, &body).await;
     assert_eq!(again.status, StatusCode::OK);
-    assert_eq!(
-        again.body,
-        json!({ "event_id": "evt-1", "duplicate": true, "deliveries": 0 })
-    );
+    assert_eq!(again.body, json!({ "event_id": "evt-1", "duplicate": true, "deliveries": 0 }));
     sink.recv_n(2).await;
 }
 
@@ -39,32 +32,15 @@ async fn unknown_connection_missing_and_wrong_signatures_get_the_same_401() {
     let relay = TestServer::start().await;
     let conn = relay.connection("acme").await;
     let body = fixture("payloads/image-created.json");
-    let unknown = relay
-        .ingest_signed("nobody", &body, &sign(&conn.secret, &body))
-        .await;
-    let wrong = relay
-        .ingest_signed(&conn.id, &body, &sign("not-the-secret", &body))
-        .await;
-    let missing = relay
-        .send(
-            Method::POST,
-            &format!("/v1/ingest/{}", conn.id),
-            None,
-            Some(body.clone()),
-            &[],
-        )
-        .await;
-    let tampered = relay
-        .ingest_signed(&conn.id, b"{\"id\":\"x\"}", &sign(&conn.secret, &body))
-        .await;
+    let unknown = relay.ingest_signed("nobody", &body, &sign(&conn.secret, &body)).await;
+    let wrong = relay.ingest_signed(&conn.id, &body, &sign("not-the-secret", &body)).await;
+    let missing = relay.send(Method::POST, &format!("/v1/ingest/{}", conn.id), None, Some(body.clone()), &[]).await;
+    let tampered = relay.ingest_signed(&conn.id, b"{\"id\":\"x\"}", &sign(&conn.secret, &body)).await;
     for reply in [&unknown, &wrong, &missing, &tampered] {
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
         assert_eq!(reply.body, unknown.body);
         assert_eq!(reply.error(), "unauthorized");
-        assert!(
-            reply.headers.get("x-ratelimit-limit").is_none(),
-            "401 must not reveal the connection"
-        );
+        assert!(reply.headers.get("x-ratelimit-limit").is_none(), "401 must not reveal the connection");
     }
 }
 
@@ -76,9 +52,7 @@ async fn signature_accepts_prefix_and_uppercase() {
         let body = event(&format!("evt-{i}"), None);
         let sig = sign(&conn.secret, &body);
         let sig = if i == 1 { sig.to_uppercase() } else { sig };
-        let reply = relay
-            .ingest_signed(&conn.id, &body, &form.replace("{}", &sig))
-            .await;
+        let reply = relay.ingest_signed(&conn.id, &body, &form.replace("{}", &sig)).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{form}");
     }
 }
@@ -104,13 +78,8 @@ async fn event_id_falls_back_to_the_body_hash_and_type_is_read() {
     let reply = relay.ingest(&conn, &body).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED);
     assert_eq!(reply.body["event_id"], hex::encode(Sha256::digest(&body)));
-    let other_type = relay
-        .ingest(&conn, br#"{"id":"evt-x","type":"image.deleted"}"#)
-        .await;
-    assert_eq!(
-        other_type.body,
-        json!({ "event_id": "evt-x", "deliveries": 0 })
-    );
+    let other_type = relay.ingest(&conn, br#"{"id":"evt-x","type":"image.deleted"}"#).await;
+    assert_eq!(other_type.body, json!({ "event_id": "evt-x", "deliveries": 0 }));
     let events = relay.api(&conn, Method::GET, "/events?limit=5", None).await;
     assert_eq!(events.body["data"][0]["type"], "image.deleted");
     assert_eq!(events.body["data"][1]["type"], "image.created");
@@ -133,13 +102,8 @@ async fn oversized_bodies_are_refused_while_streaming() {
         "POST /v1/ingest/{} HTTP/1.1\r\nhost: relay\r\ntransfer-encoding: chunked\r\nx-usestencil-signature: 00\r\n\r\n",
         conn.id
     );
-    let answer = raw_exchange(
-        &relay.base,
-        head.as_bytes(),
-        &[&b"200\r\n"[..], &[b' '; 512], b"\r\n"].concat(),
-        64,
-    )
-    .await;
+    let answer =
+        raw_exchange(&relay.base, head.as_bytes(), &[&b"200\r\n"[..], &[b' '; 512], b"\r\n"].concat(), 64).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     let exact = relay
         .ingest(&conn, &{
@@ -154,9 +118,7 @@ async fn oversized_bodies_are_refused_while_streaming() {
 /// Writes `head` then `chunk` up to `times` times (stopping if the server closes), returns the answer.
 async fn raw_exchange(base: &str, head: &[u8], chunk: &[u8], times: usize) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
-        .await
-        .unwrap();
+    let mut socket = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
     socket.write_all(head).await.unwrap();
     for _ in 0..times {
         if socket.write_all(chunk).await.is_err() {
@@ -164,42 +126,24 @@ async fn raw_exchange(base: &str, head: &[u8], chunk: &[u8], times: usize) -> St
         }
     }
     let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(crate::harness::PATIENCE, socket.read(&mut answer))
-        .await
-        .unwrap()
-        .unwrap_or(0);
+    let n = tokio::time::timeout(crate::harness::PATIENCE, socket.read(&mut answer)).await.unwrap().unwrap_or(0);
     String::from_utf8_lossy(&answer[..n]).into_owned()
 }
 
 #[tokio::test]
 async fn ingest_rate_is_per_connection_with_headers() {
     let relay = TestServer::start().await;
-    let slow = relay
-        .connection_with(json!({ "name": "Slow", "id": "slow", "ingest_rate": 2 }))
-        .await;
+    let slow = relay.connection_with(json!({ "name": "Slow", "id": "slow", "ingest_rate": 2 })).await;
     let other = relay.connection("other").await;
     let first = relay.ingest(&slow, &event("a", None)).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
-    assert_eq!(
-        (
-            first.header("x-ratelimit-limit"),
-            first.header("x-ratelimit-remaining")
-        ),
-        ("2", "1")
-    );
+    assert_eq!((first.header("x-ratelimit-limit"), first.header("x-ratelimit-remaining")), ("2", "1"));
     assert!(first.header("x-ratelimit-reset").parse::<u64>().unwrap() > 1_700_000_000);
-    assert_eq!(
-        relay.ingest(&slow, &event("b", None)).await.status,
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(relay.ingest(&slow, &event("b", None)).await.status, StatusCode::ACCEPTED);
     let limited = relay.ingest(&slow, &event("c", None)).await;
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(limited.error(), "rate_limited");
     assert!(limited.header("retry-after").parse::<u64>().unwrap() >= 1);
     assert_eq!(limited.header("x-ratelimit-remaining"), "0");
-    assert_eq!(
-        relay.ingest(&other, &event("c", None)).await.status,
-        StatusCode::ACCEPTED,
-        "limits are per connection"
-    );
+    assert_eq!(relay.ingest(&other, &event("c", None)).await.status, StatusCode::ACCEPTED, "limits are per connection");
 }

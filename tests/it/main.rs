@@ -9,6 +9,7 @@ mod contract;
 mod delivery;
 mod deploy;
 mod hooks;
+mod inbound;
 mod ingest;
 mod integrations;
 mod ops;

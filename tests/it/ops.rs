@@ -17,10 +17,7 @@ async fn scrape(base: &str) -> (StatusCode, String) {
 
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
         .unwrap_or_else(|| panic!("{series} not in\n{text}"))
 }
 
@@ -42,39 +39,15 @@ async fn metrics_count_ingest_outcomes_deliveries_and_levels() {
         settled.then_some(text)
     })
     .await;
-    assert_eq!(
-        sample(&text, "relay_ingest_requests_total{outcome=\"accepted\"}"),
-        1.0
-    );
-    assert_eq!(
-        sample(&text, "relay_ingest_requests_total{outcome=\"duplicate\"}"),
-        1.0
-    );
-    assert_eq!(
-        sample(
-            &text,
-            "relay_ingest_requests_total{outcome=\"unauthorized\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        sample(&text, "relay_deliveries_total{outcome=\"retried\"}"),
-        1.0
-    );
+    assert_eq!(sample(&text, "relay_ingest_requests_total{outcome=\"accepted\"}"), 1.0);
+    assert_eq!(sample(&text, "relay_ingest_requests_total{outcome=\"duplicate\"}"), 1.0);
+    assert_eq!(sample(&text, "relay_ingest_requests_total{outcome=\"unauthorized\"}"), 1.0);
+    assert_eq!(sample(&text, "relay_deliveries_total{outcome=\"retried\"}"), 1.0);
     assert_eq!(sample(&text, "relay_delivery_attempt_seconds_count"), 2.0);
-    assert_eq!(
-        sample(&text, "relay_ingest_to_delivered_seconds_count"),
-        1.0
-    );
+    assert_eq!(sample(&text, "relay_ingest_to_delivered_seconds_count"), 1.0);
     assert!(sample(&text, "relay_store_commit_batch_size_count") >= 3.0);
     assert_eq!(sample(&text, "relay_pending_deliveries"), 0.0);
-    assert_eq!(
-        (
-            sample(&text, "relay_hooks"),
-            sample(&text, "relay_connections")
-        ),
-        (1.0, 1.0)
-    );
+    assert_eq!((sample(&text, "relay_hooks"), sample(&text, "relay_connections")), (1.0, 1.0));
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         assert!(line.starts_with("relay_"), "{line}");
         assert!(
@@ -93,11 +66,7 @@ async fn metrics_can_live_on_their_own_address() {
     let (status, text) = scrape(&metrics).await;
     assert_eq!(status, StatusCode::OK);
     assert!(text.contains("relay_connections 0"));
-    assert_eq!(
-        scrape(&relay.base).await.0,
-        StatusCode::NOT_FOUND,
-        "not public on the API address"
-    );
+    assert_eq!(scrape(&relay.base).await.0, StatusCode::NOT_FOUND, "not public on the API address");
     let api_on_metrics = reqwest::get(format!("{metrics}/healthz")).await.unwrap();
     assert_eq!(api_on_metrics.status(), StatusCode::NOT_FOUND);
 }
@@ -122,29 +91,16 @@ async fn sigterm_mid_load_exits_zero_and_loses_nothing_accepted() {
                 let body = event(&id, None);
                 let signature = stencil_relay::signature::sign(&conn.secret, &body);
                 let url = format!("{base}/v1/ingest/{}", conn.id);
-                match http
-                    .post(url)
-                    .header("x-usestencil-signature", signature)
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status() == StatusCode::ACCEPTED => {
-                        accepted.lock().unwrap().push(id)
-                    }
+                match http.post(url).header("x-usestencil-signature", signature).body(body).send().await {
+                    Ok(r) if r.status() == StatusCode::ACCEPTED => accepted.lock().unwrap().push(id),
                     Ok(r) => panic!("unexpected {}", r.status()),
                     Err(_) => return, // the relay stopped accepting
                 }
             }
         }));
     }
-    eventually("some load", || async {
-        (accepted.lock().unwrap().len() >= 40).then_some(())
-    })
-    .await;
-    let (status, _) = tokio::task::spawn_blocking(move || relay.terminate())
-        .await
-        .unwrap();
+    eventually("some load", || async { (accepted.lock().unwrap().len() >= 40).then_some(()) }).await;
+    let (status, _) = tokio::task::spawn_blocking(move || relay.terminate()).await.unwrap();
     assert_eq!(status.code(), Some(0));
     for task in load {
         task.await.unwrap();
@@ -166,57 +122,22 @@ async fn credentials_never_reach_the_logs_even_at_trace() {
     let sink = Sink::start().await;
     let relay = RelayProcess::spawn(&env);
     let (key, secret) = ("sk_logtest_key_4f2a9c", "whsec_logtest_secret_8b1d");
-    let conn = relay
-        .connection_with(
-            json!({ "name": "Logs", "id": "logs", "api_key": key, "signing_secret": secret }),
-        )
-        .await;
+    let conn =
+        relay.connection_with(json!({ "name": "Logs", "id": "logs", "api_key": key, "signing_secret": secret })).await;
     relay.attach(&conn, &sink.url, None).await;
     relay.ingest(&conn, &event("evt-log", None)).await;
     sink.recv().await;
-    let new_key = relay
-        .admin(Method::POST, "/connections/logs/api-key", None)
-        .await
-        .body["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let rotated = relay
-        .admin(
-            Method::POST,
-            "/connections/logs/signing-secret",
-            Some(json!({ "grace_seconds": 60 })),
-        )
-        .await;
+    let new_key =
+        relay.admin(Method::POST, "/connections/logs/api-key", None).await.body["api_key"].as_str().unwrap().to_owned();
+    let rotated =
+        relay.admin(Method::POST, "/connections/logs/signing-secret", Some(json!({ "grace_seconds": 60 }))).await;
     let new_secret = rotated.body["signing_secret"].as_str().unwrap().to_owned();
-    relay
-        .send(Method::GET, "/v1/connection", Some(&new_key), None, &[])
-        .await;
-    relay
-        .send(
-            Method::GET,
-            "/v1/connection",
-            Some("sk_wrong_guess_77"),
-            None,
-            &[],
-        )
-        .await;
-    let (_, log) = tokio::task::spawn_blocking(move || relay.terminate())
-        .await
-        .unwrap();
+    relay.send(Method::GET, "/v1/connection", Some(&new_key), None, &[]).await;
+    relay.send(Method::GET, "/v1/connection", Some("sk_wrong_guess_77"), None, &[]).await;
+    let (_, log) = tokio::task::spawn_blocking(move || relay.terminate()).await.unwrap();
     assert!(log.len() > 20, "trace logging is on: {} lines", log.len());
-    for needle in [
-        key,
-        secret,
-        &new_key,
-        &new_secret,
-        crate::harness::client::ADMIN_TOKEN,
-        "sk_wrong_guess_77",
-    ] {
+    for needle in [key, secret, &new_key, &new_secret, crate::harness::client::ADMIN_TOKEN, "sk_wrong_guess_77"] {
         let leaked: Vec<&String> = log.iter().filter(|l| l.contains(needle)).collect();
-        assert!(
-            leaked.is_empty(),
-            "{needle} leaked into the log: {leaked:?}"
-        );
+        assert!(leaked.is_empty(), "{needle} leaked into the log: {leaked:?}");
     }
 }

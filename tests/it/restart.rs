@@ -15,56 +15,21 @@ async fn connections_hooks_and_rotated_credentials_survive_restart() {
     let sink = Sink::start().await;
     let conn = relay.connection("acme").await;
     let hook = relay.attach(&conn, &sink.url, Some("tpl")).await;
-    let key = relay
-        .admin(Method::POST, "/connections/acme/api-key", None)
-        .await
-        .body["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let secret = relay
-        .admin(
-            Method::POST,
-            "/connections/acme/signing-secret",
-            Some(json!({ "grace_seconds": 600 })),
-        )
-        .await;
-    let rotated = Conn {
-        api_key: key,
-        secret: secret.body["signing_secret"].as_str().unwrap().into(),
-        ..conn.clone()
-    };
+    let key =
+        relay.admin(Method::POST, "/connections/acme/api-key", None).await.body["api_key"].as_str().unwrap().to_owned();
+    let secret =
+        relay.admin(Method::POST, "/connections/acme/signing-secret", Some(json!({ "grace_seconds": 600 }))).await;
+    let rotated = Conn { api_key: key, secret: secret.body["signing_secret"].as_str().unwrap().into(), ..conn.clone() };
 
     let relay = relay.restart().await;
-    assert_eq!(
-        relay
-            .api(&conn, Method::GET, "/connection", None)
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(relay.api(&conn, Method::GET, "/connection", None).await.status, StatusCode::UNAUTHORIZED);
     let hooks = relay.api(&rotated, Method::GET, "/hooks", None).await;
     assert_eq!(hooks.body["data"][0]["id"], hook.as_str());
     assert_eq!(hooks.body["data"][0]["template_id"], "tpl");
+    assert_eq!(relay.ingest(&rotated, &event("new", Some("tpl"))).await.body["deliveries"], 1);
+    assert_eq!(relay.ingest(&conn, &event("old-in-grace", Some("tpl"))).await.status, StatusCode::ACCEPTED);
     assert_eq!(
-        relay
-            .ingest(&rotated, &event("new", Some("tpl")))
-            .await
-            .body["deliveries"],
-        1
-    );
-    assert_eq!(
-        relay
-            .ingest(&conn, &event("old-in-grace", Some("tpl")))
-            .await
-            .status,
-        StatusCode::ACCEPTED
-    );
-    assert_eq!(
-        relay
-            .ingest(&rotated, &event("new", Some("tpl")))
-            .await
-            .status,
+        relay.ingest(&rotated, &event("new", Some("tpl"))).await.status,
         StatusCode::OK,
         "duplicates survive restart"
     );
@@ -81,10 +46,7 @@ async fn kill_9_with_deliveries_pending_loses_nothing() {
     relay.attach(&conn, &sink.url, None).await;
     let ids: Vec<String> = (0..30).map(|n| format!("evt-{n}")).collect();
     for id in &ids {
-        assert_eq!(
-            relay.ingest(&conn, &event(id, None)).await.status,
-            StatusCode::ACCEPTED
-        );
+        assert_eq!(relay.ingest(&conn, &event(id, None)).await.status, StatusCode::ACCEPTED);
     }
     sink.recv().await; // attempts are under way and failing
     relay.kill();
@@ -97,10 +59,7 @@ async fn kill_9_with_deliveries_pending_loses_nothing() {
         delivered.insert(got.header("webhook-id").to_owned());
     }
     assert_eq!(delivered, ids.iter().cloned().collect());
-    assert_eq!(
-        relay.ingest(&conn, &event("evt-0", None)).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(relay.ingest(&conn, &event("evt-0", None)).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -119,8 +78,7 @@ async fn sigterm_exits_zero_and_pending_work_resumes_next_start() {
     let relay = RelayProcess::spawn(&env);
     eventually("the pending delivery after restart", || async {
         let got = sink.recv().await;
-        (got.header("webhook-id") == "evt-term" && got.header("x-relay-attempt") != "1")
-            .then_some(())
+        (got.header("webhook-id") == "evt-term" && got.header("x-relay-attempt") != "1").then_some(())
     })
     .await;
     drop(relay);

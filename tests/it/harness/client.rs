@@ -32,10 +32,7 @@ pub(crate) struct Reply {
 impl Reply {
     /// A header as text.
     pub(crate) fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
     }
 
     /// The `error` code of an error answer.
@@ -54,10 +51,7 @@ pub(crate) struct RelayClient {
 impl RelayClient {
     /// A client for the relay at `base`.
     pub(crate) fn new(base: String) -> Self {
-        Self {
-            base,
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
-        }
+        Self { base, http: reqwest::Client::builder().no_proxy().build().unwrap() }
     }
 
     /// Sends a request; `body` `None` sends none, bytes are sent as they are.
@@ -83,78 +77,45 @@ impl RelayClient {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).expect("answers are JSON")
-        };
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        let body =
+            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("answers are JSON") };
+        Reply { status, headers, body }
     }
 
     /// Waits until the list at `path` (read with `token`) has at least `n` entries; returns them.
     pub(crate) async fn await_list(&self, token: &str, path: &str, n: usize) -> Vec<Value> {
         super::eventually(&format!("{n} entries at {path}"), || async {
             let reply = self.send(Method::GET, path, Some(token), None, &[]).await;
-            reply.body["data"]
-                .as_array()
-                .filter(|d| d.len() >= n)
-                .cloned()
+            reply.body["data"].as_array().filter(|d| d.len() >= n).cloned()
         })
         .await
     }
 
     /// Waits until `hook` has `n` recorded attempts; returns them, newest first.
     pub(crate) async fn await_attempts(&self, conn: &Conn, hook: &str, n: usize) -> Vec<Value> {
-        self.await_list(&conn.api_key, &format!("/v1/hooks/{hook}/deliveries"), n)
-            .await
+        self.await_list(&conn.api_key, &format!("/v1/hooks/{hook}/deliveries"), n).await
     }
 
     /// Waits until there are `n` dead letters (`query` such as `?connection=a`); returns them.
     pub(crate) async fn await_dead_letters(&self, query: &str, n: usize) -> Vec<Value> {
-        self.await_list(ADMIN_TOKEN, &format!("/admin/v1/dead-letters{query}"), n)
-            .await
+        self.await_list(ADMIN_TOKEN, &format!("/admin/v1/dead-letters{query}"), n).await
     }
 
     /// An admin API call.
     pub(crate) async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
         let body = body.map(|b| serde_json::to_vec(&b).unwrap());
-        self.send(
-            method,
-            &format!("/admin/v1{path}"),
-            Some(ADMIN_TOKEN),
-            body,
-            &[],
-        )
-        .await
+        self.send(method, &format!("/admin/v1{path}"), Some(ADMIN_TOKEN), body, &[]).await
     }
 
     /// A hook API call as `conn`.
-    pub(crate) async fn api(
-        &self,
-        conn: &Conn,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Reply {
+    pub(crate) async fn api(&self, conn: &Conn, method: Method, path: &str, body: Option<Value>) -> Reply {
         let body = body.map(|b| serde_json::to_vec(&b).unwrap());
-        self.send(
-            method,
-            &format!("/v1{path}"),
-            Some(&conn.api_key),
-            body,
-            &[],
-        )
-        .await
+        self.send(method, &format!("/v1{path}"), Some(&conn.api_key), body, &[]).await
     }
 
     /// Creates a connection with generated credentials.
     pub(crate) async fn connection(&self, id: &str) -> Conn {
-        self.connection_with(json!({ "name": format!("Project {id}"), "id": id }))
-            .await
+        self.connection_with(json!({ "name": format!("Project {id}"), "id": id })).await
     }
 
     /// Creates a connection from an admin API body.
@@ -170,14 +131,8 @@ impl RelayClient {
 
     /// Attaches a hook to `url` and returns its id.
     pub(crate) async fn attach(&self, conn: &Conn, url: &str, template_id: Option<&str>) -> String {
-        let reply = self
-            .api(
-                conn,
-                Method::POST,
-                "/hooks",
-                Some(json!({ "url": url, "template_id": template_id })),
-            )
-            .await;
+        let reply =
+            self.api(conn, Method::POST, "/hooks", Some(json!({ "url": url, "template_id": template_id }))).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
         reply.body["id"].as_str().unwrap().into()
     }
@@ -189,20 +144,8 @@ impl RelayClient {
     }
 
     /// Posts `body` with an explicit signature header value.
-    pub(crate) async fn ingest_signed(
-        &self,
-        connection_id: &str,
-        body: &[u8],
-        signature: &str,
-    ) -> Reply {
+    pub(crate) async fn ingest_signed(&self, connection_id: &str, body: &[u8], signature: &str) -> Reply {
         let headers = [("x-usestencil-signature", signature)];
-        self.send(
-            Method::POST,
-            &format!("/v1/ingest/{connection_id}"),
-            None,
-            Some(body.to_vec()),
-            &headers,
-        )
-        .await
+        self.send(Method::POST, &format!("/v1/ingest/{connection_id}"), None, Some(body.to_vec()), &headers).await
     }
 }

@@ -27,24 +27,19 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// A fixture file's bytes.
 pub(crate) fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR")))
-        .expect("fixture exists")
+    std::fs::read(format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture exists")
 }
 
 /// A payload with a fresh unique id (and an optional template).
 pub(crate) fn event(id: &str, template_id: Option<&str>) -> Vec<u8> {
-    let mut value: serde_json::Value =
-        serde_json::from_slice(&fixture("payloads/image-created.json")).unwrap();
+    let mut value: serde_json::Value = serde_json::from_slice(&fixture("payloads/image-created.json")).unwrap();
     value["id"] = id.into();
     value["template_id"] = template_id.map_or(serde_json::Value::Null, Into::into);
     serde_json::to_vec(&value).unwrap()

@@ -30,17 +30,11 @@ impl std::ops::Deref for RelayProcess {
 pub(crate) fn test_env(database: &Path) -> Vec<(String, String)> {
     [
         ("RELAY_LISTEN", "127.0.0.1:0".to_owned()),
-        (
-            "RELAY_DATABASE_URL",
-            format!("sqlite://{}", database.display()),
-        ),
+        ("RELAY_DATABASE_URL", format!("sqlite://{}", database.display())),
         ("RELAY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ("RELAY_TARGET_HOSTS", "*".to_owned()),
         ("RELAY_ALLOW_PRIVATE_TARGETS", "true".to_owned()),
-        (
-            "RELAY_RETRY_SCHEDULE",
-            "200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms".to_owned(),
-        ),
+        ("RELAY_RETRY_SCHEDULE", "200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms".to_owned()),
         ("RELAY_HOOK_RATE", "1000".to_owned()),
         ("RELAY_INGEST_RATE", "10000".to_owned()),
         ("RELAY_LOG_FORMAT", "json".to_owned()),
@@ -55,18 +49,11 @@ impl RelayProcess {
     /// that starts with `RELAY_`), and waits until it reports its address.
     pub(crate) fn spawn(env: &[(String, String)]) -> Self {
         let mut command = Command::new(BIN);
-        command
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        command.arg("serve").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("RELAY_")) {
             command.env_remove(key);
         }
-        let mut child = command
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .spawn()
-            .expect("the binary runs");
+        let mut child = command.envs(env.iter().map(|(k, v)| (k, v))).spawn().expect("the binary runs");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
@@ -81,17 +68,10 @@ impl RelayProcess {
                 lines.lock().unwrap().push(line);
             }
         });
-        let addr = addr_rx.recv_timeout(super::PATIENCE).unwrap_or_else(|_| {
-            panic!(
-                "the relay did not report its address: {:?}",
-                log.lock().unwrap()
-            )
-        });
-        Self {
-            child,
-            client: RelayClient::new(format!("http://{addr}")),
-            log,
-        }
+        let addr = addr_rx
+            .recv_timeout(super::PATIENCE)
+            .unwrap_or_else(|_| panic!("the relay did not report its address: {:?}", log.lock().unwrap()));
+        Self { child, client: RelayClient::new(format!("http://{addr}")), log }
     }
 
     /// Every line written to stderr so far.
@@ -107,11 +87,7 @@ impl RelayProcess {
 
     /// SIGTERM, then the exit status and the whole log.
     pub(crate) fn terminate(mut self) -> (ExitStatus, Vec<String>) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
         assert!(status.success());
         let deadline = std::time::Instant::now() + super::PATIENCE;
         loop {
@@ -119,10 +95,7 @@ impl RelayProcess {
                 std::thread::sleep(std::time::Duration::from_millis(50)); // let the reader drain stderr
                 return (status, self.log());
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the relay did not exit after SIGTERM"
-            );
+            assert!(std::time::Instant::now() < deadline, "the relay did not exit after SIGTERM");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }

@@ -60,10 +60,7 @@ impl TestServer {
     }
 
     async fn start_in(dir: Arc<TempDir>, mut args: ServeArgs) -> Self {
-        args.database_url = Some(format!(
-            "sqlite://{}",
-            dir.path().join("relay.db").display()
-        ));
+        args.database_url = Some(format!("sqlite://{}", dir.path().join("relay.db").display()));
         let config = Config::from_args(&args).expect("test settings are valid");
         let app = App::build(config).await.expect("the relay starts");
         let base = format!("http://{}", app.local_addr().unwrap());
@@ -71,15 +68,7 @@ impl TestServer {
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let task = tokio::spawn(async move { app.run(signal.cancelled_owned()).await });
-        Self {
-            base: base.clone(),
-            metrics_base,
-            args,
-            dir,
-            stop,
-            task: Some(task),
-            client: RelayClient::new(base),
-        }
+        Self { base: base.clone(), metrics_base, args, dir, stop, task: Some(task), client: RelayClient::new(base) }
     }
 
     /// Stops gracefully and starts again on the same database (a new port).

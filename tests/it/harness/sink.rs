@@ -31,10 +31,7 @@ pub(crate) struct Received {
 impl Received {
     /// A header as text.
     pub(crate) fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
     }
 }
 
@@ -76,17 +73,9 @@ impl Sink {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
-        let script = Arc::new(Mutex::new(Script {
-            queue: VecDeque::new(),
-            otherwise,
-        }));
+        let script = Arc::new(Mutex::new(Script { queue: VecDeque::new(), otherwise }));
         let task = tokio::spawn(accept(listener, tx, Arc::clone(&script)));
-        Self {
-            url: format!("http://{addr}/hook"),
-            received: tokio::sync::Mutex::new(rx),
-            script,
-            task,
-        }
+        Self { url: format!("http://{addr}/hook"), received: tokio::sync::Mutex::new(rx), script, task }
     }
 
     /// Queues answers for the next requests.
@@ -121,10 +110,7 @@ impl Sink {
     pub(crate) async fn assert_silent(&self, quiet: Duration) {
         let mut rx = self.received.lock().await;
         if let Ok(Some(r)) = tokio::time::timeout(quiet, rx.recv()).await {
-            panic!(
-                "the sink unexpectedly received {:?}",
-                String::from_utf8_lossy(&r.body)
-            );
+            panic!("the sink unexpectedly received {:?}", String::from_utf8_lossy(&r.body));
         }
     }
 }
@@ -135,11 +121,7 @@ impl Drop for Sink {
     }
 }
 
-async fn accept(
-    listener: TcpListener,
-    tx: mpsc::UnboundedSender<Received>,
-    script: Arc<Mutex<Script>>,
-) {
+async fn accept(listener: TcpListener, tx: mpsc::UnboundedSender<Received>, script: Arc<Mutex<Script>>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
@@ -152,16 +134,8 @@ async fn accept(
                 let script = Arc::clone(&script);
                 async move {
                     let (parts, body) = req.into_parts();
-                    let body = body
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    let _ = tx.send(Received {
-                        headers: parts.headers,
-                        body,
-                        at: Instant::now(),
-                    });
+                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let _ = tx.send(Received { headers: parts.headers, body, at: Instant::now() });
                     let reply = {
                         let mut s = script.lock().unwrap();
                         s.queue.pop_front().unwrap_or_else(|| s.otherwise.clone())
@@ -169,9 +143,7 @@ async fn accept(
                     Ok::<_, Infallible>(respond(reply).await)
                 }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
