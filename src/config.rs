@@ -304,6 +304,8 @@ fn parse_public_url(v: &str) -> Result<Url, String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -345,5 +347,31 @@ mod tests {
     fn sqlite_urls_name_a_path() {
         assert_eq!(parse_database("sqlite:///var/lib/relay.db"), Ok(DatabaseUrl::Sqlite("/var/lib/relay.db".into())));
         assert!(parse_database("sqlite://").is_err());
+    }
+
+    proptest! {
+        /// Any value of any setting either configures the relay or names its variable.
+        #[test]
+        fn any_values_configure_or_name_the_variable(values in proptest::collection::vec(proptest::option::of(".{0,24}"), 12)) {
+            let mut v = values.into_iter();
+            let args = ServeArgs {
+                listen: v.next().flatten(),
+                database_url: v.next().flatten(),
+                ingest_rate: v.next().flatten(),
+                hook_rate: v.next().flatten(),
+                retry_schedule: v.next().flatten(),
+                delivery_timeout: v.next().flatten(),
+                max_body: v.next().flatten(),
+                target_hosts: v.next().flatten(),
+                allow_private_targets: v.next().flatten(),
+                log_format: v.next().flatten(),
+                body_timeout: v.next().flatten(),
+                max_connections: v.next().flatten(),
+                ..ServeArgs::default()
+            };
+            if let Err(e) = Config::from_args(&args) {
+                prop_assert!(e.var.starts_with("RELAY_") && e.to_string().starts_with(e.var));
+            }
+        }
     }
 }

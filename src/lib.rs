@@ -18,6 +18,8 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+#[cfg(test)]
+mod corpus;
 pub mod delivery;
 pub mod http;
 pub mod metrics;

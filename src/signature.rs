@@ -76,6 +76,8 @@ impl std::fmt::Debug for Verifier {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     const VECTORS: &str = include_str!("../fixtures/signatures.json");
@@ -141,5 +143,35 @@ mod tests {
         assert!(check.verify(Some(old.as_bytes()), b"x", 999));
         assert!(!check.verify(Some(old.as_bytes()), b"x", 1_000));
         assert!(check.verify(Some(sign("new", b"x").as_bytes()), b"x", 5_000));
+    }
+
+    proptest! {
+        #[test]
+        fn header_parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse_header(&bytes);
+        }
+
+        /// A valid signature verifies; flipping any one bit of the body or the tag does not.
+        #[test]
+        fn valid_verifies_and_any_single_bit_flip_fails(
+            secret in "[ -~]{1,64}",
+            body in crate::corpus::payload(),
+            flip_body in any::<bool>(),
+            at in any::<proptest::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let check = verifier(&[(&secret, None)]);
+            let signature = sign(&secret, &body);
+            prop_assert!(check.verify(Some(signature.as_bytes()), &body, 0));
+            if flip_body && !body.is_empty() {
+                let mut flipped = body.clone();
+                flipped[at.index(body.len())] ^= 1 << bit;
+                prop_assert!(!check.verify(Some(signature.as_bytes()), &flipped, 0));
+            } else {
+                let mut tag = parse_header(signature.as_bytes()).unwrap();
+                tag[at.index(32)] ^= 1 << bit;
+                prop_assert!(!check.verify(Some(hex::encode(tag).as_bytes()), &body, 0));
+            }
+        }
     }
 }

@@ -190,6 +190,8 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn strict() -> TargetPolicy {
@@ -279,5 +281,58 @@ mod tests {
         assert!(is_forbidden("::127.0.0.1".parse().unwrap()));
         assert!(!is_forbidden("2606:4700::1111".parse().unwrap()));
         assert!(!is_forbidden("1.1.1.1".parse().unwrap()));
+    }
+
+    /// Addresses biased towards the forbidden ranges.
+    fn v4() -> impl Strategy<Value = Ipv4Addr> {
+        prop_oneof![
+            any::<u32>(),
+            (0u32..0x00ff_ffff).prop_map(|x| 0x7f00_0000 | x),
+            (0u32..0x00ff_ffff).prop_map(|x| 0x0a00_0000 | x),
+            (0u32..0xffff).prop_map(|x| 0xa9fe_0000 | x),
+            (0u32..0x003f_ffff).prop_map(|x| 0x6440_0000 | x),
+            (0u32..0x00ff_ffff),
+        ]
+        .prop_map(Ipv4Addr::from)
+    }
+
+    /// The ways a URL parser accepts to write an IPv4 address.
+    fn spellings(ip: Ipv4Addr) -> Vec<String> {
+        let n = u32::from(ip);
+        let [a, b, c, d] = ip.octets();
+        vec![
+            ip.to_string(),
+            n.to_string(),
+            format!("0x{n:x}"),
+            format!("0{a:o}.0{b:o}.0{c:o}.0{d:o}"),
+            format!("{a}.{}", u32::from(b) << 16 | u32::from(c) << 8 | u32::from(d)),
+            format!("[::ffff:{ip}]"),
+            format!("[64:ff9b::{ip}]"),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn checking_never_panics(raw in ".{0,80}") {
+            let _ = strict().check(&raw);
+            let _ = any_host().check(&raw);
+        }
+
+        /// Whatever the spelling, a target that validates never points at a forbidden address.
+        #[test]
+        fn validated_targets_never_point_inward(ip in v4(), v6 in any::<Ipv6Addr>()) {
+            let mut hosts = spellings(ip);
+            hosts.push(format!("[{v6}]"));
+            for host in hosts {
+                let Ok(url) = any_host().check(&format!("https://{host}/hook")) else { continue };
+                let parsed = match url.host() {
+                    Some(Host::Ipv4(a)) => IpAddr::V4(a),
+                    Some(Host::Ipv6(a)) => IpAddr::V6(a),
+                    other => panic!("{host} validated as {other:?}"),
+                };
+                prop_assert!(!is_forbidden(parsed), "{host} → {parsed}");
+            }
+            prop_assert_eq!(any_host().check(&format!("https://{ip}/")).is_ok(), !is_forbidden(IpAddr::V4(ip)));
+        }
     }
 }

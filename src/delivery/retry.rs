@@ -59,6 +59,8 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     const S: [Duration; 2] = [Duration::from_secs(5), Duration::from_secs(30)];
@@ -108,5 +110,27 @@ mod tests {
         assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-3", now), None);
+    }
+
+    proptest! {
+        #[test]
+        fn retry_after_never_panics_and_is_capped(raw in ".{0,40}", secs in any::<u64>()) {
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+            for value in [raw, secs.to_string()] {
+                if let Some(wait) = parse_retry_after(&value, now) {
+                    prop_assert!(wait <= MAX_RETRY_AFTER);
+                }
+            }
+        }
+
+        /// A retry never comes sooner than the schedule says, nor later than the cap allows.
+        #[test]
+        fn retries_wait_at_least_the_schedule(status in 100u16..600, attempt in 1u32..20, after in proptest::option::of(0u64..100_000)) {
+            let after = after.map(Duration::from_secs);
+            if let Decision::Retry(wait) = decide(Outcome::Status(status), attempt, &S, after) {
+                let planned = S[attempt as usize - 1];
+                prop_assert!(wait >= planned && wait <= planned.max(MAX_RETRY_AFTER));
+            }
+        }
     }
 }

@@ -20,6 +20,7 @@ use super::routes::Route;
 use crate::model::{Attempt, EVENT_TYPES, HOOK_ID_PREFIX, Hook, IMAGE_CREATED, now_ms, random_token, rfc3339};
 use crate::registry::Entry;
 use crate::store::Attached;
+use crate::target::TargetPolicy;
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
@@ -65,7 +66,7 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
 }
 
 /// `POST /v1/hooks`: Make sends `url`, Zapier's REST Hooks send `target_url`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct HookIn {
     url: Option<String>,
     target_url: Option<String>,
@@ -73,25 +74,33 @@ struct HookIn {
     template_id: Option<String>,
 }
 
+impl HookIn {
+    /// The normalised URL, event type and template filter, or the rule that was broken.
+    fn validate(self, targets: &TargetPolicy) -> Result<(String, String, Option<String>), ApiError> {
+        let raw_url = self
+            .url
+            .or(self.target_url)
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| ApiError::invalid_url("url (or target_url) is required"))?;
+        let event = self.event.filter(|e| !e.is_empty()).unwrap_or_else(|| IMAGE_CREATED.to_owned());
+        if !EVENT_TYPES.contains(&event.as_str()) {
+            return Err(ApiError::invalid_event(&event));
+        }
+        let url = targets.check(raw_url.trim()).map_err(ApiError::invalid_url)?;
+        Ok((url.into(), event, self.template_id.filter(|t| !t.is_empty())))
+    }
+}
+
 async fn attach(state: &AppState, entry: &Arc<Entry>, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
     let input: HookIn = read_json(&parts.headers, body, state.config.body_timeout).await?;
-    let raw_url = input
-        .url
-        .or(input.target_url)
-        .filter(|u| !u.trim().is_empty())
-        .ok_or_else(|| ApiError::invalid_url("url (or target_url) is required"))?;
-    let event = input.event.filter(|e| !e.is_empty()).unwrap_or_else(|| IMAGE_CREATED.to_owned());
-    if !EVENT_TYPES.contains(&event.as_str()) {
-        return Err(ApiError::invalid_event(&event));
-    }
-    let url = state.config.targets.check(raw_url.trim()).map_err(ApiError::invalid_url)?;
+    let (url, event, template_id) = input.validate(&state.config.targets)?;
     let hook = Hook {
         id: random_token(HOOK_ID_PREFIX, 16),
         connection_id: entry.connection.id.clone(),
-        url: url.into(),
+        url,
         event,
-        template_id: input.template_id.filter(|t| !t.is_empty()),
+        template_id,
         created_at: now_ms(),
     };
     let (status, hook) = match state.store.attach_hook(hook).await? {
@@ -125,4 +134,43 @@ fn attempt_json(a: &Attempt) -> Value {
         "duration_ms": a.duration_ms,
         "at": rfc3339(a.at),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::target::{DEFAULT_HOSTS, is_forbidden};
+
+    fn strict() -> TargetPolicy {
+        TargetPolicy { hosts: TargetPolicy::parse_hosts("*").unwrap(), allow_private: false }
+    }
+
+    proptest! {
+        /// Any bytes a client posts either parse and validate, or are refused with a 4xx.
+        #[test]
+        fn registration_bodies_never_panic_and_valid_ones_are_safe(body in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            ("(https?|ftp)://[a-z0-9.:\\[\\]-]{0,40}/[a-z]{0,5}", proptest::option::of("[a-z.]{0,15}"))
+                .prop_map(|(url, event)| serde_json::to_vec(&json!({ "url": url, "event": event })).unwrap()),
+        ]) {
+            let Ok(input) = serde_json::from_slice::<HookIn>(&body) else { return Ok(()) };
+            for policy in [strict(), TargetPolicy { hosts: TargetPolicy::parse_hosts(DEFAULT_HOSTS).unwrap(), allow_private: false }] {
+                match input.clone().validate(&policy) {
+                    Ok((url, event, _)) => {
+                        prop_assert!(EVENT_TYPES.contains(&event.as_str()));
+                        let url = url::Url::parse(&url).unwrap();
+                        prop_assert_eq!(url.scheme(), "https");
+                        match url.host() {
+                            Some(url::Host::Ipv4(ip)) => prop_assert!(!is_forbidden(ip.into())),
+                            Some(url::Host::Ipv6(ip)) => prop_assert!(!is_forbidden(ip.into())),
+                            _ => {}
+                        }
+                    }
+                    Err(e) => prop_assert!(e.status().is_client_error()),
+                }
+            }
+        }
+    }
 }

@@ -117,6 +117,8 @@ fn rate_headers(headers: &mut HeaderMap, rate: &RateStatus) {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -145,5 +147,22 @@ mod tests {
         }
         let long = format!(r#"{{"id":"{}"}}"#, "x".repeat(MAX_EVENT_ID_LEN + 1));
         assert_eq!(Envelope::parse(long.as_bytes()).unwrap_err().status(), 400);
+    }
+
+    proptest! {
+        /// Any signed body either yields an envelope or a 400, never a panic.
+        #[test]
+        fn envelope_never_panics(body in crate::corpus::payload()) {
+            if let Err(e) = Envelope::parse(&body) {
+                prop_assert_eq!(e.status(), 400);
+            }
+        }
+
+        #[test]
+        fn ids_and_types_are_taken_as_sent(id in "[ -~]{1,256}", kind in "[a-z.]{1,20}", template in "[a-z0-9-]{1,36}") {
+            let body = serde_json::to_vec(&serde_json::json!({ "id": id, "type": kind, "template_id": template })).unwrap();
+            let e = Envelope::parse(&body).unwrap();
+            prop_assert_eq!((e.id, e.event_type, e.template_id), (id, kind, Some(template)));
+        }
     }
 }

@@ -13,4 +13,5 @@ mod inbound;
 mod ingest;
 mod integrations;
 mod ops;
+mod outbound;
 mod restart;
