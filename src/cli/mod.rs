@@ -142,6 +142,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
     };
     crate::telemetry::init(&config.log, config.log_format);
     report(block_on(async {
+        crate::shutdown::survive_file_size_limits()?;
         let app = App::build(config).await?;
         app.run(crate::shutdown::signal()).await;
         Ok(())

@@ -71,3 +71,18 @@ fn readme_links_the_openapi_document() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     assert!(readme.contains("](openapi.yaml)"));
 }
+
+#[test]
+fn security_md_cites_only_tests_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("SECURITY.md")).unwrap();
+    let citations: Vec<&str> = doc.split('`').filter(|s| s.contains(".rs::") && !s.contains('<')).collect();
+    assert!(citations.len() > 30, "SECURITY.md cites its tests");
+    for citation in citations {
+        let (file, test) = citation.split_once("::").unwrap();
+        let path = if file.starts_with("src/") { root.join(file) } else { root.join("tests/it").join(file) };
+        let source =
+            std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{citation}: no file {}", path.display()));
+        assert!(source.contains(&format!("fn {test}(")), "{citation}: no such test");
+    }
+}

@@ -83,3 +83,21 @@ async fn sigterm_exits_zero_and_pending_work_resumes_next_start() {
     .await;
     drop(relay);
 }
+
+#[tokio::test]
+async fn the_database_and_its_directory_are_created_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh").join("relay.db");
+    let args = stencil_relay::config::ServeArgs {
+        database_url: Some(format!("sqlite://{}", path.display())),
+        listen: Some("127.0.0.1:0".into()),
+        ..stencil_relay::config::ServeArgs::default()
+    };
+    let config = stencil_relay::config::Config::from_args(&args).unwrap();
+    let app = stencil_relay::app::App::build(config).await.unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    drop(app);
+}

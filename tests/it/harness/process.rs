@@ -74,6 +74,11 @@ impl RelayProcess {
         Self { child, client: RelayClient::new(format!("http://{addr}")), log }
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Every line written to stderr so far.
     pub(crate) fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()

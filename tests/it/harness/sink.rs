@@ -20,6 +20,8 @@ use tokio::sync::mpsc;
 /// One request the sink received.
 #[derive(Debug, Clone)]
 pub(crate) struct Received {
+    /// Its path.
+    pub(crate) path: String,
     /// Its headers.
     pub(crate) headers: HeaderMap,
     /// Its exact body.
@@ -135,7 +137,8 @@ async fn accept(listener: TcpListener, tx: mpsc::UnboundedSender<Received>, scri
                 async move {
                     let (parts, body) = req.into_parts();
                     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    let _ = tx.send(Received { headers: parts.headers, body, at: Instant::now() });
+                    let path = parts.uri.path().to_owned();
+                    let _ = tx.send(Received { path, headers: parts.headers, body, at: Instant::now() });
                     let reply = {
                         let mut s = script.lock().unwrap();
                         s.queue.pop_front().unwrap_or_else(|| s.otherwise.clone())
