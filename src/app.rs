@@ -72,7 +72,7 @@ impl App {
             client: DeliveryClient::new(config.targets.clone(), config.delivery_timeout)?,
             schedule: config.retry_schedule.clone(),
             hook_rate: config.hook_rate,
-            lease: config.delivery_timeout * 2 + Duration::from_secs(60),
+            lease: config.lease.unwrap_or(config.delivery_timeout * 2 + Duration::from_secs(60)),
             queue: queue.clone(),
             metrics: metrics.clone(),
         };

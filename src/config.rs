@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests and attempts.
     #[arg(long, env = "RELAY_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// How long a claimed delivery (and, with PostgreSQL, a hook) stays with this instance.
+    #[arg(long, env = "RELAY_LEASE")]
+    pub lease: Option<String>,
     /// How long a client may take to send its request headers.
     #[arg(long, env = "RELAY_HEADER_TIMEOUT")]
     pub header_timeout: Option<String>,
@@ -82,6 +85,8 @@ pub struct ServeArgs {
 pub enum DatabaseUrl {
     /// Embedded SQLite file.
     Sqlite(PathBuf),
+    /// PostgreSQL connection string (several instances may share it).
+    Postgres(String),
 }
 
 /// Log line format.
@@ -122,6 +127,9 @@ pub struct Config {
     pub public_url: Option<Url>,
     /// Bound on graceful shutdown.
     pub shutdown_grace: Duration,
+    /// How long claimed deliveries and owned hooks stay with an instance before another may
+    /// take them over; `None`: twice the delivery timeout plus a minute.
+    pub lease: Option<Duration>,
     /// Bound on receiving request headers (slow-header clients are cut off).
     pub header_timeout: Duration,
     /// Bound on receiving a request body (slow-body clients get 408).
@@ -200,6 +208,15 @@ impl Config {
                 Some(v) => Some(parse_public_url(v).map_err(|p| err("RELAY_PUBLIC_URL", &p))?),
             },
             shutdown_grace: setting(&a.shutdown_grace, "RELAY_SHUTDOWN_GRACE", "10s", parse_duration)?,
+            lease: match a.lease.as_deref() {
+                None => None,
+                Some(v) => {
+                    Some(parse_positive_duration(v).map_err(|problem| ConfigError {
+                        var: "RELAY_LEASE",
+                        problem: format!("{problem}, got {v:?}"),
+                    })?)
+                }
+            },
             header_timeout: setting(&a.header_timeout, "RELAY_HEADER_TIMEOUT", "10s", parse_positive_duration)?,
             body_timeout: setting(&a.body_timeout, "RELAY_BODY_TIMEOUT", "30s", parse_positive_duration)?,
             max_connections: setting(&a.max_connections, "RELAY_MAX_CONNECTIONS", "4096", parse_count)?,
@@ -290,9 +307,9 @@ fn parse_database(v: &str) -> Result<DatabaseUrl, String> {
         return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
     }
     if v.starts_with("postgres://") || v.starts_with("postgresql://") {
-        return Err("PostgreSQL is not supported by this build yet; use sqlite://PATH".to_owned());
+        return Ok(DatabaseUrl::Postgres(v.to_owned()));
     }
-    Err("expected sqlite://PATH".to_owned())
+    Err("expected sqlite://PATH or postgres://USER@HOST/DATABASE".to_owned())
 }
 
 fn parse_public_url(v: &str) -> Result<Url, String> {

@@ -4,9 +4,16 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// Targets that log values the relay must never print (the PostgreSQL driver logs statement
+/// parameters, signing secrets among them, at DEBUG); held at INFO whatever `RELAY_LOG` says.
+const QUIET_TARGETS: &[&str] = &["tokio_postgres::query=info", "tokio_postgres::prepare=info"];
+
 /// Installs the global subscriber; a second call (tests) is a no-op.
 pub fn init(filter: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    for directive in QUIET_TARGETS {
+        filter = filter.add_directive(directive.parse().expect("the directives are valid"));
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

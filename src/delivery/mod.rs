@@ -29,6 +29,8 @@ use crate::store::{Claim, Store};
 
 /// Attempts in flight at once, across all hooks.
 pub const MAX_IN_FLIGHT: usize = 512;
+/// How long recording an attempt is retried before the lease is left to expire.
+const RECORD_PATIENCE: Duration = Duration::from_secs(30);
 /// Longest pause between polls of the store when nothing wakes the dispatcher.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -206,10 +208,30 @@ impl Shared {
             },
             next,
         };
-        if let Err(e) = store.record(record).await {
-            tracing::error!(cause = %e, "recording an attempt failed; the lease will expire and it is retried");
-        }
+        self.record(record).await;
         self.dispatcher.queue.wake();
+    }
+
+    /// Records an attempt, retrying while the store refuses (a full disk, a failover) so the
+    /// delivery does not sit leased — blocking its hook — until the lease expires. If the store
+    /// stays down, the lease runs out and the delivery is attempted again: at least once.
+    async fn record(&self, record: AttemptRecord) {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.dispatcher.store.record(record.clone()).await {
+                Ok(()) => return,
+                Err(e) if wait > RECORD_PATIENCE || self.shutdown.is_cancelled() => {
+                    tracing::error!(cause = %e, "recording an attempt failed; it is attempted again when its lease expires");
+                    return;
+                }
+                Err(e) => tracing::warn!(cause = %e, retry_in = ?wait, "recording an attempt failed"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.shutdown.cancelled() => {}
+            }
+            wait *= 2;
+        }
     }
 
     async fn detach(&self, d: &DueDelivery) {

@@ -3,6 +3,8 @@
 //! same method set, so callers never know which one runs. Imports `model`, `config` and
 //! `metrics` only.
 
+mod postgres;
+mod postgres_schema;
 mod sqlite;
 mod sqlite_schema;
 
@@ -12,7 +14,13 @@ use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
 use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret};
 
+pub use postgres::{ChangeFeed, PostgresStore};
 pub use sqlite::SqliteStore;
+
+/// Delivery states as both backends store them.
+const PENDING: i32 = 0;
+const DELIVERED: i32 = 1;
+const DEAD: i32 = 2;
 
 /// A failure of the store; ingest answers it with 503 and the admin/hook APIs with 503 too.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -89,12 +97,15 @@ pub struct Claim {
 pub enum Store {
     /// Embedded SQLite.
     Sqlite(SqliteStore),
+    /// PostgreSQL shared by several instances.
+    Postgres(PostgresStore),
 }
 
 macro_rules! dispatch {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {
         match $self {
             Store::Sqlite(s) => s.$method($($arg),*).await,
+            Store::Postgres(s) => s.$method($($arg),*).await,
         }
     };
 }
@@ -107,6 +118,7 @@ impl Store {
     pub async fn open(url: &DatabaseUrl, metrics: Metrics) -> Result<Self, StoreError> {
         match url {
             DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(SqliteStore::open(path.clone(), metrics).await?)),
+            DatabaseUrl::Postgres(url) => Ok(Self::Postgres(PostgresStore::open(url, metrics).await?)),
         }
     }
 
@@ -132,6 +144,26 @@ impl Store {
     /// The read failed or stored data is invalid.
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         dispatch!(self.snapshot())
+    }
+
+    /// One connection and its hooks, to refresh the registry after a change elsewhere.
+    ///
+    /// # Errors
+    /// The read failed or stored data is invalid.
+    pub async fn connection(&self, id: &str) -> Result<Option<(Connection, Vec<Hook>)>, StoreError> {
+        dispatch!(self.connection(id.to_owned()))
+    }
+
+    /// Announcements of connections changed by any instance; `None` for a store only one
+    /// instance uses (SQLite), where the registry is always current.
+    ///
+    /// # Errors
+    /// The listening connection cannot be opened.
+    pub async fn listen(&self) -> Result<Option<ChangeFeed>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(s) => Ok(Some(s.listen().await?)),
+        }
     }
 
     /// Stores a new connection.

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use rusqlite::{Connection as Db, OptionalExtension, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sqlite_schema::{DEAD, DELIVERED, MIGRATIONS, PENDING};
-use super::{Attached, Claim, Created, Ingested, Snapshot, StoreError};
+use super::sqlite_schema::MIGRATIONS;
+use super::{Attached, Claim, Created, DEAD, DELIVERED, Ingested, PENDING, Snapshot, StoreError};
 use crate::metrics::Metrics;
 use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, NextStep, SigningSecret};
 
@@ -153,6 +153,22 @@ impl SqliteStore {
             )?;
             let hooks = stmt.query_map([], hook_row)?.collect::<Result<Vec<_>, _>>()?;
             Ok(Snapshot { connections, hooks })
+        })
+        .await
+    }
+
+    pub(super) async fn connection(&self, id: String) -> Result<Option<(Connection, Vec<Hook>)>, StoreError> {
+        self.read(move |db| {
+            let connection = db
+                .prepare_cached("SELECT id, name, api_key_hash, secrets, ingest_rate, created_at FROM connections WHERE id = ?1")?
+                .query_row([&id], connection_row)
+                .optional()?;
+            let Some(connection) = connection else { return Ok(None) };
+            let mut stmt = db.prepare_cached(
+                "SELECT id, connection_id, url, event, template_id, created_at FROM hooks WHERE connection_id = ?1 ORDER BY created_at, id",
+            )?;
+            let hooks = stmt.query_map([&id], hook_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(Some((connection?, hooks)))
         })
         .await
     }

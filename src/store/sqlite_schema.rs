@@ -62,8 +62,3 @@ CREATE TABLE attempts (
 CREATE INDEX attempts_by_hook ON attempts (hook_id, id);
 CREATE INDEX attempts_by_delivery ON attempts (delivery_id);
 "];
-
-/// Delivery states as stored.
-pub(super) const PENDING: i64 = 0;
-pub(super) const DELIVERED: i64 = 1;
-pub(super) const DEAD: i64 = 2;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::harness::process::test_env;
+use crate::harness::process::{sqlite_env, test_env};
 use crate::harness::{Conn, RelayProcess, Sink, event, eventually};
 
 /// Ingests from `workers` tasks until the relay stops answering; returns the accepted ids.
@@ -43,7 +43,7 @@ fn load(
 #[tokio::test]
 async fn repeated_sigkill_under_load_loses_no_accepted_event() {
     let dir = tempfile::tempdir().unwrap();
-    let env = test_env(&dir.path().join("relay.db"));
+    let env = test_env(dir.path()).await;
     let sink = Sink::start().await;
     let mut relay = RelayProcess::spawn(&env);
     let conn = relay.connection("acme").await;
@@ -77,13 +77,14 @@ async fn repeated_sigkill_under_load_loses_no_accepted_event() {
 #[tokio::test]
 async fn a_store_that_cannot_write_answers_503_then_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let env = test_env(&dir.path().join("relay.db"));
+    let env = sqlite_env(dir.path());
     let sink = Sink::start().await;
     let relay = RelayProcess::spawn(&env);
     let conn = relay.connection("acme").await;
-    relay.attach(&conn, &sink.url, None).await;
+    let hook = relay.attach(&conn, &sink.url, None).await;
     assert_eq!(relay.ingest(&conn, &event("before", None)).await.status, StatusCode::ACCEPTED);
     sink.recv().await;
+    relay.await_attempts(&conn, &hook, 1).await; // recorded: nothing is in flight when the disk fills
 
     let limit = |size: &str| {
         let pid = relay.pid().to_string();

@@ -74,7 +74,7 @@ async fn metrics_can_live_on_their_own_address() {
 #[tokio::test]
 async fn sigterm_mid_load_exits_zero_and_loses_nothing_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    let env = test_env(&dir.path().join("relay.db"));
+    let env = test_env(dir.path()).await;
     let sink = Sink::start_with(SinkReply::Slow(std::time::Duration::from_millis(20))).await;
     let relay = RelayProcess::spawn(&env);
     let conn = relay.connection("acme").await;
@@ -117,7 +117,7 @@ async fn sigterm_mid_load_exits_zero_and_loses_nothing_accepted() {
 #[tokio::test]
 async fn credentials_never_reach_the_logs_even_at_trace() {
     let dir = tempfile::tempdir().unwrap();
-    let mut env = test_env(&dir.path().join("relay.db"));
+    let mut env = test_env(dir.path()).await;
     env.push(("RELAY_LOG".into(), "trace".into()));
     let sink = Sink::start().await;
     let relay = RelayProcess::spawn(&env);

@@ -39,7 +39,7 @@ async fn connections_hooks_and_rotated_credentials_survive_restart() {
 #[tokio::test]
 async fn kill_9_with_deliveries_pending_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let env = test_env(&dir.path().join("relay.db"));
+    let env = test_env(dir.path()).await;
     let sink = Sink::start_with(SinkReply::Status(503)).await;
     let relay = RelayProcess::spawn(&env);
     let conn = relay.connection("acme").await;
@@ -65,7 +65,7 @@ async fn kill_9_with_deliveries_pending_loses_nothing() {
 #[tokio::test]
 async fn sigterm_exits_zero_and_pending_work_resumes_next_start() {
     let dir = tempfile::tempdir().unwrap();
-    let env = test_env(&dir.path().join("relay.db"));
+    let env = test_env(dir.path()).await;
     let sink = Sink::start_with(SinkReply::Status(500)).await;
     let relay = RelayProcess::spawn(&env);
     let conn = relay.connection("acme").await;

@@ -32,6 +32,25 @@ where
     }
 }
 
+/// A store for one test: a fresh schema in `RELAY_TEST_POSTGRES_URL`'s database when that is
+/// set (so the whole suite runs on PostgreSQL), else an SQLite file in `dir`.
+pub(crate) async fn database_url(dir: &std::path::Path) -> String {
+    match std::env::var("RELAY_TEST_POSTGRES_URL") {
+        Ok(base) if !base.is_empty() => fresh_schema(&base).await,
+        _ => format!("sqlite://{}", dir.join("relay.db").display()),
+    }
+}
+
+async fn fresh_schema(base: &str) -> String {
+    let (client, connection) =
+        tokio_postgres::connect(base, tokio_postgres::NoTls).await.expect("RELAY_TEST_POSTGRES_URL is reachable");
+    tokio::spawn(connection);
+    let schema = stencil_relay::model::random_token("test_", 8);
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("a schema can be created");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-csearch_path%3D{schema}")
+}
+
 /// A fixture file's bytes.
 pub(crate) fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture exists")

@@ -26,11 +26,20 @@ impl std::ops::Deref for RelayProcess {
     }
 }
 
-/// The test settings as environment variables, on `database`.
-pub(crate) fn test_env(database: &Path) -> Vec<(String, String)> {
+/// The test settings as environment variables, on the test's store (see `database_url`).
+pub(crate) async fn test_env(dir: &Path) -> Vec<(String, String)> {
+    let mut env = sqlite_env(dir);
+    env.retain(|(k, _)| k != "RELAY_DATABASE_URL");
+    env.push(("RELAY_DATABASE_URL".to_owned(), super::database_url(dir).await));
+    env
+}
+
+/// The test settings as environment variables, always on an SQLite file in `dir`.
+pub(crate) fn sqlite_env(dir: &Path) -> Vec<(String, String)> {
     [
         ("RELAY_LISTEN", "127.0.0.1:0".to_owned()),
-        ("RELAY_DATABASE_URL", format!("sqlite://{}", database.display())),
+        ("RELAY_DATABASE_URL", format!("sqlite://{}", dir.join("relay.db").display())),
+        ("RELAY_LEASE", "2s".to_owned()),
         ("RELAY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ("RELAY_TARGET_HOSTS", "*".to_owned()),
         ("RELAY_ALLOW_PRIVATE_TARGETS", "true".to_owned()),

@@ -45,6 +45,7 @@ impl TestServer {
             hook_rate: Some("100".into()),
             ingest_rate: Some("1000".into()),
             shutdown_grace: Some("2s".into()),
+            lease: Some("2s".into()),
             ..ServeArgs::default()
         }
     }
@@ -55,12 +56,13 @@ impl TestServer {
     }
 
     /// Starts a relay with these settings (the database is always a fresh temp file).
-    pub(crate) async fn start_with(args: ServeArgs) -> Self {
-        Self::start_in(Arc::new(tempfile::tempdir().unwrap()), args).await
+    pub(crate) async fn start_with(mut args: ServeArgs) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        args.database_url = Some(super::database_url(dir.path()).await);
+        Self::start_in(dir, args).await
     }
 
-    async fn start_in(dir: Arc<TempDir>, mut args: ServeArgs) -> Self {
-        args.database_url = Some(format!("sqlite://{}", dir.path().join("relay.db").display()));
+    async fn start_in(dir: Arc<TempDir>, args: ServeArgs) -> Self {
         let config = Config::from_args(&args).expect("test settings are valid");
         let app = App::build(config).await.expect("the relay starts");
         let base = format!("http://{}", app.local_addr().unwrap());

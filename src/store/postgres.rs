@@ -1,0 +1,520 @@
+//! The PostgreSQL backend, for several relay instances sharing one database.
+//!
+//! Pooled connections (deadpool); every write is one transaction. Claims are two-level leases:
+//! an instance first takes (or renews) ownership of hooks with due work in `hook_leases`, then
+//! leases due deliveries of the hooks it owns, so each hook is paced by exactly one instance and
+//! a dead instance's hooks and deliveries are taken over once their leases expire. Registry
+//! changes are announced with `NOTIFY` in the same transaction as the write.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::mpsc;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+
+use super::postgres_schema::{CHANGES_CHANNEL, MIGRATION_LOCK, MIGRATIONS};
+use super::{Attached, Claim, Created, DEAD, DELIVERED, Ingested, PENDING, Snapshot, StoreError};
+use crate::metrics::Metrics;
+use crate::model::{
+    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, NextStep, SigningSecret, random_token,
+};
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Backend(Arc::new(e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Backend(Arc::new(e))
+    }
+}
+
+/// Handle to a PostgreSQL store; clones share the pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    config: Arc<tokio_postgres::Config>,
+    /// This instance's name in `hook_leases`.
+    owner: Arc<str>,
+    metrics: Metrics,
+}
+
+/// Announcements of changed connections, from `LISTEN`.
+pub struct ChangeFeed {
+    changes: mpsc::UnboundedReceiver<String>,
+    task: tokio::task::JoinHandle<()>,
+    /// The listening session; dropping it ends the LISTEN.
+    _client: tokio_postgres::Client,
+}
+
+impl ChangeFeed {
+    /// The id of the next connection that changed; `None` when the listening connection broke.
+    pub async fn next(&mut self) -> Option<String> {
+        self.changes.recv().await
+    }
+}
+
+impl Drop for ChangeFeed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PostgresStore {
+    /// Connects the pool and migrates (once, even when instances start together).
+    pub(super) async fn open(url: &str, metrics: Metrics) -> Result<Self, StoreError> {
+        let config = tokio_postgres::Config::from_str(url)?;
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager).max_size(16).build().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let store = Self { pool, config: Arc::new(config), owner: Arc::from(random_token("instance_", 8)), metrics };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS relay_schema (version INTEGER NOT NULL)").await?;
+        let version: i32 = match tx.query_opt("SELECT version FROM relay_schema", &[]).await? {
+            Some(row) => row.get(0),
+            None => {
+                tx.execute("INSERT INTO relay_schema (version) VALUES (0)", &[]).await?;
+                0
+            }
+        };
+        let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+        if version > known {
+            return Err(StoreError::Corrupt(format!(
+                "schema version {version} is newer than this build knows ({known})"
+            )));
+        }
+        for sql in &MIGRATIONS[version as usize..] {
+            tx.batch_execute(sql).await?;
+        }
+        tx.execute("UPDATE relay_schema SET version = $1", &[&known]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Opens a dedicated connection that `LISTEN`s for registry changes.
+    pub(super) async fn listen(&self) -> Result<ChangeFeed, StoreError> {
+        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let (tx, changes) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                if let AsyncMessage::Notification(n) = message
+                    && tx.send(n.payload().to_owned()).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        client.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}")).await?;
+        Ok(ChangeFeed { changes, task, _client: client })
+    }
+
+    /// Commits a write transaction (each is its own commit here: PostgreSQL groups the flushes).
+    async fn commit(&self, tx: deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+        tx.commit().await?;
+        self.metrics.commit_batch(1);
+        Ok(())
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        self.pool.get().await?.execute("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    pub(super) async fn pending_count(&self) -> Result<u64, StoreError> {
+        let row =
+            self.pool.get().await?.query_one("SELECT COUNT(*) FROM deliveries WHERE state = $1", &[&PENDING]).await?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    pub(super) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client.query(CONNECTION_COLUMNS, &[]).await?;
+        let connections = rows.iter().map(connection_row).collect::<Result<Vec<_>, _>>()?;
+        let rows = client.query(&format!("{HOOK_COLUMNS} ORDER BY created_at, id"), &[]).await?;
+        Ok(Snapshot { connections, hooks: rows.iter().map(hook_row).collect() })
+    }
+
+    pub(super) async fn connection(&self, id: String) -> Result<Option<(Connection, Vec<Hook>)>, StoreError> {
+        let client = self.pool.get().await?;
+        let Some(row) = client.query_opt(&format!("{CONNECTION_COLUMNS} WHERE id = $1"), &[&id]).await? else {
+            return Ok(None);
+        };
+        let hooks =
+            client.query(&format!("{HOOK_COLUMNS} WHERE connection_id = $1 ORDER BY created_at, id"), &[&id]).await?;
+        Ok(Some((connection_row(&row)?, hooks.iter().map(hook_row).collect())))
+    }
+
+    pub(super) async fn create_connection(&self, c: Connection) -> Result<Created, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let rate = c.ingest_rate.map(|r| i32::try_from(r).unwrap_or(i32::MAX));
+        let inserted = tx
+            .execute(
+                "INSERT INTO connections (id, name, api_key_hash, secrets, ingest_rate, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[&c.id, &c.name, &c.api_key_hash.as_slice(), &secrets_json(&c.secrets)?, &rate, &c.created_at],
+            )
+            .await?;
+        if inserted == 0 {
+            let id_taken = tx.query_opt("SELECT 1 FROM connections WHERE id = $1", &[&c.id]).await?.is_some();
+            return Ok(if id_taken { Created::IdTaken } else { Created::KeyTaken });
+        }
+        notify(&tx, &c.id).await?;
+        self.commit(tx).await?;
+        Ok(Created::Created)
+    }
+
+    pub(super) async fn delete_connection(&self, id: String) -> Result<bool, StoreError> {
+        self.change(&id, "DELETE FROM connections WHERE id = $1", &[&id]).await
+    }
+
+    pub(super) async fn set_api_key_hash(&self, id: String, hash: [u8; 32]) -> Result<bool, StoreError> {
+        self.change(&id, "UPDATE connections SET api_key_hash = $2 WHERE id = $1", &[&id, &hash.as_slice()]).await
+    }
+
+    pub(super) async fn set_secrets(&self, id: String, secrets: Vec<SigningSecret>) -> Result<bool, StoreError> {
+        let json = secrets_json(&secrets)?;
+        self.change(&id, "UPDATE connections SET secrets = $2 WHERE id = $1", &[&id, &json]).await
+    }
+
+    /// Runs one statement that changes a connection's registry entry, announcing it on success.
+    async fn change(
+        &self,
+        connection_id: &str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<bool, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let changed = tx.execute(sql, params).await? == 1;
+        if changed {
+            notify(&tx, connection_id).await?;
+        }
+        self.commit(tx).await?;
+        Ok(changed)
+    }
+
+    pub(super) async fn attach_hook(&self, hook: Hook) -> Result<Attached, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let template = hook.template_id.clone().unwrap_or_default();
+        let inserted = tx
+            .execute(
+                "INSERT INTO hooks (id, connection_id, url, event, template_id, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (connection_id, url, event, template_id) DO NOTHING",
+                &[&hook.id, &hook.connection_id, &hook.url, &hook.event, &template, &hook.created_at],
+            )
+            .await?;
+        if inserted == 0 {
+            let row = tx
+                .query_one(
+                    &format!(
+                        "{HOOK_COLUMNS} WHERE connection_id = $1 AND url = $2 AND event = $3 AND template_id = $4"
+                    ),
+                    &[&hook.connection_id, &hook.url, &hook.event, &template],
+                )
+                .await?;
+            return Ok(Attached::Existing(hook_row(&row)));
+        }
+        notify(&tx, &hook.connection_id).await?;
+        self.commit(tx).await?;
+        Ok(Attached::Created(hook))
+    }
+
+    pub(super) async fn detach_hook(&self, connection_id: String, hook_id: String) -> Result<bool, StoreError> {
+        self.change(
+            &connection_id,
+            "DELETE FROM hooks WHERE id = $1 AND connection_id = $2",
+            &[&hook_id, &connection_id],
+        )
+        .await
+    }
+
+    pub(super) async fn ingest(
+        &self,
+        connection_id: String,
+        event: Event,
+        hook_ids: Vec<String>,
+    ) -> Result<Ingested, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let inserted = tx
+            .query_opt(
+                "INSERT INTO events (connection_id, id, type, payload, received_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (connection_id, id) DO NOTHING RETURNING seq",
+                &[&connection_id, &event.id, &event.event_type, &event.payload.as_ref(), &event.received_at],
+            )
+            .await;
+        let seq: i64 = match inserted {
+            Ok(Some(row)) => row.get(0),
+            Ok(None) => return Ok(Ingested::Duplicate),
+            Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => return Ok(Ingested::UnknownConnection),
+            Err(e) => return Err(e.into()),
+        };
+        let deliveries = tx
+            .execute(
+                "INSERT INTO deliveries (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
+                 SELECT $1, id, connection_id, url, $2, 0, $3, $3 FROM hooks WHERE id = ANY($4) AND connection_id = $5",
+                &[&seq, &PENDING, &event.received_at, &hook_ids, &connection_id],
+            )
+            .await?;
+        self.commit(tx).await?;
+        Ok(Ingested::Accepted { deliveries: deliveries as usize })
+    }
+
+    pub(super) async fn events(&self, connection_id: String, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT id, type, payload, received_at FROM events WHERE connection_id = $1 ORDER BY seq DESC LIMIT $2",
+                &[&connection_id, &(limit as i64)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Event {
+                id: r.get(0),
+                event_type: r.get(1),
+                payload: Bytes::from(r.get::<_, Vec<u8>>(2)),
+                received_at: r.get(3),
+            })
+            .collect())
+    }
+
+    pub(super) async fn attempts(&self, hook_id: String, limit: usize) -> Result<Vec<Attempt>, StoreError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT event_id, attempt, status_code, error, duration_ms, at FROM attempts
+                 WHERE hook_id = $1 ORDER BY id DESC LIMIT $2",
+                &[&hook_id, &(limit as i64)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Attempt {
+                event_id: r.get(0),
+                attempt: r.get::<_, i32>(1) as u32,
+                status_code: r.get::<_, Option<i32>>(2).map(|s| s as u16),
+                error: r.get(3),
+                duration_ms: r.get::<_, i64>(4) as u64,
+                at: r.get(5),
+            })
+            .collect())
+    }
+
+    pub(super) async fn claim(&self, claim: Claim) -> Result<Vec<DueDelivery>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let (limit, per_hook) = (claim.limit as i64, claim.per_hook as i64);
+        let owner: &str = &self.owner;
+        tx.execute(
+            "INSERT INTO hook_leases (hook_id, owner, until)
+             SELECT hook_id, $1, $2 FROM deliveries
+              WHERE state = $4 AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until <= $3)
+              GROUP BY hook_id ORDER BY MIN(next_attempt_at) LIMIT $5
+             ON CONFLICT (hook_id) DO UPDATE SET owner = EXCLUDED.owner, until = EXCLUDED.until
+              WHERE hook_leases.owner = EXCLUDED.owner OR hook_leases.until <= $3",
+            &[&owner, &claim.lease_until, &claim.now, &PENDING, &limit],
+        )
+        .await?;
+        let leased = tx
+            .query(
+                "UPDATE deliveries SET lease_until = $1 WHERE id IN (
+                    SELECT id FROM (
+                        SELECT d.id, d.next_attempt_at,
+                               ROW_NUMBER() OVER (PARTITION BY d.hook_id ORDER BY d.next_attempt_at, d.id) AS rn
+                        FROM deliveries d
+                        JOIN hook_leases l ON l.hook_id = d.hook_id AND l.owner = $6 AND l.until > $2
+                        WHERE d.state = $5 AND d.next_attempt_at <= $2
+                          AND (d.lease_until IS NULL OR d.lease_until <= $2)
+                          AND NOT EXISTS (SELECT 1 FROM deliveries x
+                                          WHERE x.hook_id = d.hook_id AND x.state = $5 AND x.lease_until > $2)
+                    ) w WHERE rn <= $3 ORDER BY next_attempt_at, id LIMIT $4)
+                 RETURNING id, connection_id, hook_id, url, attempts, event_seq",
+                &[&claim.lease_until, &claim.now, &per_hook, &limit, &PENDING, &owner],
+            )
+            .await?;
+        let seqs: Vec<i64> = leased.iter().map(|r| r.get(5)).collect();
+        let events = tx.query("SELECT seq, id, payload, received_at FROM events WHERE seq = ANY($1)", &[&seqs]).await?;
+        self.commit(tx).await?;
+        let events: std::collections::HashMap<i64, &Row> = events.iter().map(|r| (r.get(0), r)).collect();
+        let mut due: Vec<DueDelivery> = leased
+            .iter()
+            .filter_map(|r| {
+                let event = events.get(&r.get::<_, i64>(5))?;
+                Some(DueDelivery {
+                    id: r.get(0),
+                    connection_id: r.get(1),
+                    hook_id: r.get(2),
+                    url: r.get(3),
+                    attempts: r.get::<_, i32>(4) as u32,
+                    event_id: event.get(1),
+                    payload: Bytes::from(event.get::<_, Vec<u8>>(2)),
+                    received_at: event.get(3),
+                })
+            })
+            .collect();
+        due.sort_by_key(|d| d.id);
+        Ok(due)
+    }
+
+    pub(super) async fn next_due(&self, now: i64) -> Result<Option<i64>, StoreError> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_one(
+                "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = $1 AND next_attempt_at > $2",
+                &[&PENDING, &now],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    pub(super) async fn record(&self, rec: AttemptRecord) -> Result<(), StoreError> {
+        let a = &rec.attempt;
+        let (state, next_at) = match rec.next {
+            NextStep::Delivered => (DELIVERED, a.at),
+            NextStep::RetryAt(at) => (PENDING, at),
+            NextStep::DeadLetter => (DEAD, a.at),
+        };
+        let status = a.status_code.map(i32::from);
+        let attempt = i32::try_from(a.attempt).unwrap_or(i32::MAX);
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let updated = tx
+            .execute(
+                "UPDATE deliveries SET attempts = $2, state = $3, next_attempt_at = $4, lease_until = NULL,
+                        last_status = $5, last_error = $6, updated_at = $7 WHERE id = $1",
+                &[&rec.delivery_id, &attempt, &state, &next_at, &status, &a.error, &a.at],
+            )
+            .await?;
+        if updated == 1 {
+            tx.execute(
+                "INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &rec.delivery_id,
+                    &rec.hook_id,
+                    &a.event_id,
+                    &attempt,
+                    &status,
+                    &a.error,
+                    &(a.duration_ms as i64),
+                    &a.at,
+                ],
+            )
+            .await?;
+        }
+        self.commit(tx).await?;
+        Ok(())
+    }
+
+    pub(super) async fn release(&self, ids: Vec<i64>) -> Result<(), StoreError> {
+        self.pool.get().await?.execute("UPDATE deliveries SET lease_until = NULL WHERE id = ANY($1)", &[&ids]).await?;
+        Ok(())
+    }
+
+    pub(super) async fn dead_letters(
+        &self,
+        connection_id: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT d.id, d.connection_id, e.id, d.hook_id, d.attempts, d.last_status, d.last_error, d.updated_at
+                 FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                 WHERE d.state = $1 AND ($2::TEXT IS NULL OR d.connection_id = $2) ORDER BY d.id DESC LIMIT $3",
+                &[&DEAD, &connection_id, &(limit as i64)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| DeadLetter {
+                id: r.get(0),
+                connection_id: r.get(1),
+                event_id: r.get(2),
+                hook_id: r.get(3),
+                attempts: r.get::<_, i32>(4) as u32,
+                last_status: r.get::<_, Option<i32>>(5).map(|s| s as u16),
+                last_error: r.get(6),
+                updated_at: r.get(7),
+            })
+            .collect())
+    }
+
+    pub(super) async fn retry_dead_letter(&self, id: i64, now: i64) -> Result<bool, StoreError> {
+        let n = self
+            .pool
+            .get()
+            .await?
+            .execute(
+                "UPDATE deliveries SET state = $2, attempts = 0, next_attempt_at = $3, lease_until = NULL, updated_at = $3
+                 WHERE id = $1 AND state = $4",
+                &[&id, &PENDING, &now, &DEAD],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+}
+
+const CONNECTION_COLUMNS: &str = "SELECT id, name, api_key_hash, secrets, ingest_rate, created_at FROM connections";
+const HOOK_COLUMNS: &str = "SELECT id, connection_id, url, event, template_id, created_at FROM hooks";
+
+async fn notify(tx: &deadpool_postgres::Transaction<'_>, connection_id: &str) -> Result<(), StoreError> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &connection_id]).await?;
+    Ok(())
+}
+
+fn secrets_json(secrets: &[SigningSecret]) -> Result<String, StoreError> {
+    serde_json::to_string(secrets).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn connection_row(r: &Row) -> Result<Connection, StoreError> {
+    let id: String = r.get(0);
+    let hash: Vec<u8> = r.get(2);
+    let api_key_hash =
+        hash.try_into().map_err(|_| StoreError::Corrupt(format!("connection {id}: API key hash is not 32 bytes")))?;
+    let secrets =
+        serde_json::from_str(r.get(3)).map_err(|e| StoreError::Corrupt(format!("connection {id}: secrets: {e}")))?;
+    Ok(Connection {
+        name: r.get(1),
+        api_key_hash,
+        secrets,
+        ingest_rate: r.get::<_, Option<i32>>(4).map(|n| n.max(1) as u32),
+        created_at: r.get(5),
+        id,
+    })
+}
+
+fn hook_row(r: &Row) -> Hook {
+    let template: String = r.get(4);
+    Hook {
+        id: r.get(0),
+        connection_id: r.get(1),
+        url: r.get(2),
+        event: r.get(3),
+        template_id: (!template.is_empty()).then_some(template),
+        created_at: r.get(5),
+    }
+}

@@ -1,0 +1,77 @@
+//! The PostgreSQL schema as an ordered list of migrations; `relay_schema.version` counts those
+//! applied. Applied under a transaction-scoped advisory lock, so instances starting together
+//! migrate once.
+
+/// Advisory lock key that serialises migrations across instances.
+pub(super) const MIGRATION_LOCK: i64 = 0x5265_6c61_7953_6368;
+
+/// Migration `i` brings the schema from version `i` to `i + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE connections (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    api_key_hash BYTEA NOT NULL UNIQUE,
+    secrets      TEXT NOT NULL,
+    ingest_rate  INTEGER,
+    created_at   BIGINT NOT NULL
+);
+CREATE TABLE hooks (
+    id            TEXT PRIMARY KEY,
+    connection_id TEXT NOT NULL REFERENCES connections(id) ON DELETE CASCADE,
+    url           TEXT NOT NULL,
+    event         TEXT NOT NULL,
+    template_id   TEXT NOT NULL DEFAULT '',
+    created_at    BIGINT NOT NULL,
+    UNIQUE (connection_id, url, event, template_id)
+);
+CREATE TABLE events (
+    seq           BIGSERIAL PRIMARY KEY,
+    connection_id TEXT NOT NULL REFERENCES connections(id) ON DELETE CASCADE,
+    id            TEXT NOT NULL,
+    type          TEXT NOT NULL,
+    payload       BYTEA NOT NULL,
+    received_at   BIGINT NOT NULL,
+    UNIQUE (connection_id, id)
+);
+CREATE INDEX events_by_connection ON events (connection_id, seq);
+CREATE TABLE deliveries (
+    id              BIGSERIAL PRIMARY KEY,
+    event_seq       BIGINT NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
+    hook_id         TEXT NOT NULL REFERENCES hooks(id) ON DELETE CASCADE,
+    connection_id   TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    state           INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    lease_until     BIGINT,
+    last_status     INTEGER,
+    last_error      TEXT,
+    updated_at      BIGINT NOT NULL
+);
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 0;
+CREATE INDEX deliveries_pending_by_hook ON deliveries (hook_id, lease_until) WHERE state = 0;
+CREATE INDEX deliveries_by_hook ON deliveries (hook_id);
+CREATE INDEX deliveries_by_event ON deliveries (event_seq);
+CREATE INDEX deliveries_dead ON deliveries (connection_id, id) WHERE state = 2;
+CREATE TABLE attempts (
+    id          BIGSERIAL PRIMARY KEY,
+    delivery_id BIGINT NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
+    hook_id     TEXT NOT NULL,
+    event_id    TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    status_code INTEGER,
+    error       TEXT,
+    duration_ms BIGINT NOT NULL,
+    at          BIGINT NOT NULL
+);
+CREATE INDEX attempts_by_hook ON attempts (hook_id, id);
+CREATE INDEX attempts_by_delivery ON attempts (delivery_id);
+CREATE TABLE hook_leases (
+    hook_id TEXT PRIMARY KEY REFERENCES hooks(id) ON DELETE CASCADE,
+    owner   TEXT NOT NULL,
+    until   BIGINT NOT NULL
+);
+"];
+
+/// The channel on which registry changes are announced (payload: the connection id).
+pub(super) const CHANGES_CHANNEL: &str = "relay_changes";
