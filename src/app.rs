@@ -104,6 +104,7 @@ impl App {
         tracing::info!(addr = %addr, metrics_addr = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()), "listening");
         tracker.spawn(dispatcher.run(tracker.clone(), token.clone()));
         tracker.spawn(prune_auth_failures(Arc::clone(&state), token.clone()));
+        tracker.spawn(crate::sync::follow(state.store.clone(), state.registry.clone(), token.clone()));
         let mut servers =
             vec![tokio::spawn(http::serve(listener, Surface::Api, Arc::clone(&state), token.clone(), grace))];
         if let Some(listener) = metrics_listener {

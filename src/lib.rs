@@ -29,5 +29,6 @@ pub mod registry;
 pub mod shutdown;
 pub mod signature;
 pub mod store;
+pub mod sync;
 pub mod target;
 pub mod telemetry;

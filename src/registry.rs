@@ -7,6 +7,7 @@
 //! `signature`, `ratelimit` and `store`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use dashmap::DashMap;
 
@@ -26,6 +27,8 @@ pub struct Entry {
     pub limiter: Arc<IngestLimiter>,
     /// The connection's hooks, oldest first.
     pub hooks: Arc<[Hook]>,
+    /// When this entry was written, so that a reload which started earlier cannot undo it.
+    pub written_at: Instant,
 }
 
 impl Entry {
@@ -61,27 +64,67 @@ impl Registry {
                 by_key: DashMap::with_capacity(connections.len()),
             }),
         };
+        registry.resync(Snapshot { connections, hooks }, Instant::now());
+        Ok(registry)
+    }
+
+    /// Indexes `connection` with `hooks`, replacing what was there; the ingest limiter's state
+    /// carries over when the rate is unchanged, and a replaced API key stops resolving.
+    fn put(&self, connection: Connection, hooks: Arc<[Hook]>) {
+        let rate = connection.ingest_rate.unwrap_or(self.inner.default_ingest_rate);
+        let old = self.get(&connection.id);
+        let limiter = match &old {
+            Some(old) if old.limiter.rate() == rate => Arc::clone(&old.limiter),
+            _ => Arc::new(IngestLimiter::new(rate)),
+        };
+        if let Some(old) = old.filter(|o| o.connection.api_key_hash != connection.api_key_hash) {
+            self.inner.by_key.remove_if(&old.connection.api_key_hash, |_, owner| *owner == connection.id);
+        }
+        let entry = Entry {
+            verifier: Verifier::new(&connection.secrets),
+            limiter,
+            hooks,
+            connection,
+            written_at: Instant::now(),
+        };
+        self.inner.by_key.insert(entry.connection.api_key_hash, entry.connection.id.clone());
+        self.inner.connections.insert(entry.connection.id.clone(), Arc::new(entry));
+    }
+
+    /// Brings one connection in step with the store after another instance changed it
+    /// (`None`: it was deleted), as read from the store starting at `read_at`.
+    pub fn refresh(&self, id: &str, stored: Option<(Connection, Vec<Hook>)>, read_at: Instant) {
+        if self.written_since(id, read_at) {
+            return;
+        }
+        match stored {
+            Some((connection, hooks)) => self.put(connection, hooks.into()),
+            None => self.remove_connection(id),
+        }
+    }
+
+    /// Brings the whole index in step with a snapshot of the store taken starting at `read_at`
+    /// (the safety net behind change notifications). Entries written since are left alone.
+    pub fn resync(&self, Snapshot { connections, hooks }: Snapshot, read_at: Instant) {
         let mut by_connection: std::collections::HashMap<String, Vec<Hook>> = std::collections::HashMap::new();
         for hook in hooks {
             by_connection.entry(hook.connection_id.clone()).or_default().push(hook);
         }
-        for connection in connections {
+        let current: std::collections::HashSet<String> = connections.iter().map(|c| c.id.clone()).collect();
+        for connection in connections.into_iter().filter(|c| !self.written_since(&c.id, read_at)) {
             let hooks = by_connection.remove(&connection.id).unwrap_or_default();
-            registry.put(connection, hooks.into());
+            self.put(connection, hooks.into());
         }
-        Ok(registry)
-    }
-
-    fn put(&self, connection: Connection, hooks: Arc<[Hook]>) {
-        let rate = connection.ingest_rate.unwrap_or(self.inner.default_ingest_rate);
-        let entry = Entry {
-            verifier: Verifier::new(&connection.secrets),
-            limiter: Arc::new(IngestLimiter::new(rate)),
-            hooks,
-            connection,
-        };
-        self.inner.by_key.insert(entry.connection.api_key_hash, entry.connection.id.clone());
-        self.inner.connections.insert(entry.connection.id.clone(), Arc::new(entry));
+        let gone: Vec<String> = self
+            .inner
+            .connections
+            .iter()
+            .filter(|e| !current.contains(e.key()) && e.written_at <= read_at)
+            .map(|e| e.key().clone())
+            .collect();
+        for id in gone {
+            self.remove_connection(&id);
+        }
     }
 
     /// The connection with this id.
@@ -158,6 +201,10 @@ impl Registry {
         self.inner.connections.is_empty()
     }
 
+    fn written_since(&self, id: &str, read_at: Instant) -> bool {
+        self.inner.connections.get(id).is_some_and(|e| e.written_at > read_at)
+    }
+
     /// Total hooks across connections.
     pub fn hook_count(&self) -> usize {
         self.inner.connections.iter().map(|e| e.hooks.len()).sum()
@@ -169,6 +216,7 @@ impl Registry {
         let old = Arc::clone(&slot);
         let mut entry = Entry::clone(&old);
         edit(&mut entry);
+        entry.written_at = Instant::now();
         *slot = Arc::new(entry);
         Some(old)
     }

@@ -5,6 +5,7 @@ mod harness;
 
 mod admin;
 mod cli;
+mod cluster;
 mod contract;
 mod crash;
 mod delivery;
