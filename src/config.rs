@@ -299,6 +299,16 @@ fn parse_schedule(v: &str) -> Result<Vec<Duration>, String> {
     Ok(waits)
 }
 
+impl DatabaseUrl {
+    /// Parses `sqlite://PATH` or `postgres://…`.
+    ///
+    /// # Errors
+    /// Anything else, with what is expected.
+    pub fn parse(v: &str) -> Result<Self, String> {
+        parse_database(v)
+    }
+}
+
 fn parse_database(v: &str) -> Result<DatabaseUrl, String> {
     if let Some(path) = v.strip_prefix("sqlite://").or_else(|| v.strip_prefix("sqlite:")) {
         if path.is_empty() {

@@ -16,7 +16,9 @@ use clap::{Args, Parser, Subcommand};
 pub use operator::{AdminClient, ConnectionsCommand, DeadLettersCommand, HooksCommand, OperatorError, Remote};
 
 use crate::app::App;
-use crate::config::{Config, ServeArgs};
+use crate::config::{Config, DatabaseUrl, ServeArgs};
+use crate::metrics::Metrics;
+use crate::store::Store;
 
 /// `stencil-relay`: Stencil webhooks in, Make instant triggers out.
 #[derive(Debug, Parser)]
@@ -36,6 +38,9 @@ pub enum Command {
     Sign(SignArgs),
     /// Start a relay on a temporary database and walk one event from Stencil to a Make hook.
     Demo,
+    /// Copy connections, hooks and undelivered deliveries from an SQLite store into PostgreSQL
+    /// (stop the relay first).
+    MigrateStore(MigrateArgs),
     /// Manage connections (admin API).
     Connections {
         /// The relay to talk to.
@@ -65,6 +70,17 @@ pub enum Command {
     },
 }
 
+/// Arguments of `migrate-store`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The SQLite store to copy from (`sqlite://PATH`).
+    #[arg(long)]
+    pub from: String,
+    /// The PostgreSQL store to copy into (`postgres://…`); migrated first if new.
+    #[arg(long)]
+    pub to: String,
+}
+
 /// Arguments of `sign`.
 #[derive(Debug, Args)]
 pub struct SignArgs {
@@ -82,6 +98,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Sign(args) => report(sign(&args).map(|signature| println!("{signature}"))),
         Command::Demo => report(block_on(demo::run())),
+        Command::MigrateStore(args) => report(block_on(migrate_store(args))),
         Command::Connections { remote, command } => {
             operate(&remote, |client| async move { operator::connections(&client, command, remote.json).await })
         }
@@ -147,6 +164,27 @@ fn serve(args: &ServeArgs) -> ExitCode {
         app.run(crate::shutdown::signal()).await;
         Ok(())
     }))
+}
+
+async fn migrate_store(args: MigrateArgs) -> anyhow::Result<()> {
+    let from = DatabaseUrl::parse(&args.from).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
+    let to = DatabaseUrl::parse(&args.to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+    let (DatabaseUrl::Sqlite(path), DatabaseUrl::Postgres(_)) = (&from, &to) else {
+        anyhow::bail!("migrate-store copies from sqlite://PATH to postgres://…");
+    };
+    anyhow::ensure!(path.exists(), "--from: {} does not exist", path.display());
+    let metrics = Metrics::default();
+    let source = Store::open(&from, metrics.clone()).await.context("opening the SQLite store")?;
+    let target = Store::open(&to, metrics).await.context("opening the PostgreSQL store")?;
+    let (Store::Sqlite(source), Store::Postgres(target)) = (source, target) else {
+        anyhow::bail!("migrate-store copies from sqlite://PATH to postgres://…");
+    };
+    let transfer = source.export().await.context("reading the SQLite store")?;
+    let (connections, hooks, deliveries) =
+        (transfer.connections.len(), transfer.hooks.len(), transfer.deliveries.len());
+    let added = target.import(transfer).await.context("writing to PostgreSQL")?;
+    println!("copied {connections} connections, {hooks} hooks and {added} of {deliveries} undelivered deliveries");
+    Ok(())
 }
 
 fn sign(args: &SignArgs) -> anyhow::Result<String> {

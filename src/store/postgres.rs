@@ -16,7 +16,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::postgres_schema::{CHANGES_CHANNEL, MIGRATION_LOCK, MIGRATIONS};
-use super::{Attached, Claim, Created, DEAD, DELIVERED, Ingested, PENDING, Snapshot, StoreError};
+use super::{Attached, Claim, Created, DEAD, DELIVERED, Ingested, PENDING, Snapshot, StoreError, Transfer};
 use crate::metrics::Metrics;
 use crate::model::{
     Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, NextStep, SigningSecret, random_token,
@@ -125,6 +125,76 @@ impl PostgresStore {
         tx.commit().await?;
         self.metrics.commit_batch(1);
         Ok(())
+    }
+
+    /// Copies `transfer` in, in one transaction; rows already present (same ids) are kept, so
+    /// running it twice is harmless. Returns how many deliveries were added.
+    ///
+    /// # Errors
+    /// The write failed; nothing was copied.
+    pub async fn import(&self, transfer: Transfer) -> Result<u64, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        for c in &transfer.connections {
+            let rate = c.ingest_rate.map(|r| i32::try_from(r).unwrap_or(i32::MAX));
+            tx.execute(
+                "INSERT INTO connections (id, name, api_key_hash, secrets, ingest_rate, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[&c.id, &c.name, &c.api_key_hash.as_slice(), &secrets_json(&c.secrets)?, &rate, &c.created_at],
+            )
+            .await?;
+        }
+        for h in &transfer.hooks {
+            let template = h.template_id.clone().unwrap_or_default();
+            tx.execute(
+                "INSERT INTO hooks (id, connection_id, url, event, template_id, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[&h.id, &h.connection_id, &h.url, &h.event, &template, &h.created_at],
+            )
+            .await?;
+        }
+        let mut seqs = std::collections::HashMap::new();
+        for (source_seq, connection_id, e) in &transfer.events {
+            let row = tx
+                .query_one(
+                    "INSERT INTO events (connection_id, id, type, payload, received_at) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (connection_id, id) DO UPDATE SET id = EXCLUDED.id RETURNING seq, xmax = 0",
+                    &[connection_id, &e.id, &e.event_type, &e.payload.as_ref(), &e.received_at],
+                )
+                .await?;
+            let (seq, new): (i64, bool) = (row.get(0), row.get(1));
+            seqs.insert(*source_seq, (seq, new));
+        }
+        let mut added = 0;
+        for d in &transfer.deliveries {
+            let Some(&(seq, true)) = seqs.get(&d.event_seq) else { continue };
+            let attempts = i32::try_from(d.attempts).unwrap_or(i32::MAX);
+            let status = d.last_status.map(i32::from);
+            added += tx
+                .execute(
+                    "INSERT INTO deliveries (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at,
+                                             last_status, last_error, updated_at)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE EXISTS (SELECT 1 FROM hooks WHERE id = $2)",
+                    &[
+                        &seq,
+                        &d.hook_id,
+                        &d.connection_id,
+                        &d.url,
+                        &d.state,
+                        &attempts,
+                        &d.next_attempt_at,
+                        &status,
+                        &d.last_error,
+                        &d.updated_at,
+                    ],
+                )
+                .await?;
+        }
+        for c in &transfer.connections {
+            notify(&tx, &c.id).await?;
+        }
+        self.commit(tx).await?;
+        Ok(added)
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {

@@ -14,7 +14,9 @@ use rusqlite::{Connection as Db, OptionalExtension, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sqlite_schema::MIGRATIONS;
-use super::{Attached, Claim, Created, DEAD, DELIVERED, Ingested, PENDING, Snapshot, StoreError};
+use super::{
+    Attached, Claim, Created, DEAD, DELIVERED, Ingested, PENDING, Snapshot, StoreError, Transfer, TransferDelivery,
+};
 use crate::metrics::Metrics;
 use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, NextStep, SigningSecret};
 
@@ -153,6 +155,53 @@ impl SqliteStore {
             )?;
             let hooks = stmt.query_map([], hook_row)?.collect::<Result<Vec<_>, _>>()?;
             Ok(Snapshot { connections, hooks })
+        })
+        .await
+    }
+
+    /// Everything `migrate-store` copies out of this store.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn export(&self) -> Result<Transfer, StoreError> {
+        let Snapshot { connections, hooks } = self.snapshot().await?;
+        self.read(move |db| {
+            let mut stmt = db.prepare(
+                "SELECT event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, last_status, last_error,
+                        updated_at FROM deliveries WHERE state != ?1 ORDER BY id",
+            )?;
+            let deliveries = stmt
+                .query_map([DELIVERED], |r| {
+                    Ok(TransferDelivery {
+                        event_seq: r.get(0)?,
+                        hook_id: r.get(1)?,
+                        connection_id: r.get(2)?,
+                        url: r.get(3)?,
+                        state: r.get(4)?,
+                        attempts: r.get(5)?,
+                        next_attempt_at: r.get(6)?,
+                        last_status: r.get(7)?,
+                        last_error: r.get(8)?,
+                        updated_at: r.get(9)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut stmt = db.prepare(
+                "SELECT seq, connection_id, id, type, payload, received_at FROM events
+                 WHERE seq IN (SELECT event_seq FROM deliveries WHERE state != ?1) ORDER BY seq",
+            )?;
+            let events = stmt
+                .query_map([DELIVERED], |r| {
+                    let event = Event {
+                        id: r.get(2)?,
+                        event_type: r.get(3)?,
+                        payload: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+                        received_at: r.get(5)?,
+                    };
+                    Ok((r.get(0)?, r.get(1)?, event))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Transfer { connections, hooks, events, deliveries })
         })
         .await
     }

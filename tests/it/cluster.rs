@@ -88,3 +88,49 @@ async fn deliveries_leased_by_a_killed_instance_are_taken_over_after_the_lease()
     assert!(killed.elapsed() < Duration::from_secs(15), "taken over once the 2 s lease ran out");
     drop(b);
 }
+
+#[tokio::test]
+async fn migrate_store_moves_an_sqlite_relay_to_postgresql_without_losing_pending_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(env) = cluster_env(dir.path()).await else { return };
+    let sqlite = format!("sqlite://{}", dir.path().join("old.db").display());
+    let sink = Sink::start_with(SinkReply::Status(503)).await;
+    let mut args = crate::harness::TestServer::args();
+    args.database_url = Some(sqlite.clone());
+    args.retry_schedule = Some("2s".into());
+    let mut old = crate::harness::TestServer::start_with(args).await;
+    let conn = old.connection("acme").await;
+    let hook = old.attach(&conn, &sink.url, Some("tpl")).await;
+    for n in 0..3 {
+        old.ingest(&conn, &event(&format!("evt-{n}"), Some("tpl"))).await;
+    }
+    sink.recv_n(3).await; // each failed once; their retries are due in 2 s
+    old.shutdown().await;
+
+    let postgres = env.iter().find(|(k, _)| k == "RELAY_DATABASE_URL").unwrap().1.clone();
+    let out = tokio::process::Command::new(crate::harness::process::BIN)
+        .args(["migrate-store", "--from", &sqlite, "--to", &postgres])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("1 connections, 1 hooks and 3 of 3 undelivered deliveries"), "{stdout}");
+
+    sink.answer(SinkReply::Status(200));
+    let new = RelayProcess::spawn(&env);
+    let hooks = new.api(&conn, Method::GET, "/hooks", None).await;
+    assert_eq!(hooks.body["data"][0]["id"], hook.as_str(), "the same key sees the same hook");
+    assert_eq!(new.ingest(&conn, &event("evt-0", Some("tpl"))).await.status, StatusCode::OK, "events came along");
+    let mut delivered = HashSet::new();
+    while delivered.len() < 3 {
+        delivered.insert(sink.recv().await.header("webhook-id").to_owned());
+    }
+    assert_eq!(delivered, (0..3).map(|n| format!("evt-{n}")).collect(), "the pending retries ran on PostgreSQL");
+    let rerun = tokio::process::Command::new(crate::harness::process::BIN)
+        .args(["migrate-store", "--from", &sqlite, "--to", &postgres])
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&rerun.stdout).contains("0 of 3"), "running it again adds nothing");
+}

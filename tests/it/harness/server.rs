@@ -58,7 +58,9 @@ impl TestServer {
     /// Starts a relay with these settings (the database is always a fresh temp file).
     pub(crate) async fn start_with(mut args: ServeArgs) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        args.database_url = Some(super::database_url(dir.path()).await);
+        if args.database_url.is_none() {
+            args.database_url = Some(super::database_url(dir.path()).await);
+        }
         Self::start_in(dir, args).await
     }
 
