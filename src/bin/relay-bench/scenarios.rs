@@ -1,0 +1,320 @@
+//! The scenarios: each starts what it needs, drives load, and adds rows to the report.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::Bench;
+use crate::load::{Outcome, Target, closed_loop, open_loop};
+use crate::relay::{BenchConn, Relay};
+use crate::report::{Percentiles, Row, median};
+use crate::servers::{Sink, start_baseline, start_sink};
+
+/// How long delivery may take to catch up after the load stops before the backlog counts as
+/// unbounded.
+const DRAIN: Duration = Duration::from_secs(10);
+/// Hook pacing that never limits a benchmark (Make's 5/s is tested elsewhere).
+const UNPACED: u32 = 1_000_000;
+
+/// A temporary directory removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh store for one relay: a temporary SQLite file, or a new schema in the PostgreSQL database.
+async fn fresh_store(bench: &Bench) -> anyhow::Result<(String, Option<Scratch>)> {
+    let name = stencil_relay::model::random_token("bench_", 6);
+    match &bench.database_url {
+        Some(url) if url.starts_with("postgres") => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            client.batch_execute(&format!("CREATE SCHEMA {name}")).await?;
+            let separator = if url.contains('?') { '&' } else { '?' };
+            Ok((format!("{url}{separator}options=-csearch_path%3D{name}"), None))
+        }
+        _ => {
+            let dir = std::env::temp_dir().join(name);
+            std::fs::create_dir_all(&dir)?;
+            Ok((format!("sqlite://{}", dir.join("relay.db").display()), Some(Scratch(dir))))
+        }
+    }
+}
+
+/// A relay with `connections` × `hooks` hooks on one sink.
+struct Setup {
+    relay: Relay,
+    sink: Arc<Sink>,
+    target: Target,
+    hooks_per_event: u64,
+    _scratch: Option<Scratch>,
+}
+
+async fn setup(bench: &Bench, connections: usize, hooks: usize) -> anyhow::Result<Setup> {
+    let (database, scratch) = fresh_store(bench).await?;
+    let relay = Relay::start(&bench.relay, &database, UNPACED).await?;
+    let sink = Arc::new(Sink::default());
+    let sink_addr = start_sink(Arc::clone(&sink)).await?;
+    let mut conns = Vec::with_capacity(connections);
+    for c in 0..connections {
+        let conn = relay.connection(&format!("c{c}")).await?;
+        for h in 0..hooks {
+            relay.attach(&conn, &format!("http://{sink_addr}/c{c}/h{h}")).await?;
+        }
+        conns.push(conn);
+    }
+    let target = Target { addr: relay.addr, conns: Arc::new(conns) };
+    Ok(Setup { relay, sink, target, hooks_per_event: hooks as u64, _scratch: scratch })
+}
+
+/// Waits until every accepted event's deliveries arrived (or [`DRAIN`] passed); `true` if they did.
+async fn drained(setup: &Setup, outcome: &Outcome) -> bool {
+    let expected = outcome.accepted.load(Ordering::Relaxed) * setup.hooks_per_event;
+    let deadline = Instant::now() + DRAIN;
+    while setup.sink.total.load(Ordering::Relaxed) < expected {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// The row of one relay run: throughput, latencies, deliveries, backlog, CPU, memory.
+async fn relay_row(bench: &Bench, scenario: &str, setup: &Setup, outcome: &Outcome, cpu_before: f64, took: Duration) -> Row {
+    let delivered_in_run = setup.sink.total.load(Ordering::Relaxed);
+    let bounded = drained(setup, outcome).await;
+    let accepted = outcome.accepted.load(Ordering::Relaxed);
+    let cpu = setup.relay.cpu_seconds() - cpu_before;
+    let e2e: Vec<u64> = outcome
+        .sent
+        .iter()
+        .filter_map(|e| setup.sink.arrivals.get(e.key()).map(|a| a.first.saturating_duration_since(*e.value())))
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .collect();
+    let refused = outcome.refused.load(Ordering::Relaxed);
+    Row {
+        scenario: scenario.to_owned(),
+        backend: bench.backend.clone(),
+        server: "relay".to_owned(),
+        events_per_s: accepted as f64 / took.as_secs_f64(),
+        ingest_ms: Percentiles::of(std::mem::take(&mut *outcome.latencies.lock().expect("not poisoned"))),
+        end_to_end_ms: Percentiles::of(e2e),
+        deliveries_per_s: Some(delivered_in_run as f64 / took.as_secs_f64()),
+        backlog_bounded: Some(bounded),
+        cpu_us_per_event: (accepted > 0).then(|| cpu * 1e6 / accepted as f64),
+        peak_rss_mib: Some(setup.relay.peak_rss_mib()),
+        note: if refused > 0 { format!("{refused} refused") } else { String::new() },
+    }
+}
+
+async fn baseline_row(bench: &Bench, scenario: &str, clients: usize) -> anyhow::Result<Row> {
+    let addr = start_baseline().await?;
+    let dummy = BenchConn { id: "baseline".into(), api_key: String::new(), secret: "baseline".into() };
+    let target = Target { addr, conns: Arc::new(vec![dummy]) };
+    let started = Instant::now();
+    let outcome = closed_loop(&target, "base", clients, bench.duration).await?;
+    let took = started.elapsed();
+    Ok(Row {
+        scenario: scenario.to_owned(),
+        backend: "-".to_owned(),
+        server: "baseline".to_owned(),
+        events_per_s: outcome.accepted.load(Ordering::Relaxed) as f64 / took.as_secs_f64(),
+        ingest_ms: Percentiles::of(std::mem::take(&mut *outcome.latencies.lock().expect("not poisoned"))),
+        ..Row::default()
+    })
+}
+
+/// A few seconds: every accepted event must arrive. Asserts no speed.
+pub(crate) async fn smoke(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<bool> {
+    let bench = Bench { duration: Duration::from_secs(2), ..clone(bench) };
+    let setup = setup(&bench, 2, 1).await?;
+    let cpu = setup.relay.cpu_seconds();
+    let started = Instant::now();
+    let outcome = closed_loop(&setup.target, "smoke", 4, bench.duration).await?;
+    let row = relay_row(&bench, "smoke", &setup, &outcome, cpu, started.elapsed()).await;
+    let complete = row.backlog_bounded == Some(true) && outcome.accepted.load(Ordering::Relaxed) > 0;
+    rows.push(row);
+    rows.push(baseline_row(&bench, "smoke", 4).await?);
+    if !complete {
+        eprintln!("smoke: not every accepted event was delivered");
+    }
+    Ok(complete)
+}
+
+/// 100 connections with one hook each, 64 client connections, closed-loop, interleaved with
+/// the baseline; the medians and their ratio are the headline.
+pub(crate) async fn ingest(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let (mut relay_rates, mut base_rates, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..bench.runs {
+        let setup = setup(bench, 100, 1).await?;
+        let before = setup.relay.cpu_seconds();
+        let started = Instant::now();
+        let outcome = closed_loop(&setup.target, &format!("ingest{run}"), 64, bench.duration).await?;
+        let row = relay_row(bench, "ingest", &setup, &outcome, before, started.elapsed()).await;
+        relay_rates.push(row.events_per_s);
+        cpu.push(row.cpu_us_per_event.unwrap_or(0.0));
+        rows.push(row);
+        drop(setup);
+        let base = baseline_row(bench, "ingest", 64).await?;
+        base_rates.push(base.events_per_s);
+        rows.push(base);
+    }
+    let (relay, base) = (median(relay_rates), median(base_rates));
+    rows.push(Row {
+        scenario: "ingest".into(),
+        backend: bench.backend.clone(),
+        server: "median".into(),
+        events_per_s: relay,
+        cpu_us_per_event: Some(median(cpu)),
+        note: format!("relay ÷ baseline = {:.2} (baseline median {base:.0}/s, {} runs)", relay / base.max(1.0), bench.runs),
+        ..Row::default()
+    });
+    Ok(())
+}
+
+/// Open-loop 1,000 events/s, one hook per event: ingest and end-to-end latency.
+pub(crate) async fn latency(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let setup = setup(bench, 10, 1).await?;
+    let before = setup.relay.cpu_seconds();
+    let started = Instant::now();
+    let outcome = open_loop(&setup.target, "latency", 1000, bench.duration).await?;
+    let mut row = relay_row(bench, "latency", &setup, &outcome, before, started.elapsed()).await;
+    row.note = format!("open-loop 1000/s {}", row.note).trim().to_owned();
+    rows.push(row);
+    Ok(())
+}
+
+/// One connection with 1,000 hooks, events one at a time: until all 1,000 deliveries arrived.
+pub(crate) async fn fanout(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let setup = setup(bench, 1, 1000).await?;
+    let mut times = Vec::new();
+    for n in 0..5 {
+        let outcome = send_one(&setup, &format!("fanout{n}")).await?;
+        let (id, sent) = outcome.sent.iter().next().map(|e| (e.key().clone(), *e.value())).context("not accepted")?;
+        let deadline = Instant::now() + DRAIN;
+        let last = loop {
+            if let Some(a) = setup.sink.arrivals.get(&id).filter(|a| a.count >= 1000) {
+                break a.last;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the fan-out of {id} did not complete");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        times.push(u64::try_from(last.duration_since(sent).as_micros()).unwrap_or(u64::MAX));
+    }
+    rows.push(Row {
+        scenario: "fanout".into(),
+        backend: bench.backend.clone(),
+        server: "relay".into(),
+        end_to_end_ms: Percentiles::of(times),
+        peak_rss_mib: Some(setup.relay.peak_rss_mib()),
+        note: "time until all 1000 deliveries of one event arrived (5 events)".into(),
+        ..Row::default()
+    });
+    Ok(())
+}
+
+/// Sends one event (an open loop of one).
+async fn send_one(setup: &Setup, run: &str) -> anyhow::Result<Arc<Outcome>> {
+    open_loop(&setup.target, run, 1, Duration::from_secs(1)).await
+}
+
+/// Rising open-loop rates until ingest and delivery no longer keep up together.
+pub(crate) async fn sustained(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let setup = setup(bench, 10, 1).await?;
+    let mut best = 0;
+    for rate in [2_000, 4_000, 6_000, 8_000, 10_000, 12_000, 15_000] {
+        let before = setup.relay.cpu_seconds();
+        let started = Instant::now();
+        let outcome = open_loop(&setup.target, &format!("sustained{rate}"), rate, bench.duration).await?;
+        setup.sink.total.store(0, Ordering::Relaxed);
+        let mut row = relay_row(bench, "sustained", &setup, &outcome, before, started.elapsed()).await;
+        let offered = (f64::from(rate) * bench.duration.as_secs_f64()) as u64;
+        let kept_up = row.backlog_bounded == Some(true) && outcome.accepted.load(Ordering::Relaxed) * 100 >= offered * 99;
+        row.note = format!("offered {rate}/s: {}", if kept_up { "kept up" } else { "fell behind" });
+        rows.push(row);
+        if !kept_up {
+            break;
+        }
+        best = rate;
+    }
+    rows.push(Row {
+        scenario: "sustained".into(),
+        backend: bench.backend.clone(),
+        server: "result".into(),
+        events_per_s: f64::from(best),
+        note: "highest offered rate at which ingest and delivery kept up together".into(),
+        ..Row::default()
+    });
+    Ok(())
+}
+
+/// 100,000 connections and 1,000,000 hooks in the store (SQLite): time to ready, memory, and
+/// attach latency while ingest runs.
+pub(crate) async fn registry(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let (database, _scratch) = fresh_store(&Bench { database_url: None, ..clone(bench) }).await?;
+    drop(Relay::start(&bench.relay, &database, UNPACED).await?); // creates the schema
+    let sink = Arc::new(Sink::default());
+    let sink_addr = start_sink(Arc::clone(&sink)).await?;
+    let path = database.trim_start_matches("sqlite://").to_owned();
+    tokio::task::spawn_blocking(move || populate(&path, 100_000, 10, &format!("http://{sink_addr}"))).await??;
+    let relay = Relay::start(&bench.relay, &database, UNPACED).await?;
+    let conns: Vec<BenchConn> = (0..10)
+        .map(|c| BenchConn { id: format!("r{c}"), api_key: format!("key-{c}"), secret: format!("secret-{c}") })
+        .collect();
+    let target = Target { addr: relay.addr, conns: Arc::new(conns.clone()) };
+    let load = tokio::spawn(async move { closed_loop(&target, "registry", 16, Duration::from_secs(5)).await });
+    let mut attach = Vec::new();
+    for n in 0..200 {
+        let took = relay.attach(&conns[n % conns.len()], &format!("http://{sink_addr}/new/{n}")).await?;
+        attach.push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
+    let outcome = load.await??;
+    rows.push(Row {
+        scenario: "registry".into(),
+        backend: "sqlite".into(),
+        server: "relay".into(),
+        events_per_s: outcome.accepted.load(Ordering::Relaxed) as f64 / 5.0,
+        ingest_ms: Percentiles::of(attach),
+        peak_rss_mib: Some(relay.peak_rss_mib()),
+        note: format!("100k connections, 1M hooks: ready in {:.2} s; the latency column is attach under ingest", relay.ready_after.as_secs_f64()),
+        ..Row::default()
+    });
+    Ok(())
+}
+
+fn clone(bench: &Bench) -> Bench {
+    Bench {
+        relay: bench.relay.clone(),
+        database_url: bench.database_url.clone(),
+        duration: bench.duration,
+        runs: bench.runs,
+        backend: bench.backend.clone(),
+    }
+}
+
+/// Writes `connections` connections with `hooks` hooks each straight into an SQLite store.
+fn populate(path: &str, connections: usize, hooks: usize, sink: &str) -> anyhow::Result<()> {
+    let mut db = rusqlite::Connection::open(path)?;
+    let tx = db.transaction()?;
+    {
+        let mut conn = tx.prepare("INSERT INTO connections (id, name, api_key_hash, secrets, ingest_rate, created_at) VALUES (?1, ?1, ?2, ?3, NULL, 0)")?;
+        let mut hook = tx.prepare("INSERT INTO hooks (id, connection_id, url, event, template_id, created_at) VALUES (?1, ?2, ?3, 'image.created', '', 0)")?;
+        for c in 0..connections {
+            let id = format!("r{c}");
+            let secrets = format!(r#"[{{"secret":"secret-{c}","expires_at":null}}]"#);
+            conn.execute(rusqlite::params![id, stencil_relay::model::api_key_hash(&format!("key-{c}")).as_slice(), secrets])?;
+            for h in 0..hooks {
+                hook.execute(rusqlite::params![format!("hk_{c}_{h}"), id, format!("{sink}/r{c}/{h}")])?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
