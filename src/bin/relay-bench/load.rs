@@ -86,7 +86,12 @@ impl Outcome {
 }
 
 /// `clients` connections each sending the next event as soon as the last was answered.
-pub(crate) async fn closed_loop(target: &Target, run: &str, clients: usize, duration: Duration) -> anyhow::Result<Arc<Outcome>> {
+pub(crate) async fn closed_loop(
+    target: &Target,
+    run: &str,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Arc<Outcome>> {
     let outcome = Arc::new(Outcome::default());
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + duration;
@@ -114,7 +119,12 @@ pub(crate) async fn closed_loop(target: &Target, run: &str, clients: usize, dura
 }
 
 /// `rate` events per second for `duration`, each on the schedule whatever the answers do.
-pub(crate) async fn open_loop(target: &Target, run: &str, rate: u32, duration: Duration) -> anyhow::Result<Arc<Outcome>> {
+pub(crate) async fn open_loop(
+    target: &Target,
+    run: &str,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<Arc<Outcome>> {
     let outcome = Arc::new(Outcome::default());
     let pool: Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>> = Arc::new(Mutex::new(Vec::new()));
     let start = tokio::time::Instant::now();

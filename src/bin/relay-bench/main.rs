@@ -82,8 +82,12 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<bool> {
     let bench = Bench {
         relay: relay_binary(args.relay)?,
-        backend: if args.database_url.as_deref().is_some_and(|u| u.starts_with("postgres")) { "postgres" } else { "sqlite" }
-            .to_owned(),
+        backend: if args.database_url.as_deref().is_some_and(|u| u.starts_with("postgres")) {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+        .to_owned(),
         database_url: args.database_url,
         duration: Duration::from_secs(args.seconds),
         runs: args.runs.max(1),
@@ -111,7 +115,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     println!("{}", report::table(&rows));
     if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&rows)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, serde_json::to_vec_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ok)
 }

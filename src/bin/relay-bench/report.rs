@@ -60,7 +60,16 @@ fn triple(p: Option<Percentiles>) -> String {
 pub(crate) fn table(rows: &[Row]) -> String {
     let mut out = format!(
         "{:<10} {:<8} {:<8} {:>10} {:>22} {:>22} {:>10} {:>7} {:>9} {:>8}  note\n",
-        "scenario", "backend", "server", "events/s", "ingest p50/p99/p99.9", "e2e p50/p99/p99.9 ms", "deliv/s", "bounded", "cpu µs/ev", "rss MiB"
+        "scenario",
+        "backend",
+        "server",
+        "events/s",
+        "ingest p50/p99/p99.9",
+        "e2e p50/p99/p99.9 ms",
+        "deliv/s",
+        "bounded",
+        "cpu µs/ev",
+        "rss MiB"
     );
     for r in rows {
         out.push_str(&format!(

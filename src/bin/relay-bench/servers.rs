@@ -79,7 +79,9 @@ where
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(handler(req).await) }
             });
-            tokio::spawn(auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).into_owned());
+            tokio::spawn(
+                auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).into_owned(),
+            );
         }
     });
     Ok(addr)
