@@ -2,43 +2,12 @@
 //! 2xx, and a store that cannot write answers 503 (never 202) and recovers.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::harness::process::{sqlite_env, test_env};
-use crate::harness::{Conn, RelayProcess, Sink, event, eventually};
-
-/// Ingests from `workers` tasks until the relay stops answering; returns the accepted ids.
-fn load(
-    base: &str,
-    conn: &Conn,
-    round: usize,
-    workers: usize,
-) -> (Arc<Mutex<Vec<String>>>, Vec<tokio::task::JoinHandle<()>>) {
-    let accepted = Arc::new(Mutex::new(Vec::new()));
-    let tasks = (0..workers)
-        .map(|worker| {
-            let (base, conn, accepted) = (base.to_owned(), conn.clone(), Arc::clone(&accepted));
-            tokio::spawn(async move {
-                let http = reqwest::Client::new();
-                for n in 0.. {
-                    let id = format!("evt-{round}-{worker}-{n}");
-                    let body = event(&id, None);
-                    let signature = stencil_relay::signature::sign(&conn.secret, &body);
-                    let url = format!("{base}/v1/ingest/{}", conn.id);
-                    match http.post(url).header("x-usestencil-signature", signature).body(body).send().await {
-                        Ok(r) if r.status().is_success() => accepted.lock().unwrap().push(id),
-                        Ok(r) => panic!("unexpected {}", r.status()),
-                        Err(_) => return,
-                    }
-                }
-            })
-        })
-        .collect();
-    (accepted, tasks)
-}
+use crate::harness::process::{ingest_until_stopped, sqlite_env, test_env};
+use crate::harness::{RelayProcess, Sink, event, eventually};
 
 #[tokio::test]
 async fn repeated_sigkill_under_load_loses_no_accepted_event() {
@@ -51,7 +20,7 @@ async fn repeated_sigkill_under_load_loses_no_accepted_event() {
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     let mut accepted = HashSet::new();
     for round in 0..3 {
-        let (ids, tasks) = load(&relay.base, &conn, round, 4);
+        let (ids, tasks) = ingest_until_stopped(&relay.base, &conn, &format!("evt-{round}"), 4);
         let pause = 100 + u64::from(seed.rotate_left(round as u32 * 7) % 400);
         tokio::time::sleep(Duration::from_millis(pause)).await; // a random moment: this is the test
         relay.kill();

@@ -2,12 +2,11 @@
 //! credentials.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::harness::process::test_env;
+use crate::harness::process::{ingest_until_stopped, test_env};
 use crate::harness::{RelayProcess, Sink, SinkReply, TestServer, event, eventually};
 
 async fn scrape(base: &str) -> (StatusCode, String) {
@@ -80,25 +79,7 @@ async fn sigterm_mid_load_exits_zero_and_loses_nothing_accepted() {
     let conn = relay.connection("acme").await;
     relay.attach(&conn, &sink.url, None).await;
 
-    let accepted = Arc::new(Mutex::new(Vec::new()));
-    let mut load = Vec::new();
-    for worker in 0..4 {
-        let (base, conn, accepted) = (relay.base.clone(), conn.clone(), Arc::clone(&accepted));
-        load.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            for n in 0.. {
-                let id = format!("evt-{worker}-{n}");
-                let body = event(&id, None);
-                let signature = stencil_relay::signature::sign(&conn.secret, &body);
-                let url = format!("{base}/v1/ingest/{}", conn.id);
-                match http.post(url).header("x-usestencil-signature", signature).body(body).send().await {
-                    Ok(r) if r.status() == StatusCode::ACCEPTED => accepted.lock().unwrap().push(id),
-                    Ok(r) => panic!("unexpected {}", r.status()),
-                    Err(_) => return, // the relay stopped accepting
-                }
-            }
-        }));
-    }
+    let (accepted, load) = ingest_until_stopped(&relay.base, &conn, "evt", 4);
     eventually("some load", || async { (accepted.lock().unwrap().len() >= 40).then_some(()) }).await;
     let (status, _) = tokio::task::spawn_blocking(move || relay.terminate()).await.unwrap();
     assert_eq!(status.code(), Some(0));

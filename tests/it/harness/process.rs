@@ -6,6 +6,8 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 
+use super::Conn;
+
 use super::client::{ADMIN_TOKEN, RelayClient};
 
 /// The binary under test.
@@ -120,4 +122,36 @@ impl Drop for RelayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Signed ingests from `workers` tasks (ids `{prefix}-{worker}-{n}`) until the relay stops
+/// answering; the accepted ids, and the tasks to await.
+pub(crate) fn ingest_until_stopped(
+    base: &str,
+    conn: &Conn,
+    prefix: &str,
+    workers: usize,
+) -> (Arc<Mutex<Vec<String>>>, Vec<tokio::task::JoinHandle<()>>) {
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let tasks = (0..workers)
+        .map(|worker| {
+            let (base, conn, accepted, prefix) =
+                (base.to_owned(), conn.clone(), Arc::clone(&accepted), prefix.to_owned());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for n in 0.. {
+                    let id = format!("{prefix}-{worker}-{n}");
+                    let body = super::event(&id, None);
+                    let signature = stencil_relay::signature::sign(&conn.secret, &body);
+                    let url = format!("{base}/v1/ingest/{}", conn.id);
+                    match http.post(url).header("x-usestencil-signature", signature).body(body).send().await {
+                        Ok(r) if r.status().is_success() => accepted.lock().unwrap().push(id),
+                        Ok(r) => panic!("unexpected {}", r.status()),
+                        Err(_) => return, // the relay stopped accepting
+                    }
+                }
+            })
+        })
+        .collect();
+    (accepted, tasks)
 }
