@@ -221,3 +221,88 @@ impl Registry {
         Some(old)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::{IMAGE_CREATED, SigningSecret};
+
+    fn empty() -> Registry {
+        Registry {
+            inner: Arc::new(Inner { default_ingest_rate: 50, connections: DashMap::new(), by_key: DashMap::new() }),
+        }
+    }
+
+    fn connection(id: &str, key: &str) -> Connection {
+        Connection {
+            id: id.into(),
+            name: id.into(),
+            api_key_hash: api_key_hash(key),
+            secrets: vec![SigningSecret { secret: "s".into(), expires_at: None }],
+            ingest_rate: None,
+            created_at: 0,
+        }
+    }
+
+    fn hook(id: &str, connection_id: &str) -> Hook {
+        Hook {
+            id: id.into(),
+            connection_id: connection_id.into(),
+            url: "https://hook.make.com/x".into(),
+            event: IMAGE_CREATED.into(),
+            template_id: None,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_rotated_key_stops_resolving_and_the_new_one_resolves() {
+        let registry = empty();
+        registry.insert_connection(connection("a", "old"));
+        registry.set_api_key_hash("a", api_key_hash("new"));
+        assert!(registry.authenticate("old").is_none());
+        assert_eq!(registry.authenticate("new").unwrap().connection.id, "a");
+        registry.refresh("a", Some((connection("a", "newer"), vec![])), Instant::now());
+        assert!(registry.authenticate("new").is_none(), "a refresh replaces the key too");
+    }
+
+    #[test]
+    fn hooks_are_added_once_and_removed() {
+        let registry = empty();
+        registry.insert_connection(connection("a", "k"));
+        registry.add_hook(hook("hk_1", "a"));
+        registry.add_hook(hook("hk_1", "a"));
+        assert_eq!((registry.hook_count(), registry.len()), (1, 1));
+        registry.remove_hook("a", "hk_1");
+        assert_eq!(registry.hook_count(), 0);
+    }
+
+    #[test]
+    fn a_reload_that_started_before_a_write_does_not_undo_it() {
+        let registry = empty();
+        let read_at = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        registry.insert_connection(connection("new", "k"));
+        registry.resync(Snapshot::default(), read_at);
+        assert!(registry.get("new").is_some(), "a snapshot older than the entry must not remove it");
+        registry.refresh("new", None, read_at);
+        assert!(registry.get("new").is_some(), "nor may an older single reload");
+        registry.resync(Snapshot::default(), Instant::now());
+        assert!(registry.get("new").is_none(), "a newer snapshot without it removes it");
+        assert!(registry.authenticate("k").is_none());
+    }
+
+    #[test]
+    fn refreshes_keep_the_ingest_limiter_state() {
+        let registry = empty();
+        registry.insert_connection(connection("a", "k"));
+        let before = Arc::clone(&registry.get("a").unwrap().limiter);
+        registry.refresh("a", Some((connection("a", "k"), vec![hook("hk_1", "a")])), Instant::now());
+        assert!(Arc::ptr_eq(&before, &registry.get("a").unwrap().limiter));
+        let faster = Connection { ingest_rate: Some(99), ..connection("a", "k") };
+        registry.refresh("a", Some((faster, vec![])), Instant::now());
+        assert_eq!(registry.get("a").unwrap().limiter.rate(), 99, "a new rate gets a new limiter");
+    }
+}
