@@ -85,12 +85,12 @@ impl App {
     /// # Errors
     /// The socket has no local address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        http::local_addr(&self.listener)
+        self.listener.local_addr()
     }
 
     /// The bound metrics address, when `/metrics` has its own listener.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().and_then(|l| http::local_addr(l).ok())
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, starts no new attempts, and waits

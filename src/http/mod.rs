@@ -12,7 +12,7 @@ mod io;
 mod routes;
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -151,11 +151,6 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
     let _ = stream.shutdown().await;
-}
-
-/// The local address to report after binding port 0.
-pub fn local_addr(listener: &TcpListener) -> std::io::Result<SocketAddr> {
-    listener.local_addr()
 }
 
 /// The client's address: from the trusted proxy header when one is configured and present.
