@@ -61,6 +61,26 @@ pub struct AppState {
     pub metrics: Metrics,
     /// One permit per ingest in progress (`RELAY_MAX_INFLIGHT_INGEST`).
     pub ingest_permits: Arc<Semaphore>,
+    /// Mints request ids: a random prefix per instance and a counter, so no request pays for
+    /// OS randomness.
+    request_ids: RequestIds,
+}
+
+/// Unique request ids without a syscall per request.
+struct RequestIds {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        Self { prefix: crate::model::random_token("req_", 6), next: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    fn mint(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}_{n:x}", self.prefix)).expect("hex is a valid header")
+    }
 }
 
 impl AppState {
@@ -77,6 +97,7 @@ impl AppState {
             admin_token_hash,
             metrics,
             ingest_permits: Arc::new(Semaphore::new(max_inflight_ingest)),
+            request_ids: RequestIds::new(),
         }
     }
 }
@@ -174,9 +195,7 @@ async fn handle(state: &AppState, surface: Surface, peer: IpAddr, req: Request<I
         .get(&REQUEST_ID)
         .filter(|v| v.len() <= 128 && v.to_str().is_ok_and(|s| !s.is_empty()))
         .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&crate::model::random_token("req_", 12)).expect("hex is a valid header")
-        });
+        .unwrap_or_else(|| state.request_ids.mint());
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let routed = routes::route(&method, &path).and_then(|route| {
