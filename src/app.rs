@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::delivery::{DeliveryClient, DeliveryQueue, Dispatcher};
+use crate::delivery::{DeliveryClient, DeliveryQueue, Dispatcher, HandedOff};
 use crate::http::{self, AppState, Surface};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -45,6 +45,7 @@ pub struct App {
     metrics_listener: Option<TcpListener>,
     state: Arc<AppState>,
     dispatcher: Dispatcher,
+    handed: HandedOff,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -65,19 +66,19 @@ impl App {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        let queue = DeliveryQueue::default();
+        let lease = config.lease.unwrap_or(config.delivery_timeout * 2 + Duration::from_secs(60));
+        let (queue, handed) = DeliveryQueue::new(&store, config.hook_rate, lease);
         let dispatcher = Dispatcher {
             store: store.clone(),
             registry: registry.clone(),
             client: DeliveryClient::new(config.targets.clone(), config.delivery_timeout)?,
             schedule: config.retry_schedule.clone(),
             hook_rate: config.hook_rate,
-            lease: config.lease.unwrap_or(config.delivery_timeout * 2 + Duration::from_secs(60)),
             queue: queue.clone(),
             metrics: metrics.clone(),
         };
         let state = Arc::new(AppState::new(config, store, registry, queue, metrics));
-        Ok(Self { listener, metrics_listener, state, dispatcher })
+        Ok(Self { listener, metrics_listener, state, dispatcher, handed })
     }
 
     /// The bound API address (useful after asking for port 0).
@@ -96,13 +97,13 @@ impl App {
     /// Serves until `shutdown` resolves, then stops accepting, starts no new attempts, and waits
     /// up to the shutdown grace for in-flight requests and attempts.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Self { listener, metrics_listener, state, dispatcher } = self;
+        let Self { listener, metrics_listener, state, dispatcher, handed } = self;
         let grace = state.config.shutdown_grace;
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(addr = %addr, metrics_addr = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()), "listening");
-        tracker.spawn(dispatcher.run(tracker.clone(), token.clone()));
+        tracker.spawn(dispatcher.run(handed, tracker.clone(), token.clone()));
         tracker.spawn(prune_auth_failures(Arc::clone(&state), token.clone()));
         tracker.spawn(crate::sync::follow(state.store.clone(), state.registry.clone(), token.clone()));
         let mut servers =

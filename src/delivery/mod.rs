@@ -1,49 +1,122 @@
-//! Fan-out workers: claim due deliveries from the store under a lease, pace them per hook,
-//! send them, and record what happened.
+//! Fan-out workers: attempt deliveries, pace them per hook, and record what happened.
 //!
-//! The store is the queue; [`DeliveryQueue::wake`] only hints that work may be due, so a lost
-//! hint costs at most the one-second poll, never a delivery. A claim takes at most
-//! `hook_rate` deliveries of one hook and none of a hook with deliveries still in flight, so one
-//! busy hook cannot starve the others. Imports `store`, `registry`, `model`, `target`, `metrics`.
+//! Deliveries reach the workers two ways. The fast path: when a hook has room and nothing
+//! waiting, the ingest commit stores its delivery already leased to this instance and hands it
+//! straight over ([`DeliveryQueue::plan`], [`DeliveryQueue::accepted`]), so a first attempt costs
+//! no claim. The store-backed path: everything else waits in the store and is claimed under a
+//! lease — at most `hook_rate` deliveries of one hook per claim and none of a hook with leased
+//! deliveries, so one busy hook cannot starve the others. The claim queue is complete on its
+//! own: a lost wake-up costs at most the one-second poll, never a delivery. Imports `store`,
+//! `registry`, `model`, `target`, `metrics`.
 
 mod client;
+mod recorder;
 pub mod retry;
+mod slots;
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use client::{DeliveryClient, MAX_RESPONSE_BYTES, USER_AGENT};
 use retry::Decision;
+use slots::Slots;
+pub use slots::Ticket;
 
 use crate::metrics::{DeliveryOutcome, Metrics};
 use crate::model::{Attempt, AttemptRecord, DueDelivery, NextStep, now_ms};
 use crate::registry::Registry;
-use crate::store::{Claim, Store};
+use crate::store::{Claim, Fanout, Store};
 
 /// Attempts in flight at once, across all hooks.
 pub const MAX_IN_FLIGHT: usize = 512;
-/// How long recording an attempt is retried before the lease is left to expire.
-const RECORD_PATIENCE: Duration = Duration::from_secs(30);
 /// Longest pause between polls of the store when nothing wakes the dispatcher.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often the waiting counts are checked against the store.
+const RESYNC_EVERY: Duration = Duration::from_secs(60);
 
-/// Handle the ingest path uses to say "new deliveries are due".
-#[derive(Clone, Default)]
+/// The ingest path's handle on the workers: it plans each event's fan-out, hands deliveries
+/// over, and wakes the claim queue. Clones share one queue.
+#[derive(Clone)]
 pub struct DeliveryQueue {
-    wake: Arc<Notify>,
+    shared: Arc<QueueShared>,
+}
+
+struct QueueShared {
+    wake: Notify,
+    slots: Arc<Slots>,
+    handed: mpsc::UnboundedSender<(DueDelivery, Ticket)>,
+    lease: Duration,
+}
+
+/// Deliveries handed over at ingest, for [`Dispatcher::run`] to start.
+pub struct HandedOff(mpsc::UnboundedReceiver<(DueDelivery, Ticket)>);
+
+/// The tickets of a planned fan-out, held until its commit says which deliveries were made.
+pub struct Reserved {
+    tickets: Vec<Ticket>,
+    queued: Vec<String>,
 }
 
 impl DeliveryQueue {
+    /// A queue for `store`: hand-offs only where one instance owns every hook (SQLite);
+    /// `lease` is how long a delivery stays leased to its attempt.
+    pub fn new(store: &Store, hook_rate: u32, lease: Duration) -> (Self, HandedOff) {
+        let (handed, receiver) = mpsc::unbounded_channel();
+        let slots = Slots::new(MAX_IN_FLIGHT, hook_rate.max(1), store.hands_off());
+        (Self { shared: Arc::new(QueueShared { wake: Notify::new(), slots, handed, lease }) }, HandedOff(receiver))
+    }
+
     /// Wakes the dispatcher (coalesced; never blocks).
     pub fn wake(&self) {
-        self.wake.notify_one();
+        self.shared.wake.notify_one();
+    }
+
+    /// Splits an event's matching hooks into those whose first attempt starts at once and
+    /// those that wait in the store.
+    pub fn plan(&self, hook_ids: Vec<String>, now: i64) -> (Fanout, Reserved) {
+        let lease = i64::try_from(self.shared.lease.as_millis()).unwrap_or(i64::MAX);
+        let mut fanout = Fanout { queued: Vec::new(), handed: Vec::new(), lease_until: now.saturating_add(lease) };
+        let mut tickets = Vec::new();
+        for hook in hook_ids {
+            match self.shared.slots.try_hand_off(&hook) {
+                Some(ticket) => {
+                    tickets.push(ticket);
+                    fanout.handed.push(hook);
+                }
+                None => fanout.queued.push(hook),
+            }
+        }
+        let queued = fanout.queued.clone();
+        (fanout, Reserved { tickets, queued })
+    }
+
+    /// After the commit: starts the handed-over deliveries and wakes the claim queue for the
+    /// rest. Tickets the store did not use are given back.
+    pub fn accepted(&self, reserved: Reserved, handed: Vec<DueDelivery>) {
+        let Reserved { mut tickets, queued } = reserved;
+        for delivery in handed {
+            let Some(i) = tickets.iter().position(|t| t.hook_id() == delivery.hook_id) else { continue };
+            // The receiver lives as long as the dispatcher; after shutdown the lease expires.
+            let _ = self.shared.handed.send((delivery, tickets.swap_remove(i)));
+        }
+        for hook in &queued {
+            self.shared.slots.waiting(hook);
+        }
+        if !queued.is_empty() {
+            self.wake();
+        }
+    }
+
+    fn slots(&self) -> &Arc<Slots> {
+        &self.shared.slots
     }
 }
 
@@ -59,9 +132,7 @@ pub struct Dispatcher {
     pub schedule: Vec<Duration>,
     /// Requests per second per hook.
     pub hook_rate: u32,
-    /// How long a claim is leased; longer than any attempt, shorter than an outage should last.
-    pub lease: Duration,
-    /// The wake-up hint shared with the ingest path.
+    /// The queue shared with the ingest path.
     pub queue: DeliveryQueue,
     /// Where outcomes and latencies are counted.
     pub metrics: Metrics,
@@ -70,20 +141,23 @@ pub struct Dispatcher {
 struct Shared {
     dispatcher: Dispatcher,
     pacer: DefaultKeyedRateLimiter<String>,
-    permits: Arc<Semaphore>,
+    records: recorder::Records,
     shutdown: CancellationToken,
 }
 
 impl Dispatcher {
     /// Runs until `shutdown`; attempts are spawned on `tracker`, which the caller drains.
-    pub async fn run(self, tracker: TaskTracker, shutdown: CancellationToken) {
+    pub async fn run(self, handed: HandedOff, tracker: TaskTracker, shutdown: CancellationToken) {
+        let (records, written) = mpsc::unbounded_channel();
+        tracker.spawn(recorder::run(self.store.clone(), self.queue.clone(), written, shutdown.clone()));
         let shared = Arc::new(Shared {
             pacer: RateLimiter::keyed(pacing(self.hook_rate)),
-            permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            records,
             shutdown: shutdown.clone(),
             dispatcher: self,
         });
-        let mut janitor = tokio::time::interval(Duration::from_secs(60));
+        tracker.spawn(Arc::clone(&shared).start_handed(handed, tracker.clone()));
+        let mut resync = tokio::time::interval(RESYNC_EVERY);
         while !shutdown.is_cancelled() {
             let claimed_all = shared.claim_and_spawn(&tracker).await;
             if claimed_all {
@@ -95,9 +169,9 @@ impl Dispatcher {
                 _ => IDLE_POLL,
             };
             tokio::select! {
-                () = shared.dispatcher.queue.wake.notified() => {}
+                () = shared.dispatcher.queue.shared.wake.notified() => {}
                 () = tokio::time::sleep(wait) => {}
-                _ = janitor.tick() => shared.pacer.retain_recent(),
+                _ = resync.tick() => shared.resync().await,
                 () = shutdown.cancelled() => {}
             }
         }
@@ -116,14 +190,27 @@ fn pacing(rate: u32) -> Quota {
 const PACING_HEADROOM: f64 = 1.05;
 
 impl Shared {
+    /// Starts the deliveries the ingest path handed over, until it stops handing any.
+    async fn start_handed(self: Arc<Self>, mut handed: HandedOff, tracker: TaskTracker) {
+        loop {
+            let next = tokio::select! {
+                next = handed.0.recv() => next,
+                () = self.shutdown.cancelled() => None,
+            };
+            let Some((delivery, ticket)) = next else { return };
+            self.spawn_attempt(&tracker, delivery, ticket);
+        }
+    }
+
     /// Claims as much as there is room for; `true` if the claim came back full (more may wait).
     async fn claim_and_spawn(self: &Arc<Self>, tracker: &TaskTracker) -> bool {
-        let room = self.permits.available_permits();
+        let slots = self.dispatcher.queue.slots();
+        let room = slots.available();
         if room == 0 {
             return false;
         }
         let now = now_ms();
-        let lease = i64::try_from(self.dispatcher.lease.as_millis()).unwrap_or(i64::MAX);
+        let lease = i64::try_from(self.dispatcher.queue.shared.lease.as_millis()).unwrap_or(i64::MAX);
         let claim = Claim {
             now,
             lease_until: now.saturating_add(lease),
@@ -139,29 +226,43 @@ impl Shared {
         };
         let full = due.len() == room;
         for delivery in due {
-            let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
-                break;
-            };
-            let span = tracing::info_span!(
-                "delivery",
-                connection = %delivery.connection_id,
-                hook = %delivery.hook_id,
-                event = %delivery.event_id,
-                attempt = delivery.attempts + 1,
-            );
-            tracker.spawn(Arc::clone(self).attempt(delivery, permit).instrument(span));
+            let Some(permit) = slots.permit().await else { break };
+            let ticket = slots.claimed(&delivery.hook_id, permit);
+            self.spawn_attempt(tracker, delivery, ticket);
         }
         full
     }
 
-    async fn attempt(self: Arc<Self>, d: DueDelivery, _permit: OwnedSemaphorePermit) {
-        let store = &self.dispatcher.store;
+    /// Re-reads how many deliveries wait in the store per hook, and forgets idle pacers.
+    async fn resync(&self) {
+        self.pacer.retain_recent();
+        if !self.dispatcher.store.hands_off() {
+            return;
+        }
+        match self.dispatcher.store.waiting_by_hook().await {
+            Ok(waiting) => self.dispatcher.queue.slots().resync(&waiting.into_iter().collect::<HashMap<_, _>>()),
+            Err(e) => tracing::warn!(cause = %e, "reading waiting deliveries failed"),
+        }
+    }
+
+    fn spawn_attempt(self: &Arc<Self>, tracker: &TaskTracker, delivery: DueDelivery, ticket: Ticket) {
+        let span = tracing::info_span!(
+            "delivery",
+            connection = %delivery.connection_id,
+            hook = %delivery.hook_id,
+            event = %delivery.event_id,
+            attempt = delivery.attempts + 1,
+        );
+        tracker.spawn(Arc::clone(self).attempt(delivery, ticket).instrument(span));
+    }
+
+    async fn attempt(self: Arc<Self>, d: DueDelivery, ticket: Ticket) {
         tokio::select! {
             () = self.pacer.until_key_ready(&d.hook_id) => {}
             () = self.shutdown.cancelled() => {}
         }
         if self.shutdown.is_cancelled() {
-            let _ = store.release(vec![d.id]).await;
+            let _ = self.dispatcher.store.release(vec![d.id]).await;
             return;
         }
         let number = d.attempts + 1;
@@ -197,9 +298,9 @@ impl Shared {
         };
         let record = AttemptRecord {
             delivery_id: d.id,
-            hook_id: d.hook_id.clone(),
+            hook_id: d.hook_id,
             attempt: Attempt {
-                event_id: d.event_id.clone(),
+                event_id: d.event_id,
                 attempt: number,
                 status_code,
                 error: sent.error,
@@ -208,30 +309,8 @@ impl Shared {
             },
             next,
         };
-        self.record(record).await;
-        self.dispatcher.queue.wake();
-    }
-
-    /// Records an attempt, retrying while the store refuses (a full disk, a failover) so the
-    /// delivery does not sit leased — blocking its hook — until the lease expires. If the store
-    /// stays down, the lease runs out and the delivery is attempted again: at least once.
-    async fn record(&self, record: AttemptRecord) {
-        let mut wait = Duration::from_millis(100);
-        loop {
-            match self.dispatcher.store.record(record.clone()).await {
-                Ok(()) => return,
-                Err(e) if wait > RECORD_PATIENCE || self.shutdown.is_cancelled() => {
-                    tracing::error!(cause = %e, "recording an attempt failed; it is attempted again when its lease expires");
-                    return;
-                }
-                Err(e) => tracing::warn!(cause = %e, retry_in = ?wait, "recording an attempt failed"),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.shutdown.cancelled() => {}
-            }
-            wait *= 2;
-        }
+        // The recorder outlives every attempt (it stops once all senders are gone).
+        let _ = self.records.send((record, ticket));
     }
 
     async fn detach(&self, d: &DueDelivery) {

@@ -58,11 +58,10 @@ async fn accept(state: &AppState, entry: &Entry, body: Bytes, now: i64) -> Resul
         .collect();
     let event = Event { id: envelope.id, event_type: envelope.event_type, payload: body, received_at: now };
     let event_id = event.id.clone();
-    match state.store.ingest(&entry.connection.id, event, hook_ids).await? {
-        Ingested::Accepted { deliveries } => {
-            if deliveries > 0 {
-                state.queue.wake();
-            }
+    let (fanout, reserved) = state.queue.plan(hook_ids, now);
+    match state.store.ingest(&entry.connection.id, event, fanout).await? {
+        Ingested::Accepted { deliveries, handed } => {
+            state.queue.accepted(reserved, handed);
             let body = serde_json::json!({ "event_id": event_id, "deliveries": deliveries });
             Ok(json(StatusCode::ACCEPTED, &body))
         }

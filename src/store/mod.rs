@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
-use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret};
+use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, NextStep, SigningSecret};
 
 pub use postgres::{ChangeFeed, PostgresStore};
 pub use sqlite::SqliteStore;
@@ -21,6 +21,15 @@ pub use sqlite::SqliteStore;
 const PENDING: i32 = 0;
 const DELIVERED: i32 = 1;
 const DEAD: i32 = 2;
+
+/// The state and next-attempt time a delivery is stored with after an attempt at `at`.
+fn stored_state(next: NextStep, at: i64) -> (i32, i64) {
+    match next {
+        NextStep::Delivered => (DELIVERED, at),
+        NextStep::RetryAt(due) => (PENDING, due),
+        NextStep::DeadLetter => (DEAD, at),
+    }
+}
 
 /// A failure of the store; ingest answers it with 503 and the admin/hook APIs with 503 too.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -56,13 +65,28 @@ pub enum Attached {
     Existing(Hook),
 }
 
+/// Where an ingested event's deliveries go: one per hook, each either queued for a claim or
+/// handed straight to this instance's workers.
+#[derive(Debug, Clone, Default)]
+pub struct Fanout {
+    /// Hooks whose deliveries wait in the store until claimed.
+    pub queued: Vec<String>,
+    /// Hooks whose deliveries are stored leased to this instance until `lease_until` and come
+    /// back in [`Ingested::Accepted`], to be attempted at once.
+    pub handed: Vec<String>,
+    /// When the lease of handed deliveries ends (ms).
+    pub lease_until: i64,
+}
+
 /// The outcome of committing an ingested event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Ingested {
     /// Committed with this many deliveries.
     Accepted {
-        /// Deliveries created, one per matching hook.
+        /// Deliveries created, one per matching hook that still exists.
         deliveries: usize,
+        /// The handed deliveries, leased to this instance.
+        handed: Vec<DueDelivery>,
     },
     /// This event id was already accepted for the connection.
     Duplicate,
@@ -253,17 +277,19 @@ impl Store {
         dispatch!(self.detach_hook(connection_id.to_owned(), hook_id.to_owned()))
     }
 
-    /// Commits an event and one due delivery for each of `hook_ids` that still exists.
+    /// Whether ingest may lease deliveries straight to this instance ([`Fanout::handed`]): only
+    /// where one instance owns every hook. Shared stores lease a hook's deliveries only together
+    /// with the hook, so they take every delivery through claims.
+    pub fn hands_off(&self) -> bool {
+        matches!(self, Store::Sqlite(_))
+    }
+
+    /// Commits an event and one delivery for each hook of `fanout` that still exists.
     ///
     /// # Errors
     /// The write failed: nothing was committed.
-    pub async fn ingest(
-        &self,
-        connection_id: &str,
-        event: Event,
-        hook_ids: Vec<String>,
-    ) -> Result<Ingested, StoreError> {
-        dispatch!(self.ingest(connection_id.to_owned(), event, hook_ids))
+    pub async fn ingest(&self, connection_id: &str, event: Event, fanout: Fanout) -> Result<Ingested, StoreError> {
+        dispatch!(self.ingest(connection_id.to_owned(), event, fanout))
     }
 
     /// A connection's newest events.
@@ -298,12 +324,21 @@ impl Store {
         dispatch!(self.next_due(now))
     }
 
-    /// Records a finished attempt and moves its delivery on (and releases its lease).
+    /// Records finished attempts and moves their deliveries on (releasing their leases), all
+    /// in one commit.
     ///
     /// # Errors
-    /// The write failed.
-    pub async fn record(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        dispatch!(self.record(record))
+    /// The write failed: none was recorded.
+    pub async fn record(&self, records: Arc<[AttemptRecord]>) -> Result<(), StoreError> {
+        dispatch!(self.record(records))
+    }
+
+    /// How many deliveries wait in the store (pending, not leased), per hook.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn waiting_by_hook(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        dispatch!(self.waiting_by_hook())
     }
 
     /// Gives leased deliveries back without an attempt (shutdown).

@@ -13,13 +13,14 @@ use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::postgres_schema::{CHANGES_CHANNEL, MIGRATION_LOCK, MIGRATIONS};
-use super::{Attached, Claim, Created, DEAD, DELIVERED, Ingested, PENDING, Snapshot, StoreError, Transfer};
+use super::{Attached, Claim, Created, DEAD, Fanout, Ingested, PENDING, Snapshot, StoreError, Transfer, stored_state};
 use crate::metrics::Metrics;
 use crate::model::{
-    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, NextStep, SigningSecret, random_token,
+    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret, random_token,
 };
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -312,12 +313,15 @@ impl PostgresStore {
         .await
     }
 
+    /// Deliveries are never handed off here ([`super::Store::hands_off`]): any in
+    /// `fanout.handed` are queued like the rest.
     pub(super) async fn ingest(
         &self,
         connection_id: String,
         event: Event,
-        hook_ids: Vec<String>,
+        fanout: Fanout,
     ) -> Result<Ingested, StoreError> {
+        let hook_ids: Vec<&String> = fanout.queued.iter().chain(&fanout.handed).collect();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let inserted = tx
@@ -341,7 +345,7 @@ impl PostgresStore {
             )
             .await?;
         self.commit(tx).await?;
-        Ok(Ingested::Accepted { deliveries: deliveries as usize })
+        Ok(Ingested::Accepted { deliveries: deliveries as usize, handed: Vec::new() })
     }
 
     pub(super) async fn events(&self, connection_id: String, limit: usize) -> Result<Vec<Event>, StoreError> {
@@ -458,43 +462,50 @@ impl PostgresStore {
         Ok(row.get(0))
     }
 
-    pub(super) async fn record(&self, rec: AttemptRecord) -> Result<(), StoreError> {
-        let a = &rec.attempt;
-        let (state, next_at) = match rec.next {
-            NextStep::Delivered => (DELIVERED, a.at),
-            NextStep::RetryAt(at) => (PENDING, at),
-            NextStep::DeadLetter => (DEAD, a.at),
-        };
-        let status = a.status_code.map(i32::from);
-        let attempt = i32::try_from(a.attempt).unwrap_or(i32::MAX);
+    pub(super) async fn record(&self, records: Arc<[AttemptRecord]>) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let updated = tx
-            .execute(
+        let update = tx
+            .prepare_cached(
                 "UPDATE deliveries SET attempts = $2, state = $3, next_attempt_at = $4, lease_until = NULL,
                         last_status = $5, last_error = $6, updated_at = $7 WHERE id = $1",
-                &[&rec.delivery_id, &attempt, &state, &next_at, &status, &a.error, &a.at],
             )
             .await?;
-        if updated == 1 {
-            tx.execute(
+        let insert = tx
+            .prepare_cached(
                 "INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &rec.delivery_id,
-                    &rec.hook_id,
-                    &a.event_id,
-                    &attempt,
-                    &status,
-                    &a.error,
-                    &(a.duration_ms as i64),
-                    &a.at,
-                ],
             )
             .await?;
+        for rec in records.iter() {
+            let a = &rec.attempt;
+            let (state, next_at) = stored_state(rec.next, a.at);
+            let status = a.status_code.map(i32::from);
+            let attempt = i32::try_from(a.attempt).unwrap_or(i32::MAX);
+            let updated =
+                tx.execute(&update, &[&rec.delivery_id, &attempt, &state, &next_at, &status, &a.error, &a.at]).await?;
+            if updated == 1 {
+                let duration = a.duration_ms as i64;
+                let row: [&(dyn ToSql + Sync); 8] =
+                    [&rec.delivery_id, &rec.hook_id, &a.event_id, &attempt, &status, &a.error, &duration, &a.at];
+                tx.execute(&insert, &row).await?;
+            }
         }
         self.commit(tx).await?;
         Ok(())
+    }
+
+    pub(super) async fn waiting_by_hook(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT hook_id, COUNT(*) FROM deliveries WHERE state = $1 AND lease_until IS NULL GROUP BY hook_id",
+                &[&PENDING],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get::<_, i64>(1).unsigned_abs())).collect())
     }
 
     pub(super) async fn release(&self, ids: Vec<i64>) -> Result<(), StoreError> {

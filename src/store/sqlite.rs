@@ -15,10 +15,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::sqlite_schema::MIGRATIONS;
 use super::{
-    Attached, Claim, Created, DEAD, DELIVERED, Ingested, PENDING, Snapshot, StoreError, Transfer, TransferDelivery,
+    Attached, Claim, Created, DEAD, DELIVERED, Fanout, Ingested, PENDING, Snapshot, StoreError, Transfer,
+    TransferDelivery, stored_state,
 };
 use crate::metrics::Metrics;
-use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, NextStep, SigningSecret};
+use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -98,7 +99,7 @@ impl SqliteStore {
         let mut db = Db::open(path)?;
         db.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
-             PRAGMA busy_timeout = 5000;",
+             PRAGMA busy_timeout = 5000; PRAGMA wal_autocheckpoint = 16384; PRAGMA cache_size = -65536;",
         )?;
         migrate(&mut db)?;
         // Single instance: a lease still set was held by a process that is gone.
@@ -316,7 +317,7 @@ impl SqliteStore {
         &self,
         connection_id: String,
         event: Event,
-        hook_ids: Vec<String>,
+        fanout: Fanout,
     ) -> Result<Ingested, StoreError> {
         self.write(move |db| {
             let inserted = db
@@ -333,14 +334,48 @@ impl SqliteStore {
             }
             let seq = db.last_insert_rowid();
             let mut insert = db.prepare_cached(
-                "INSERT INTO deliveries (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
-                 SELECT ?1, id, connection_id, url, ?2, 0, ?3, ?3 FROM hooks WHERE id = ?4 AND connection_id = ?5",
+                "INSERT INTO deliveries
+                    (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, lease_until, updated_at)
+                 SELECT ?1, id, connection_id, url, ?2, 0, ?3, ?6, ?3 FROM hooks WHERE id = ?4 AND connection_id = ?5
+                 RETURNING id, url",
             )?;
             let mut deliveries = 0;
-            for hook_id in &hook_ids {
-                deliveries += insert.execute(params![seq, PENDING, event.received_at, hook_id, connection_id])?;
+            let mut handed = Vec::with_capacity(fanout.handed.len());
+            let queued = fanout.queued.into_iter().map(|hook| (hook, None));
+            for (hook_id, lease) in queued.chain(fanout.handed.into_iter().map(|hook| (hook, Some(fanout.lease_until))))
+            {
+                let created = insert
+                    .query_row(params![seq, PENDING, event.received_at, hook_id, connection_id, lease], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                let Some((id, url)) = created else { continue };
+                deliveries += 1;
+                if lease.is_some() {
+                    handed.push(DueDelivery {
+                        id,
+                        connection_id: connection_id.clone(),
+                        hook_id,
+                        url,
+                        event_id: event.id.clone(),
+                        payload: event.payload.clone(),
+                        attempts: 0,
+                        received_at: event.received_at,
+                    });
+                }
             }
-            Ok(Ingested::Accepted { deliveries })
+            Ok(Ingested::Accepted { deliveries, handed })
+        })
+        .await
+    }
+
+    pub(super) async fn waiting_by_hook(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|db| {
+            let mut stmt = db.prepare_cached(
+                "SELECT hook_id, COUNT(*) FROM deliveries WHERE state = ?1 AND lease_until IS NULL GROUP BY hook_id",
+            )?;
+            let rows = stmt.query_map([PENDING], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
@@ -438,35 +473,40 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn record(&self, rec: AttemptRecord) -> Result<(), StoreError> {
+    pub(super) async fn record(&self, records: Arc<[AttemptRecord]>) -> Result<(), StoreError> {
         self.write(move |db| {
-            let a = &rec.attempt;
-            let (state, next_at) = match rec.next {
-                NextStep::Delivered => (DELIVERED, a.at),
-                NextStep::RetryAt(at) => (PENDING, at),
-                NextStep::DeadLetter => (DEAD, a.at),
-            };
-            let updated = db
-                .prepare_cached(
-                    "UPDATE deliveries SET attempts = ?2, state = ?3, next_attempt_at = ?4, lease_until = NULL,
-                            last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1",
-                )?
-                .execute(params![rec.delivery_id, a.attempt, state, next_at, a.status_code, a.error, a.at])?;
-            if updated == 1 {
-                db.prepare_cached(
-                    "INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?
-                .execute(params![
+            let mut update = db.prepare_cached(
+                "UPDATE deliveries SET attempts = ?2, state = ?3, next_attempt_at = ?4, lease_until = NULL,
+                        last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1",
+            )?;
+            let mut insert = db.prepare_cached(
+                "INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for rec in records.iter() {
+                let a = &rec.attempt;
+                let (state, next_at) = stored_state(rec.next, a.at);
+                let updated = update.execute(params![
                     rec.delivery_id,
-                    rec.hook_id,
-                    a.event_id,
                     a.attempt,
+                    state,
+                    next_at,
                     a.status_code,
                     a.error,
-                    a.duration_ms as i64,
                     a.at
                 ])?;
+                if updated == 1 {
+                    insert.execute(params![
+                        rec.delivery_id,
+                        rec.hook_id,
+                        a.event_id,
+                        a.attempt,
+                        a.status_code,
+                        a.error,
+                        a.duration_ms as i64,
+                        a.at
+                    ])?;
+                }
             }
             Ok(())
         })

@@ -1,0 +1,175 @@
+//! Per-hook bookkeeping that decides whether a new delivery may skip the store's claim queue.
+//!
+//! A delivery is *handed off* — leased in the ingest commit and attempted at once — only while
+//! its hook has room (fewer than `per_hook` attempts in flight), nothing waiting in the store
+//! (so a backlog or a scheduled retry is never overtaken forever), and a global permit is free.
+//! Everything else goes through the claim queue, which stays complete on its own: the counts
+//! here only pick the fast path, so when they drift (a lease that expired after a crash, a
+//! replayed dead letter) the cost is a slower path until the next [`Slots::resync`], never a
+//! lost or duplicated delivery.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// In-flight and waiting deliveries per hook, and the global in-flight permits.
+pub(super) struct Slots {
+    hooks: DashMap<String, HookSlot>,
+    permits: Arc<Semaphore>,
+    per_hook: u32,
+    hand_off: bool,
+}
+
+#[derive(Default)]
+struct HookSlot {
+    in_flight: u32,
+    waiting: u64,
+}
+
+impl HookSlot {
+    fn is_idle(&self) -> bool {
+        self.in_flight == 0 && self.waiting == 0
+    }
+}
+
+/// One attempt's claim on its hook's room and on a global permit; dropping it gives both back.
+pub struct Ticket {
+    slots: Arc<Slots>,
+    hook_id: String,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Ticket {
+    /// The hook this ticket holds room on.
+    pub(super) fn hook_id(&self) -> &str {
+        &self.hook_id
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Entry::Occupied(mut slot) = self.slots.hooks.entry(std::mem::take(&mut self.hook_id)) {
+            let s = slot.get_mut();
+            s.in_flight = s.in_flight.saturating_sub(1);
+            if s.is_idle() {
+                slot.remove();
+            }
+        }
+    }
+}
+
+impl Slots {
+    /// `hand_off` is off for stores several instances share, where a hook's deliveries are only
+    /// leased together with the hook itself.
+    pub(super) fn new(permits: usize, per_hook: u32, hand_off: bool) -> Arc<Self> {
+        Arc::new(Self { hooks: DashMap::new(), permits: Arc::new(Semaphore::new(permits)), per_hook, hand_off })
+    }
+
+    /// Global permits free right now.
+    pub(super) fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    /// Waits for a global permit (claimed deliveries are already leased, so they wait their turn).
+    pub(super) async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.permits).acquire_owned().await.ok()
+    }
+
+    /// A ticket for a delivery handed off at ingest, if its hook has room and nothing waiting.
+    pub(super) fn try_hand_off(self: &Arc<Self>, hook_id: &str) -> Option<Ticket> {
+        if !self.hand_off {
+            return None;
+        }
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        let mut slot = self.hooks.entry(hook_id.to_owned()).or_default();
+        if slot.waiting > 0 || slot.in_flight >= self.per_hook {
+            return None;
+        }
+        slot.in_flight += 1;
+        drop(slot);
+        Some(Ticket { slots: Arc::clone(self), hook_id: hook_id.to_owned(), _permit: permit })
+    }
+
+    /// A ticket for a delivery the claim queue gave out: it waited in the store until now.
+    pub(super) fn claimed(self: &Arc<Self>, hook_id: &str, permit: OwnedSemaphorePermit) -> Ticket {
+        let mut slot = self.hooks.entry(hook_id.to_owned()).or_default();
+        slot.waiting = slot.waiting.saturating_sub(1);
+        slot.in_flight += 1;
+        drop(slot);
+        Ticket { slots: Arc::clone(self), hook_id: hook_id.to_owned(), _permit: permit }
+    }
+
+    /// A delivery of this hook now waits in the store (queued at ingest, or a retry scheduled).
+    pub(super) fn waiting(&self, hook_id: &str) {
+        if self.hand_off {
+            self.hooks.entry(hook_id.to_owned()).or_default().waiting += 1;
+        }
+    }
+
+    /// Whether this hook has deliveries waiting in the store.
+    pub(super) fn has_waiting(&self, hook_id: &str) -> bool {
+        self.hooks.get(hook_id).is_some_and(|s| s.waiting > 0)
+    }
+
+    /// Replaces the waiting counts with the store's (at start, and now and then against drift).
+    pub(super) fn resync(&self, waiting: &HashMap<String, u64>) {
+        if !self.hand_off {
+            return;
+        }
+        self.hooks.retain(|hook, slot| {
+            slot.waiting = waiting.get(hook).copied().unwrap_or(0);
+            !slot.is_idle()
+        });
+        for (hook, &count) in waiting {
+            self.hooks.entry(hook.clone()).or_default().waiting = count;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_off_needs_room_and_an_empty_queue() {
+        let slots = Slots::new(10, 2, true);
+        let first = slots.try_hand_off("h").expect("room");
+        let second = slots.try_hand_off("h").expect("room");
+        assert!(slots.try_hand_off("h").is_none(), "two in flight is the cap");
+        drop(first);
+        let third = slots.try_hand_off("h").expect("room again");
+        drop((second, third));
+        slots.waiting("h");
+        assert!(slots.try_hand_off("h").is_none(), "a waiting delivery goes first");
+        let permit = slots.permits.clone().try_acquire_owned().unwrap();
+        drop(slots.claimed("h", permit));
+        assert!(slots.try_hand_off("h").is_some(), "the queue drained");
+        assert!(slots.hooks.is_empty(), "idle hooks leave no entry");
+    }
+
+    #[test]
+    fn permits_and_the_store_kind_limit_hand_offs() {
+        let slots = Slots::new(1, 5, true);
+        let held = slots.try_hand_off("a").unwrap();
+        assert!(slots.try_hand_off("b").is_none(), "no global permit left");
+        drop(held);
+        assert_eq!(slots.available(), 1);
+        let shared = Slots::new(10, 5, false);
+        assert!(shared.try_hand_off("a").is_none());
+    }
+
+    #[test]
+    fn resync_replaces_drifted_counts() {
+        let slots = Slots::new(10, 5, true);
+        slots.waiting("a");
+        slots.waiting("a");
+        let _in_flight = slots.try_hand_off("b").unwrap();
+        slots.resync(&HashMap::from([("c".to_owned(), 3)]));
+        assert!(!slots.has_waiting("a") && !slots.has_waiting("b") && slots.has_waiting("c"));
+        assert!(slots.try_hand_off("a").is_some());
+        assert!(slots.hooks.contains_key("b"), "in-flight attempts are kept");
+    }
+}
