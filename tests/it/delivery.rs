@@ -172,6 +172,28 @@ async fn deliveries_to_one_hook_are_paced() {
 }
 
 #[tokio::test]
+async fn a_waiting_retry_is_not_overtaken_by_a_stream_of_new_events() {
+    // New events may skip the store's queue only while their hook has nothing waiting in it;
+    // otherwise a steady stream would keep the hook busy and its retry would wait forever.
+    let mut args = TestServer::args();
+    args.hook_rate = Some("2".into());
+    let relay = TestServer::start_with(args).await;
+    let sink = Sink::start().await;
+    sink.script([SinkReply::Status(500)]);
+    let conn = relay.connection("acme").await;
+    relay.attach(&conn, &sink.url, None).await;
+    relay.ingest(&conn, &event("evt-0", None)).await;
+    assert_eq!(sink.recv().await.header("x-relay-attempt"), "1");
+    for n in 1..=6 {
+        assert_eq!(relay.ingest(&conn, &event(&format!("evt-{n}"), None)).await.status, StatusCode::ACCEPTED);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let after: Vec<String> = sink.recv_n(7).await.iter().map(|r| r.header("webhook-id").to_owned()).collect();
+    let retry = after.iter().position(|id| id == "evt-0").expect("the retry arrives");
+    assert!(retry <= 2, "the retry waited behind newer events: {after:?}");
+}
+
+#[tokio::test]
 async fn refuses_inward_addresses_at_delivery_time() {
     // Hooks attached while private targets were allowed must not reach loopback once the relay
     // runs with production rules: by name (checked on the resolved address) or by IP literal.
