@@ -41,8 +41,8 @@ pub(super) async fn run(
                 wake = true;
             }
         }
-        // A hook with deliveries waiting in the store gets them claimed once its room frees up.
-        wake |= done.iter().any(|r| queue.slots().has_waiting(&r.hook_id));
+        // Deliveries waiting in the store are claimed once room frees up.
+        wake |= queue.slots().may_have_waiting();
         drop(tickets);
         if wake {
             queue.wake();

@@ -109,8 +109,14 @@ impl Slots {
         }
     }
 
-    /// Whether this hook has deliveries waiting in the store.
-    pub(super) fn has_waiting(&self, hook_id: &str) -> bool {
+    /// Whether deliveries may wait in the store for room to free up: always on stores whose
+    /// waiting deliveries are not counted here.
+    pub(super) fn may_have_waiting(&self) -> bool {
+        !self.hand_off || self.hooks.iter().any(|s| s.waiting > 0)
+    }
+
+    #[cfg(test)]
+    fn has_waiting(&self, hook_id: &str) -> bool {
         self.hooks.get(hook_id).is_some_and(|s| s.waiting > 0)
     }
 

@@ -16,7 +16,7 @@ use crate::model::{Event, IMAGE_CREATED, now_ms};
 use crate::ratelimit::RateStatus;
 use crate::registry::Entry;
 use crate::signature::SIGNATURE_HEADER;
-use crate::store::Ingested;
+use crate::store::{Ingested, StoreError};
 
 /// Longest event id taken from a payload.
 pub(super) const MAX_EVENT_ID_LEN: usize = 256;
@@ -59,9 +59,18 @@ async fn accept(state: &AppState, entry: &Entry, body: Bytes, now: i64) -> Resul
     let event = Event { id: envelope.id, event_type: envelope.event_type, payload: body, received_at: now };
     let event_id = event.id.clone();
     let (fanout, reserved) = state.queue.plan(hook_ids, now);
-    match state.store.ingest(&entry.connection.id, event, fanout).await? {
-        Ingested::Accepted { deliveries, handed } => {
-            state.queue.accepted(reserved, handed);
+    let (store, queue, connection_id) = (state.store.clone(), state.queue.clone(), entry.connection.id.clone());
+    // Its own task, so a client that hangs up mid-commit cannot stop committed deliveries from
+    // being handed over (they would otherwise sit leased until the lease ran out).
+    let committed = tokio::spawn(async move {
+        let mut ingested = store.ingest(&connection_id, event, fanout).await?;
+        if let Ingested::Accepted { handed, .. } = &mut ingested {
+            queue.accepted(reserved, std::mem::take(handed));
+        }
+        Ok::<_, StoreError>(ingested)
+    });
+    match committed.await.map_err(|_| StoreError::Closed)?? {
+        Ingested::Accepted { deliveries, .. } => {
             let body = serde_json::json!({ "event_id": event_id, "deliveries": deliveries });
             Ok(json(StatusCode::ACCEPTED, &body))
         }
