@@ -14,7 +14,6 @@ mod recorder;
 pub mod retry;
 mod slots;
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,8 +81,7 @@ impl DeliveryQueue {
     /// Splits an event's matching hooks into those whose first attempt starts at once and
     /// those that wait in the store.
     pub fn plan(&self, hook_ids: Vec<String>, now: i64) -> (Fanout, Reserved) {
-        let lease = i64::try_from(self.shared.lease.as_millis()).unwrap_or(i64::MAX);
-        let mut fanout = Fanout { queued: Vec::new(), handed: Vec::new(), lease_until: now.saturating_add(lease) };
+        let mut fanout = Fanout { queued: Vec::new(), handed: Vec::new(), lease_until: self.lease_until(now) };
         let mut tickets = Vec::new();
         for hook in hook_ids {
             match self.shared.slots.try_hand_off(&hook) {
@@ -113,6 +111,11 @@ impl DeliveryQueue {
         if !queued.is_empty() {
             self.wake();
         }
+    }
+
+    /// When a delivery leased at `now` (ms) may be taken over by a claim.
+    fn lease_until(&self, now: i64) -> i64 {
+        now.saturating_add(i64::try_from(self.shared.lease.as_millis()).unwrap_or(i64::MAX))
     }
 
     fn slots(&self) -> &Arc<Slots> {
@@ -210,10 +213,9 @@ impl Shared {
             return false;
         }
         let now = now_ms();
-        let lease = i64::try_from(self.dispatcher.queue.shared.lease.as_millis()).unwrap_or(i64::MAX);
         let claim = Claim {
             now,
-            lease_until: now.saturating_add(lease),
+            lease_until: self.dispatcher.queue.lease_until(now),
             limit: room,
             per_hook: self.dispatcher.hook_rate.max(1) as usize,
         };
@@ -240,7 +242,7 @@ impl Shared {
             return;
         }
         match self.dispatcher.store.waiting_by_hook().await {
-            Ok(waiting) => self.dispatcher.queue.slots().resync(&waiting.into_iter().collect::<HashMap<_, _>>()),
+            Ok(waiting) => self.dispatcher.queue.slots().resync(&waiting),
             Err(e) => tracing::warn!(cause = %e, "reading waiting deliveries failed"),
         }
     }

@@ -8,6 +8,7 @@ mod postgres_schema;
 mod sqlite;
 mod sqlite_schema;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::DatabaseUrl;
@@ -337,7 +338,7 @@ impl Store {
     ///
     /// # Errors
     /// The read failed.
-    pub async fn waiting_by_hook(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    pub async fn waiting_by_hook(&self) -> Result<HashMap<String, u64>, StoreError> {
         dispatch!(self.waiting_by_hook())
     }
 

@@ -495,7 +495,7 @@ impl PostgresStore {
         Ok(())
     }
 
-    pub(super) async fn waiting_by_hook(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    pub(super) async fn waiting_by_hook(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
         let rows = self
             .pool
             .get()

@@ -369,13 +369,13 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn waiting_by_hook(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    pub(super) async fn waiting_by_hook(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
         self.read(|db| {
             let mut stmt = db.prepare_cached(
                 "SELECT hook_id, COUNT(*) FROM deliveries WHERE state = ?1 AND lease_until IS NULL GROUP BY hook_id",
             )?;
             let rows = stmt.query_map([PENDING], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
     }
