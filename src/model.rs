@@ -3,6 +3,7 @@
 //! Times are Unix milliseconds (`i64`) everywhere inside the relay; they become RFC 3339 only at
 //! the API edge. Imports nothing from the crate.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -13,6 +14,12 @@ pub const IMAGE_CREATED: &str = "image.created";
 
 /// Event types a hook may subscribe to.
 pub const EVENT_TYPES: &[&str] = &[IMAGE_CREATED];
+
+/// The static name of a subscribable event type, so that a million hooks share a handful of
+/// strings instead of owning a copy each.
+pub fn event_type(name: &str) -> Option<&'static str> {
+    EVENT_TYPES.iter().copied().find(|known| *known == name)
+}
 
 /// Prefix of hook ids, so an id says what it names.
 pub const HOOK_ID_PREFIX: &str = "hk_";
@@ -85,12 +92,12 @@ impl SigningSecret {
 pub struct Hook {
     /// `hk_` + random hex.
     pub id: String,
-    /// The owning connection; fan-out never crosses it.
-    pub connection_id: String,
+    /// The owning connection; fan-out never crosses it. Shared by the connection's hooks.
+    pub connection_id: Arc<str>,
     /// Where deliveries go.
     pub url: String,
-    /// The event type it subscribes to.
-    pub event: String,
+    /// The event type it subscribes to (one of [`EVENT_TYPES`]).
+    pub event: &'static str,
     /// When set, only events whose payload `template_id` equals it.
     pub template_id: Option<String>,
     /// Creation time (ms).
@@ -209,7 +216,7 @@ mod tests {
             id: "hk_1".into(),
             connection_id: "c".into(),
             url: "https://hook.make.com/x".into(),
-            event: IMAGE_CREATED.into(),
+            event: IMAGE_CREATED,
             template_id: template_id.map(Into::into),
             created_at: 0,
         }

@@ -56,15 +56,15 @@ impl Registry {
     /// # Errors
     /// The store cannot be read.
     pub async fn load(store: &Store, default_ingest_rate: u32) -> Result<Self, StoreError> {
-        let Snapshot { connections, hooks } = store.snapshot().await?;
+        let snapshot = store.snapshot().await?;
         let registry = Self {
             inner: Arc::new(Inner {
                 default_ingest_rate,
-                connections: DashMap::with_capacity(connections.len()),
-                by_key: DashMap::with_capacity(connections.len()),
+                connections: DashMap::with_capacity(snapshot.connections.len()),
+                by_key: DashMap::with_capacity(snapshot.connections.len()),
             }),
         };
-        registry.resync(Snapshot { connections, hooks }, Instant::now());
+        registry.resync(snapshot, Instant::now());
         Ok(registry)
     }
 
@@ -105,15 +105,10 @@ impl Registry {
 
     /// Brings the whole index in step with a snapshot of the store taken starting at `read_at`
     /// (the safety net behind change notifications). Entries written since are left alone.
-    pub fn resync(&self, Snapshot { connections, hooks }: Snapshot, read_at: Instant) {
-        let mut by_connection: std::collections::HashMap<String, Vec<Hook>> = std::collections::HashMap::new();
-        for hook in hooks {
-            by_connection.entry(hook.connection_id.clone()).or_default().push(hook);
-        }
-        let current: std::collections::HashSet<String> = connections.iter().map(|c| c.id.clone()).collect();
-        for connection in connections.into_iter().filter(|c| !self.written_since(&c.id, read_at)) {
-            let hooks = by_connection.remove(&connection.id).unwrap_or_default();
-            self.put(connection, hooks.into());
+    pub fn resync(&self, Snapshot { connections }: Snapshot, read_at: Instant) {
+        let current: std::collections::HashSet<String> = connections.iter().map(|(c, _)| c.id.clone()).collect();
+        for (connection, hooks) in connections.into_iter().filter(|(c, _)| !self.written_since(&c.id, read_at)) {
+            self.put(connection, hooks);
         }
         let gone: Vec<String> = self
             .inner
@@ -176,7 +171,7 @@ impl Registry {
 
     /// Adds a hook just stored (no-op if already indexed).
     pub fn add_hook(&self, hook: Hook) {
-        let connection_id = hook.connection_id.clone();
+        let connection_id = Arc::clone(&hook.connection_id);
         self.update(&connection_id, |e| {
             if e.hook(&hook.id).is_none() {
                 e.hooks = e.hooks.iter().cloned().chain([hook]).collect();
@@ -251,7 +246,7 @@ mod tests {
             id: id.into(),
             connection_id: connection_id.into(),
             url: "https://hook.make.com/x".into(),
-            event: IMAGE_CREATED.into(),
+            event: IMAGE_CREATED,
             template_id: None,
             created_at: 0,
         }

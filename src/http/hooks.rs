@@ -17,7 +17,7 @@ use super::auth::authorize;
 use super::error::ApiError;
 use super::io::{empty, json, limit, read_json};
 use super::routes::Route;
-use crate::model::{Attempt, EVENT_TYPES, HOOK_ID_PREFIX, Hook, IMAGE_CREATED, now_ms, random_token, rfc3339};
+use crate::model::{Attempt, HOOK_ID_PREFIX, Hook, IMAGE_CREATED, event_type, now_ms, random_token, rfc3339};
 use crate::registry::Entry;
 use crate::store::Attached;
 use crate::target::TargetPolicy;
@@ -76,16 +76,16 @@ struct HookIn {
 
 impl HookIn {
     /// The normalised URL, event type and template filter, or the rule that was broken.
-    fn validate(self, targets: &TargetPolicy) -> Result<(String, String, Option<String>), ApiError> {
+    fn validate(self, targets: &TargetPolicy) -> Result<(String, &'static str, Option<String>), ApiError> {
         let raw_url = self
             .url
             .or(self.target_url)
             .filter(|u| !u.trim().is_empty())
             .ok_or_else(|| ApiError::invalid_url("url (or target_url) is required"))?;
-        let event = self.event.filter(|e| !e.is_empty()).unwrap_or_else(|| IMAGE_CREATED.to_owned());
-        if !EVENT_TYPES.contains(&event.as_str()) {
-            return Err(ApiError::invalid_event(&event));
-        }
+        let event = match self.event.as_deref() {
+            None | Some("") => IMAGE_CREATED,
+            Some(name) => event_type(name).ok_or_else(|| ApiError::invalid_event(name))?,
+        };
         let url = targets.check(raw_url.trim()).map_err(ApiError::invalid_url)?;
         Ok((url.into(), event, self.template_id.filter(|t| !t.is_empty())))
     }
@@ -97,7 +97,7 @@ async fn attach(state: &AppState, entry: &Arc<Entry>, req: Request<Incoming>) ->
     let (url, event, template_id) = input.validate(&state.config.targets)?;
     let hook = Hook {
         id: random_token(HOOK_ID_PREFIX, 16),
-        connection_id: entry.connection.id.clone(),
+        connection_id: entry.connection.id.as_str().into(),
         url,
         event,
         template_id,
@@ -141,6 +141,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::model::EVENT_TYPES;
     use crate::target::{DEFAULT_HOSTS, is_forbidden};
 
     fn strict() -> TargetPolicy {
@@ -159,7 +160,7 @@ mod tests {
             for policy in [strict(), TargetPolicy { hosts: TargetPolicy::parse_hosts(DEFAULT_HOSTS).unwrap(), allow_private: false }] {
                 match input.clone().validate(&policy) {
                     Ok((url, event, _)) => {
-                        prop_assert!(EVENT_TYPES.contains(&event.as_str()));
+                        prop_assert!(EVENT_TYPES.contains(&event));
                         let url = url::Url::parse(&url).unwrap();
                         prop_assert_eq!(url.scheme(), "https");
                         match url.host() {

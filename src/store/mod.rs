@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
-use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, NextStep, SigningSecret};
+use crate::model::{
+    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, NextStep, SigningSecret, event_type,
+};
 
 pub use postgres::{ChangeFeed, PostgresStore};
 pub use sqlite::SqliteStore;
@@ -95,13 +97,73 @@ pub enum Ingested {
     UnknownConnection,
 }
 
-/// Everything the registry is built from at start.
+/// Everything the registry is built from at start: every connection with its hooks, oldest
+/// first.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// All connections.
-    pub connections: Vec<Connection>,
-    /// All hooks.
-    pub hooks: Vec<Hook>,
+    /// All connections, each with its hooks.
+    pub connections: Vec<(Connection, Arc<[Hook]>)>,
+}
+
+impl Snapshot {
+    /// Connections and hooks as two flat lists.
+    fn flatten(self) -> (Vec<Connection>, Vec<Hook>) {
+        let (connections, hooks): (Vec<_>, Vec<_>) = self.connections.into_iter().unzip();
+        (connections, hooks.iter().flat_map(|h| h.iter().cloned()).collect())
+    }
+}
+
+/// Builds a [`Snapshot`] from hook rows that arrive grouped by connection. Each group is moved
+/// into its final, exactly sized slice as soon as it ends, and each hook shares its connection's
+/// id instead of owning a copy: a million hooks never sit in a second, temporary list, so a
+/// large registry's start-up peak stays near its steady size.
+struct SnapshotBuilder {
+    connections: Vec<(Connection, Arc<[Hook]>)>,
+    index: HashMap<Arc<str>, usize>,
+    group: Option<usize>,
+    buffer: Vec<Hook>,
+}
+
+impl SnapshotBuilder {
+    fn new(connections: Vec<Connection>) -> Self {
+        let index = connections.iter().enumerate().map(|(i, c)| (Arc::from(c.id.as_str()), i)).collect();
+        let connections = connections.into_iter().map(|c| (c, Arc::from([]))).collect();
+        Self { connections, index, group: None, buffer: Vec::new() }
+    }
+
+    /// Adds the hook that `hook` builds from its connection's shared id (skipped when the
+    /// connection is unknown: it was deleted between the two reads).
+    fn add(
+        &mut self,
+        connection_id: &str,
+        hook: impl FnOnce(Arc<str>) -> Result<Hook, StoreError>,
+    ) -> Result<(), StoreError> {
+        let Some((shared, &i)) = self.index.get_key_value(connection_id) else { return Ok(()) };
+        let hook = hook(Arc::clone(shared))?;
+        if self.group != Some(i) {
+            self.end_group();
+            self.group = Some(i);
+        }
+        self.buffer.push(hook);
+        Ok(())
+    }
+
+    fn end_group(&mut self) {
+        if let Some(i) = self.group.take() {
+            let hooks = &mut self.connections[i].1;
+            *hooks = hooks.iter().cloned().chain(self.buffer.drain(..)).collect();
+        }
+    }
+
+    fn finish(mut self) -> Snapshot {
+        self.end_group();
+        Snapshot { connections: self.connections }
+    }
+}
+
+/// The static name of a stored hook's event type.
+fn stored_event(name: &str) -> Result<&'static str, StoreError> {
+    event_type(name).ok_or_else(|| StoreError::Corrupt(format!("a hook subscribes to the unknown event type {name:?}")))
 }
 
 /// What moves from one store to another (`stencil-relay migrate-store`): every connection and
@@ -364,5 +426,56 @@ impl Store {
     /// The write failed.
     pub async fn retry_dead_letter(&self, id: i64, now: i64) -> Result<bool, StoreError> {
         dispatch!(self.retry_dead_letter(id, now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::IMAGE_CREATED;
+
+    fn connection(id: &str) -> Connection {
+        Connection {
+            id: id.into(),
+            name: id.into(),
+            api_key_hash: [0; 32],
+            secrets: Vec::new(),
+            ingest_rate: None,
+            created_at: 0,
+        }
+    }
+
+    fn hook(id: &str) -> impl FnOnce(Arc<str>) -> Result<Hook, StoreError> {
+        let id = id.to_owned();
+        move |connection_id| {
+            Ok(Hook {
+                id,
+                connection_id,
+                url: "https://x".into(),
+                event: IMAGE_CREATED,
+                template_id: None,
+                created_at: 0,
+            })
+        }
+    }
+
+    #[test]
+    fn snapshots_group_hooks_in_order_and_share_the_connection_id() {
+        let mut builder = SnapshotBuilder::new(vec![connection("a"), connection("b"), connection("c")]);
+        for (connection, id) in [("b", "h1"), ("b", "h2"), ("gone", "h3"), ("a", "h4"), ("b", "h5")] {
+            builder.add(connection, hook(id)).unwrap();
+        }
+        let snapshot = builder.finish();
+        let ids = |i: usize| snapshot.connections[i].1.iter().map(|h| h.id.as_str()).collect::<Vec<_>>();
+        assert_eq!((ids(0), ids(1), ids(2)), (vec!["h4"], vec!["h1", "h2", "h5"], vec![]));
+        let b = &snapshot.connections[1].1;
+        assert!(Arc::ptr_eq(&b[0].connection_id, &b[1].connection_id), "one id per connection");
+        assert_eq!(&*b[0].connection_id, "b");
+    }
+
+    #[test]
+    fn unknown_stored_event_types_are_corrupt_data() {
+        assert_eq!(stored_event(IMAGE_CREATED).unwrap(), IMAGE_CREATED);
+        assert!(matches!(stored_event("image.deleted"), Err(StoreError::Corrupt(_))));
     }
 }

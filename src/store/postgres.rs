@@ -17,7 +17,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::postgres_schema::{CHANGES_CHANNEL, MIGRATION_LOCK, MIGRATIONS};
-use super::{Attached, Claim, Created, DEAD, Fanout, Ingested, PENDING, Snapshot, StoreError, Transfer, stored_state};
+use super::{
+    Attached, Claim, Created, DEAD, Fanout, Ingested, PENDING, Snapshot, SnapshotBuilder, StoreError, Transfer,
+    stored_event, stored_state,
+};
 use crate::metrics::Metrics;
 use crate::model::{
     Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret, random_token,
@@ -150,7 +153,7 @@ impl PostgresStore {
             tx.execute(
                 "INSERT INTO hooks (id, connection_id, url, event, template_id, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                &[&h.id, &h.connection_id, &h.url, &h.event, &template, &h.created_at],
+                &[&h.id, &&*h.connection_id, &h.url, &h.event, &template, &h.created_at],
             )
             .await?;
         }
@@ -213,8 +216,12 @@ impl PostgresStore {
         let client = self.pool.get().await?;
         let rows = client.query(CONNECTION_COLUMNS, &[]).await?;
         let connections = rows.iter().map(connection_row).collect::<Result<Vec<_>, _>>()?;
-        let rows = client.query(&format!("{HOOK_COLUMNS} ORDER BY created_at, id"), &[]).await?;
-        Ok(Snapshot { connections, hooks: rows.iter().map(hook_row).collect() })
+        let rows = client.query(&format!("{HOOK_COLUMNS} ORDER BY connection_id, created_at, id"), &[]).await?;
+        let mut snapshot = SnapshotBuilder::new(connections);
+        for row in &rows {
+            snapshot.add(row.get(1), |shared| hook_row(row, shared))?;
+        }
+        Ok(snapshot.finish())
     }
 
     pub(super) async fn connection(&self, id: String) -> Result<Option<(Connection, Vec<Hook>)>, StoreError> {
@@ -224,7 +231,9 @@ impl PostgresStore {
         };
         let hooks =
             client.query(&format!("{HOOK_COLUMNS} WHERE connection_id = $1 ORDER BY created_at, id"), &[&id]).await?;
-        Ok(Some((connection_row(&row)?, hooks.iter().map(hook_row).collect())))
+        let shared: Arc<str> = id.as_str().into();
+        let hooks = hooks.iter().map(|row| hook_row(row, Arc::clone(&shared))).collect::<Result<_, _>>()?;
+        Ok(Some((connection_row(&row)?, hooks)))
     }
 
     pub(super) async fn create_connection(&self, c: Connection) -> Result<Created, StoreError> {
@@ -285,7 +294,7 @@ impl PostgresStore {
             .execute(
                 "INSERT INTO hooks (id, connection_id, url, event, template_id, created_at) VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (connection_id, url, event, template_id) DO NOTHING",
-                &[&hook.id, &hook.connection_id, &hook.url, &hook.event, &template, &hook.created_at],
+                &[&hook.id, &&*hook.connection_id, &hook.url, &hook.event, &template, &hook.created_at],
             )
             .await?;
         if inserted == 0 {
@@ -294,10 +303,10 @@ impl PostgresStore {
                     &format!(
                         "{HOOK_COLUMNS} WHERE connection_id = $1 AND url = $2 AND event = $3 AND template_id = $4"
                     ),
-                    &[&hook.connection_id, &hook.url, &hook.event, &template],
+                    &[&&*hook.connection_id, &hook.url, &hook.event, &template],
                 )
                 .await?;
-            return Ok(Attached::Existing(hook_row(&row)));
+            return Ok(Attached::Existing(hook_row(&row, hook.connection_id)?));
         }
         notify(&tx, &hook.connection_id).await?;
         self.commit(tx).await?;
@@ -588,14 +597,15 @@ fn connection_row(r: &Row) -> Result<Connection, StoreError> {
     })
 }
 
-fn hook_row(r: &Row) -> Hook {
+/// A hook row, owned by the connection whose shared id is `connection_id`.
+fn hook_row(r: &Row, connection_id: Arc<str>) -> Result<Hook, StoreError> {
     let template: String = r.get(4);
-    Hook {
+    Ok(Hook {
         id: r.get(0),
-        connection_id: r.get(1),
+        connection_id,
         url: r.get(2),
-        event: r.get(3),
+        event: stored_event(r.get(3))?,
         template_id: (!template.is_empty()).then_some(template),
         created_at: r.get(5),
-    }
+    })
 }

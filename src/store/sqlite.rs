@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::sqlite_schema::MIGRATIONS;
 use super::{
-    Attached, Claim, Created, DEAD, DELIVERED, Fanout, Ingested, PENDING, Snapshot, StoreError, Transfer,
-    TransferDelivery, stored_state,
+    Attached, Claim, Created, DEAD, DELIVERED, Fanout, Ingested, PENDING, Snapshot, SnapshotBuilder, StoreError,
+    Transfer, TransferDelivery, stored_event, stored_state,
 };
 use crate::metrics::Metrics;
 use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret};
@@ -153,11 +153,17 @@ impl SqliteStore {
                 .query_map([], connection_row)?
                 .map(|row| row.map_err(StoreError::from).and_then(|r| r))
                 .collect::<Result<Vec<_>, _>>()?;
+            let mut snapshot = SnapshotBuilder::new(connections);
             let mut stmt = db.prepare(
-                "SELECT id, connection_id, url, event, template_id, created_at FROM hooks ORDER BY created_at, id",
+                "SELECT id, connection_id, url, event, template_id, created_at FROM hooks
+                 ORDER BY connection_id, created_at, id",
             )?;
-            let hooks = stmt.query_map([], hook_row)?.collect::<Result<Vec<_>, _>>()?;
-            Ok(Snapshot { connections, hooks })
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let connection_id: String = row.get(1)?;
+                snapshot.add(&connection_id, |shared| hook_row(row, shared))?;
+            }
+            Ok(snapshot.finish())
         })
         .await
     }
@@ -167,7 +173,7 @@ impl SqliteStore {
     /// # Errors
     /// The read failed.
     pub async fn export(&self) -> Result<Transfer, StoreError> {
-        let Snapshot { connections, hooks } = self.snapshot().await?;
+        let (connections, hooks) = self.snapshot().await?.flatten();
         self.read(move |db| {
             let mut stmt = db.prepare(
                 "SELECT event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, last_status, last_error,
@@ -219,7 +225,12 @@ impl SqliteStore {
             let mut stmt = db.prepare_cached(
                 "SELECT id, connection_id, url, event, template_id, created_at FROM hooks WHERE connection_id = ?1 ORDER BY created_at, id",
             )?;
-            let hooks = stmt.query_map([&id], hook_row)?.collect::<Result<Vec<_>, _>>()?;
+            let shared: Arc<str> = id.as_str().into();
+            let mut rows = stmt.query([&id])?;
+            let mut hooks = Vec::new();
+            while let Some(row) = rows.next()? {
+                hooks.push(hook_row(row, Arc::clone(&shared))?);
+            }
             Ok(Some((connection?, hooks)))
         })
         .await
@@ -283,8 +294,11 @@ impl SqliteStore {
                     "SELECT id, connection_id, url, event, template_id, created_at FROM hooks
                      WHERE connection_id = ?1 AND url = ?2 AND event = ?3 AND template_id = ?4",
                 )?
-                .query_row(params![hook.connection_id, hook.url, hook.event, template], hook_row)
-                .optional()?;
+                .query_row(params![hook.connection_id, hook.url, hook.event, template], |row| {
+                    Ok(hook_row(row, Arc::clone(&hook.connection_id)))
+                })
+                .optional()?
+                .transpose()?;
             if let Some(existing) = existing {
                 return Ok(Attached::Existing(existing));
             }
@@ -661,13 +675,15 @@ fn connection_row(r: &Row<'_>) -> rusqlite::Result<Result<Connection, StoreError
     })
 }
 
-fn hook_row(r: &Row<'_>) -> rusqlite::Result<Hook> {
+/// A hook row, owned by the connection whose shared id is `connection_id`.
+fn hook_row(r: &Row<'_>, connection_id: Arc<str>) -> Result<Hook, StoreError> {
+    let event: String = r.get(3)?;
     let template: String = r.get(4)?;
     Ok(Hook {
         id: r.get(0)?,
-        connection_id: r.get(1)?,
+        connection_id,
         url: r.get(2)?,
-        event: r.get(3)?,
+        event: stored_event(&event)?,
         template_id: (!template.is_empty()).then_some(template),
         created_at: r.get(5)?,
     })
