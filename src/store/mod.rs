@@ -7,6 +7,7 @@ mod postgres;
 mod postgres_schema;
 mod sqlite;
 mod sqlite_schema;
+mod sqlite_writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -387,11 +388,12 @@ impl Store {
         dispatch!(self.next_due(now))
     }
 
-    /// Records finished attempts and moves their deliveries on (releasing their leases), all
-    /// in one commit.
+    /// Records finished attempts and moves their deliveries on (releasing their leases). A
+    /// record whose attempt number is not above the delivery's stored count is already applied
+    /// (or stale) and is skipped, so a batch can be written again after a failure.
     ///
     /// # Errors
-    /// The write failed: none was recorded.
+    /// The write failed: some records may not be written; write the batch again.
     pub async fn record(&self, records: Arc<[AttemptRecord]>) -> Result<(), StoreError> {
         dispatch!(self.record(records))
     }

@@ -477,7 +477,7 @@ impl PostgresStore {
         let update = tx
             .prepare_cached(
                 "UPDATE deliveries SET attempts = $2, state = $3, next_attempt_at = $4, lease_until = NULL,
-                        last_status = $5, last_error = $6, updated_at = $7 WHERE id = $1",
+                        last_status = $5, last_error = $6, updated_at = $7 WHERE id = $1 AND attempts < $2",
             )
             .await?;
         let insert = tx

@@ -1,9 +1,7 @@
 //! The embedded SQLite backend.
 //!
-//! One writer thread owns the write connection and commits whatever jobs are queued in a single
-//! transaction (group commit): with `synchronous=FULL` every commit is durable, and concurrent
-//! ingests share one fsync. Each job runs inside its own savepoint, so a failing job rolls back
-//! alone. Reads use a second connection (WAL lets it run beside the writer) on the blocking pool.
+//! Writes go to one writer thread that commits them in batches (see `sqlite_writer`); reads
+//! use a second connection (WAL lets it run beside the writer) on the blocking pool.
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -11,20 +9,18 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rusqlite::{Connection as Db, OptionalExtension, Row, params};
-use tokio::sync::{mpsc, oneshot};
 
 use super::sqlite_schema::MIGRATIONS;
+use super::sqlite_writer::{Lane, Writer};
+
+/// Most attempt records written in one writer job (about a millisecond of work).
+const RECORDS_PER_JOB: usize = 64;
 use super::{
     Attached, Claim, Created, DEAD, DELIVERED, Fanout, Ingested, PENDING, Snapshot, SnapshotBuilder, StoreError,
     Transfer, TransferDelivery, stored_event, stored_state,
 };
 use crate::metrics::Metrics;
 use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret};
-
-/// Most jobs committed in one transaction.
-const MAX_BATCH: usize = 1024;
-/// Jobs waiting for the writer before senders wait (backpressure, not loss).
-const QUEUE_DEPTH: usize = 8192;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -38,48 +34,10 @@ impl From<std::io::Error> for StoreError {
     }
 }
 
-/// A write queued for the writer thread.
-trait WriteJob: Send {
-    /// Runs inside the open batch transaction.
-    fn run(&mut self, db: &Db);
-    /// Reports the job's result once the batch committed (or failed to).
-    fn complete(self: Box<Self>, commit: &Result<(), StoreError>);
-}
-
-struct Job<T, F> {
-    op: Option<F>,
-    result: Option<Result<T, StoreError>>,
-    reply: oneshot::Sender<Result<T, StoreError>>,
-}
-
-impl<T: Send, F: FnOnce(&Db) -> Result<T, StoreError> + Send> WriteJob for Job<T, F> {
-    fn run(&mut self, db: &Db) {
-        let op = self.op.take().expect("a job runs once");
-        let result = run_statement(db, "SAVEPOINT job").and_then(|()| {
-            let result = op(db);
-            if result.is_err() {
-                run_statement(db, "ROLLBACK TO job")?;
-            }
-            run_statement(db, "RELEASE job")?;
-            result
-        });
-        self.result = Some(result);
-    }
-
-    fn complete(self: Box<Self>, commit: &Result<(), StoreError>) {
-        let result = match (commit, self.result) {
-            (Err(e), _) => Err(e.clone()),
-            (Ok(()), Some(result)) => result,
-            (Ok(()), None) => Err(StoreError::Closed),
-        };
-        let _ = self.reply.send(result);
-    }
-}
-
 /// Handle to an open SQLite store; clones share the writer thread and reader connection.
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: mpsc::Sender<Box<dyn WriteJob>>,
+    writer: Writer,
     reader: Arc<Mutex<Db>>,
 }
 
@@ -106,20 +64,26 @@ impl SqliteStore {
         db.execute("UPDATE deliveries SET lease_until = NULL WHERE state = ?1 AND lease_until IS NOT NULL", [PENDING])?;
         let reader = Db::open(path)?;
         reader.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")?;
-        let (writer, jobs) = mpsc::channel(QUEUE_DEPTH);
-        std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || run_writer(db, jobs, &metrics))?;
+        let writer = Writer::spawn(db, metrics)?;
         Ok(Self { writer, reader: Arc::new(Mutex::new(reader)) })
     }
 
+    /// A write someone waits on (the hook and operator APIs): it goes ahead of the bulk.
     async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
     {
-        let (reply, result) = oneshot::channel();
-        let job = Box::new(Job { op: Some(op), result: None, reply });
-        self.writer.send(job).await.map_err(|_| StoreError::Closed)?;
-        result.await.map_err(|_| StoreError::Closed)?
+        self.writer.write(Lane::Api, op).await
+    }
+
+    /// A write of the hot path (ingest, claims, records), batched with its like.
+    async fn write_bulk<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.write(Lane::Bulk, op).await
     }
 
     async fn read<T, F>(&self, op: F) -> Result<T, StoreError>
@@ -333,7 +297,7 @@ impl SqliteStore {
         event: Event,
         fanout: Fanout,
     ) -> Result<Ingested, StoreError> {
-        self.write(move |db| {
+        self.write_bulk(move |db| {
             let inserted = db
                 .prepare_cached(
                     "INSERT INTO events (connection_id, id, type, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -434,7 +398,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn claim(&self, claim: Claim) -> Result<Vec<DueDelivery>, StoreError> {
-        self.write(move |db| {
+        self.write_bulk(move |db| {
             let mut stmt = db.prepare_cached(
                 "UPDATE deliveries SET lease_until = ?1 WHERE id IN (
                     SELECT id FROM (
@@ -487,48 +451,24 @@ impl SqliteStore {
         .await
     }
 
+    /// Records in jobs of at most [`RECORDS_PER_JOB`], so that an API write waiting behind one
+    /// waits for a short job; a record already applied (its attempt number is not above the
+    /// stored one) is skipped, so retrying a batch that partly committed adds nothing twice.
     pub(super) async fn record(&self, records: Arc<[AttemptRecord]>) -> Result<(), StoreError> {
-        self.write(move |db| {
-            let mut update = db.prepare_cached(
-                "UPDATE deliveries SET attempts = ?2, state = ?3, next_attempt_at = ?4, lease_until = NULL,
-                        last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1",
-            )?;
-            let mut insert = db.prepare_cached(
-                "INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            for rec in records.iter() {
-                let a = &rec.attempt;
-                let (state, next_at) = stored_state(rec.next, a.at);
-                let updated = update.execute(params![
-                    rec.delivery_id,
-                    a.attempt,
-                    state,
-                    next_at,
-                    a.status_code,
-                    a.error,
-                    a.at
-                ])?;
-                if updated == 1 {
-                    insert.execute(params![
-                        rec.delivery_id,
-                        rec.hook_id,
-                        a.event_id,
-                        a.attempt,
-                        a.status_code,
-                        a.error,
-                        a.duration_ms as i64,
-                        a.at
-                    ])?;
-                }
-            }
-            Ok(())
-        })
-        .await
+        let mut replies = Vec::new();
+        for start in (0..records.len()).step_by(RECORDS_PER_JOB) {
+            let records = Arc::clone(&records);
+            let end = (start + RECORDS_PER_JOB).min(records.len());
+            replies.push(self.writer.enqueue(Lane::Bulk, move |db| record(db, &records[start..end])).await?);
+        }
+        for reply in replies {
+            reply.await.map_err(|_| StoreError::Closed)??;
+        }
+        Ok(())
     }
 
     pub(super) async fn release(&self, ids: Vec<i64>) -> Result<(), StoreError> {
-        self.write(move |db| {
+        self.write_bulk(move |db| {
             let mut stmt = db.prepare_cached("UPDATE deliveries SET lease_until = NULL WHERE id = ?1")?;
             for id in ids {
                 stmt.execute([id])?;
@@ -579,42 +519,33 @@ impl SqliteStore {
     }
 }
 
-fn run_writer(mut db: Db, mut jobs: mpsc::Receiver<Box<dyn WriteJob>>, metrics: &Metrics) {
-    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
-    while let Some(job) = jobs.blocking_recv() {
-        batch.push(job);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        metrics.commit_batch(batch.len());
-        let committed = commit(&mut db, &mut batch);
-        if let Err(e) = &committed {
-            tracing::error!(jobs = batch.len(), cause = %error_chain(e), "store commit failed");
-        }
-        for job in batch.drain(..) {
-            job.complete(&committed);
+fn record(db: &Db, records: &[AttemptRecord]) -> Result<(), StoreError> {
+    let mut update = db.prepare_cached(
+        "UPDATE deliveries SET attempts = ?2, state = ?3, next_attempt_at = ?4, lease_until = NULL,
+                last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1 AND attempts < ?2",
+    )?;
+    let mut insert = db.prepare_cached(
+        "INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for rec in records {
+        let a = &rec.attempt;
+        let (state, next_at) = stored_state(rec.next, a.at);
+        let updated =
+            update.execute(params![rec.delivery_id, a.attempt, state, next_at, a.status_code, a.error, a.at])?;
+        if updated == 1 {
+            insert.execute(params![
+                rec.delivery_id,
+                rec.hook_id,
+                a.event_id,
+                a.attempt,
+                a.status_code,
+                a.error,
+                a.duration_ms as i64,
+                a.at
+            ])?;
         }
     }
-}
-
-fn commit(db: &mut Db, batch: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
-    run_statement(db, "BEGIN IMMEDIATE")?;
-    for job in batch.iter_mut() {
-        job.run(db);
-    }
-    run_statement(db, "COMMIT").inspect_err(|_| {
-        let _ = run_statement(db, "ROLLBACK");
-    })?;
-    Ok(())
-}
-
-/// Runs a parameterless statement through the statement cache: the writer runs a few of these
-/// per job, and parsing them each time was a fifth of its CPU.
-fn run_statement(db: &Db, sql: &str) -> Result<(), StoreError> {
-    db.prepare_cached(sql)?.execute([])?;
     Ok(())
 }
 
@@ -633,17 +564,6 @@ fn migrate(db: &mut Db) -> Result<(), StoreError> {
         tx.commit()?;
     }
     Ok(())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {

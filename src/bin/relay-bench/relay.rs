@@ -110,21 +110,50 @@ impl Relay {
         Ok(BenchConn { id: text("id")?, api_key: text("api_key")?, secret: text("signing_secret")? })
     }
 
-    /// Attaches `url` to `conn`; returns how long the call took.
-    pub(crate) async fn attach(&self, conn: &BenchConn, url: &str) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let response = self
-            .http
-            .post(format!("http://{}/v1/hooks", self.addr))
-            .bearer_auth(&conn.api_key)
-            .json(&json!({ "url": url }))
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!("attach answered {}", response.status());
-        }
-        Ok(started.elapsed())
+    /// Attaches `url` to `conn`.
+    pub(crate) async fn attach(&self, conn: &BenchConn, url: &str) -> anyhow::Result<()> {
+        attach(&self.http, self.addr, conn, url).await
     }
+}
+
+async fn attach(http: &reqwest::Client, addr: SocketAddr, conn: &BenchConn, url: &str) -> anyhow::Result<()> {
+    let response = http
+        .post(format!("http://{addr}/v1/hooks"))
+        .bearer_auth(&conn.api_key)
+        .json(&json!({ "url": url }))
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("attach answered {}", response.status());
+    }
+    Ok(())
+}
+
+/// Attaches `count` hooks, one every `spacing`, spread over `conns`, and returns how long each
+/// call took (µs). The client runs on a thread and runtime of its own, so that the load
+/// generator's tasks do not queue the answers on the harness's side and inflate the figure.
+pub(crate) fn attach_series(
+    addr: SocketAddr,
+    conns: Vec<BenchConn>,
+    sink: String,
+    count: usize,
+    spacing: Duration,
+) -> std::thread::JoinHandle<anyhow::Result<Vec<u64>>> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let http = reqwest::Client::new();
+            let mut took = Vec::with_capacity(count);
+            for n in 0..count {
+                tokio::time::sleep(spacing).await;
+                let conn = &conns[n % conns.len()];
+                let started = Instant::now();
+                attach(&http, addr, conn, &format!("{sink}/new/{n}")).await?;
+                took.push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+            }
+            Ok(took)
+        })
+    })
 }
 
 impl Drop for Relay {
