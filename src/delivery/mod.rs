@@ -258,7 +258,7 @@ impl Shared {
         tracker.spawn(Arc::clone(self).attempt(delivery, ticket).instrument(span));
     }
 
-    async fn attempt(self: Arc<Self>, d: DueDelivery, ticket: Ticket) {
+    async fn attempt(self: Arc<Self>, d: DueDelivery, mut ticket: Ticket) {
         tokio::select! {
             () = self.pacer.until_key_ready(&d.hook_id) => {}
             () = self.shutdown.cancelled() => {}
@@ -270,6 +270,7 @@ impl Shared {
         let number = d.attempts + 1;
         let at = now_ms();
         let sent = self.dispatcher.client.send(&d, number).await;
+        ticket.sent();
         let decision = retry::decide(sent.outcome, number, &self.dispatcher.schedule, sent.retry_after);
         let status_code = match sent.outcome {
             retry::Outcome::Status(s) => Some(s),

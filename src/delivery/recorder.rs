@@ -2,7 +2,7 @@
 //! the previous write ran, instead of one write (and one savepoint) each.
 //!
 //! An attempt's [`Ticket`] travels with its record and is dropped only once the record is
-//! committed, so its hook's room and the global permit stay taken until the delivery is settled.
+//! committed, so its hook's room stays taken until the delivery is settled.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -36,16 +36,25 @@ impl HookSlot {
 }
 
 /// One attempt's claim on its hook's room and on a global permit; dropping it gives both back.
+///
+/// The permit bounds requests in flight, so it goes back as soon as the request is over
+/// ([`Ticket::sent`]); the hook's room is held until the outcome is recorded, because until then
+/// the delivery is still leased.
 pub struct Ticket {
     slots: Arc<Slots>,
     hook_id: String,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Ticket {
     /// The hook this ticket holds room on.
     pub(super) fn hook_id(&self) -> &str {
         &self.hook_id
+    }
+
+    /// The attempt's request is over: its global permit goes back, the hook's room stays taken.
+    pub(super) fn sent(&mut self) {
+        self.permit = None;
     }
 }
 
@@ -90,7 +99,7 @@ impl Slots {
         }
         slot.in_flight += 1;
         drop(slot);
-        Some(Ticket { slots: Arc::clone(self), hook_id: hook_id.to_owned(), _permit: permit })
+        Some(Ticket { slots: Arc::clone(self), hook_id: hook_id.to_owned(), permit: Some(permit) })
     }
 
     /// A ticket for a delivery the claim queue gave out: it waited in the store until now.
@@ -99,7 +108,7 @@ impl Slots {
         slot.waiting = slot.waiting.saturating_sub(1);
         slot.in_flight += 1;
         drop(slot);
-        Ticket { slots: Arc::clone(self), hook_id: hook_id.to_owned(), _permit: permit }
+        Ticket { slots: Arc::clone(self), hook_id: hook_id.to_owned(), permit: Some(permit) }
     }
 
     /// A delivery of this hook now waits in the store (queued at ingest, or a retry scheduled).
@@ -161,8 +170,12 @@ mod tests {
         let slots = Slots::new(1, 5, true);
         let held = slots.try_hand_off("a").unwrap();
         assert!(slots.try_hand_off("b").is_none(), "no global permit left");
+        let mut held = held;
+        held.sent();
+        assert_eq!(slots.available(), 1, "the permit goes back once the request is over");
+        assert!(slots.try_hand_off("a").is_some(), "so another hook can go");
+        assert!(slots.hooks.contains_key("a"), "while a's room stays taken until recorded");
         drop(held);
-        assert_eq!(slots.available(), 1);
         let shared = Slots::new(10, 5, false);
         assert!(shared.try_hand_off("a").is_none());
     }
