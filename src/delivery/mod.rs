@@ -259,11 +259,16 @@ impl Shared {
     }
 
     async fn attempt(self: Arc<Self>, d: DueDelivery, mut ticket: Ticket) {
-        tokio::select! {
-            () = self.pacer.until_key_ready(&d.hook_id) => {}
-            () = self.shutdown.cancelled() => {}
-        }
-        if self.shutdown.is_cancelled() {
+        // Paced first, then a permit: a delivery waiting for its hook's turn holds no permit.
+        let ready = async {
+            self.pacer.until_key_ready(&d.hook_id).await;
+            ticket.permit().await
+        };
+        let ready = tokio::select! {
+            ready = ready => ready,
+            () = self.shutdown.cancelled() => false,
+        };
+        if !ready {
             let _ = self.dispatcher.store.release(vec![d.id]).await;
             return;
         }

@@ -1,8 +1,9 @@
 //! Per-hook bookkeeping that decides whether a new delivery may skip the store's claim queue.
 //!
 //! A delivery is *handed off* — leased in the ingest commit and attempted at once — only while
-//! its hook has room (fewer than `per_hook` attempts in flight), nothing waiting in the store
-//! (so a backlog or a scheduled retry is never overtaken forever), and a global permit is free.
+//! its hook has room (fewer than `per_hook` attempts in flight) and nothing waiting in the store
+//! (so a backlog or a scheduled retry is never overtaken forever). Global permits bound the
+//! requests in flight: an attempt holds one only while its request runs.
 //! Everything else goes through the claim queue, which stays complete on its own: the counts
 //! here only pick the fast path, so when they drift (a lease that expired after a crash, a
 //! replayed dead letter) the cost is a slower path until the next [`Slots::resync`], never a
@@ -35,11 +36,12 @@ impl HookSlot {
     }
 }
 
-/// One attempt's claim on its hook's room and on a global permit; dropping it gives both back.
+/// One attempt's claim on its hook's room, and on a global permit while its request runs;
+/// dropping it gives both back.
 ///
-/// The permit bounds requests in flight, so it goes back as soon as the request is over
-/// ([`Ticket::sent`]); the hook's room is held until the outcome is recorded, because until then
-/// the delivery is still leased.
+/// The permit bounds requests in flight, so it is taken just before sending ([`Ticket::permit`])
+/// and goes back as soon as the request is over ([`Ticket::sent`]); the hook's room is held until
+/// the outcome is recorded, because until then the delivery is still leased.
 pub struct Ticket {
     slots: Arc<Slots>,
     hook_id: String,
@@ -50,6 +52,15 @@ impl Ticket {
     /// The hook this ticket holds room on.
     pub(super) fn hook_id(&self) -> &str {
         &self.hook_id
+    }
+
+    /// Waits for a global permit unless the ticket holds one (`false` only if the permits are
+    /// gone, which they never are while the dispatcher runs).
+    pub(super) async fn permit(&mut self) -> bool {
+        if self.permit.is_none() {
+            self.permit = self.slots.permit().await;
+        }
+        self.permit.is_some()
     }
 
     /// The attempt's request is over: its global permit goes back, the hook's room stays taken.
@@ -92,14 +103,13 @@ impl Slots {
         if !self.hand_off {
             return None;
         }
-        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
         let mut slot = self.hooks.entry(hook_id.to_owned()).or_default();
         if slot.waiting > 0 || slot.in_flight >= self.per_hook {
             return None;
         }
         slot.in_flight += 1;
         drop(slot);
-        Some(Ticket { slots: Arc::clone(self), hook_id: hook_id.to_owned(), permit: Some(permit) })
+        Some(Ticket { slots: Arc::clone(self), hook_id: hook_id.to_owned(), permit: None })
     }
 
     /// A ticket for a delivery the claim queue gave out: it waited in the store until now.
@@ -165,19 +175,23 @@ mod tests {
         assert!(slots.hooks.is_empty(), "idle hooks leave no entry");
     }
 
-    #[test]
-    fn permits_and_the_store_kind_limit_hand_offs() {
+    #[tokio::test]
+    async fn permits_are_held_only_while_a_request_runs() {
         let slots = Slots::new(1, 5, true);
-        let held = slots.try_hand_off("a").unwrap();
-        assert!(slots.try_hand_off("b").is_none(), "no global permit left");
-        let mut held = held;
-        held.sent();
-        assert_eq!(slots.available(), 1, "the permit goes back once the request is over");
-        assert!(slots.try_hand_off("a").is_some(), "so another hook can go");
-        assert!(slots.hooks.contains_key("a"), "while a's room stays taken until recorded");
-        drop(held);
+        let mut a = slots.try_hand_off("a").unwrap();
+        let mut b = slots.try_hand_off("b").expect("hand-offs do not wait for permits");
+        assert!(a.permit().await);
+        assert_eq!(slots.available(), 0);
+        let b_sends = tokio::spawn(async move { b.permit().await.then_some(b) });
+        tokio::task::yield_now().await;
+        assert!(!b_sends.is_finished(), "the second request waits for the permit");
+        a.sent();
+        let b = b_sends.await.unwrap().expect("the permit came back once a's request was over");
+        assert!(slots.hooks.contains_key("a"), "a's room stays taken until it is recorded");
+        drop((a, b));
+        assert!(slots.hooks.is_empty());
         let shared = Slots::new(10, 5, false);
-        assert!(shared.try_hand_off("a").is_none());
+        assert!(shared.try_hand_off("a").is_none(), "no hand-offs on a shared store");
     }
 
     #[test]
