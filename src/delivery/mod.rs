@@ -32,7 +32,7 @@ pub use slots::Ticket;
 use crate::metrics::{DeliveryOutcome, Metrics};
 use crate::model::{Attempt, AttemptRecord, DueDelivery, NextStep, now_ms};
 use crate::registry::Registry;
-use crate::store::{Claim, Fanout, Store};
+use crate::store::{Claim, Fanout, FanoutHook, Store};
 
 /// Attempts in flight at once, across all hooks.
 pub const MAX_IN_FLIGHT: usize = 512;
@@ -80,11 +80,11 @@ impl DeliveryQueue {
 
     /// Splits an event's matching hooks into those whose first attempt starts at once and
     /// those that wait in the store.
-    pub fn plan(&self, hook_ids: Vec<String>, now: i64) -> (Fanout, Reserved) {
+    pub fn plan(&self, hooks: Vec<FanoutHook>, now: i64) -> (Fanout, Reserved) {
         let mut fanout = Fanout { queued: Vec::new(), handed: Vec::new(), lease_until: self.lease_until(now) };
         let mut tickets = Vec::new();
-        for hook in hook_ids {
-            match self.shared.slots.try_hand_off(&hook) {
+        for hook in hooks {
+            match self.shared.slots.try_hand_off(&hook.id) {
                 Some(ticket) => {
                     tickets.push(ticket);
                     fanout.handed.push(hook);
@@ -92,7 +92,7 @@ impl DeliveryQueue {
                 None => fanout.queued.push(hook),
             }
         }
-        let queued = fanout.queued.clone();
+        let queued = fanout.queued.iter().map(|h| h.id.clone()).collect();
         (fanout, Reserved { tickets, queued })
     }
 

@@ -16,7 +16,7 @@ use crate::model::{Event, IMAGE_CREATED, now_ms};
 use crate::ratelimit::RateStatus;
 use crate::registry::Entry;
 use crate::signature::SIGNATURE_HEADER;
-use crate::store::{Ingested, StoreError};
+use crate::store::{FanoutHook, Ingested, StoreError};
 
 /// Longest event id taken from a payload.
 pub(super) const MAX_EVENT_ID_LEN: usize = 256;
@@ -50,15 +50,15 @@ pub(super) async fn ingest(
 
 async fn accept(state: &AppState, entry: &Entry, body: Bytes, now: i64) -> Result<Response<Full<Bytes>>, ApiError> {
     let envelope = Envelope::parse(&body)?;
-    let hook_ids: Vec<String> = entry
+    let hooks: Vec<FanoutHook> = entry
         .hooks
         .iter()
         .filter(|h| h.matches(&envelope.event_type, envelope.template_id.as_deref()))
-        .map(|h| h.id.clone())
+        .map(|h| FanoutHook { id: h.id.clone(), url: h.url.clone() })
         .collect();
     let event = Event { id: envelope.id, event_type: envelope.event_type, payload: body, received_at: now };
     let event_id = event.id.clone();
-    let (fanout, reserved) = state.queue.plan(hook_ids, now);
+    let (fanout, reserved) = state.queue.plan(hooks, now);
     let (store, queue, connection_id) = (state.store.clone(), state.queue.clone(), entry.connection.id.clone());
     // Its own task, so a client that hangs up mid-commit cannot stop committed deliveries from
     // being handed over (they would otherwise sit leased until the lease ran out).

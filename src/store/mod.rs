@@ -74,12 +74,22 @@ pub enum Attached {
 #[derive(Debug, Clone, Default)]
 pub struct Fanout {
     /// Hooks whose deliveries wait in the store until claimed.
-    pub queued: Vec<String>,
+    pub queued: Vec<FanoutHook>,
     /// Hooks whose deliveries are stored leased to this instance until `lease_until` and come
     /// back in [`Ingested::Accepted`], to be attempted at once.
-    pub handed: Vec<String>,
+    pub handed: Vec<FanoutHook>,
     /// When the lease of handed deliveries ends (ms).
     pub lease_until: i64,
+}
+
+/// One hook an event goes to, as the registry knows it: the store need not look it up again
+/// (a hook detached meanwhile gets no delivery).
+#[derive(Debug, Clone)]
+pub struct FanoutHook {
+    /// The hook.
+    pub id: String,
+    /// Where its delivery goes (a hook's URL never changes).
+    pub url: String,
 }
 
 /// The outcome of committing an ingested event.
@@ -473,6 +483,30 @@ mod tests {
         let b = &snapshot.connections[1].1;
         assert!(Arc::ptr_eq(&b[0].connection_id, &b[1].connection_id), "one id per connection");
         assert_eq!(&*b[0].connection_id, "b");
+    }
+
+    #[tokio::test]
+    async fn a_hook_detached_after_the_plan_gets_no_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("relay.db")), Metrics::default()).await.unwrap();
+        store.create_connection(connection("a")).await.unwrap();
+        let kept = hook("hk_kept")(Arc::from("a")).unwrap();
+        let gone = hook("hk_gone")(Arc::from("a")).unwrap();
+        for h in [&kept, &gone] {
+            store.attach_hook(h.clone()).await.unwrap();
+        }
+        store.detach_hook("a", "hk_gone").await.unwrap();
+        let fanout_hook = |h: &Hook| FanoutHook { id: h.id.clone(), url: h.url.clone() };
+        let fanout = Fanout { queued: vec![fanout_hook(&gone)], handed: vec![fanout_hook(&kept)], lease_until: 1 };
+        let event = Event { id: "e1".into(), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 };
+        match store.ingest("a", event, fanout).await.unwrap() {
+            Ingested::Accepted { deliveries, handed } => {
+                assert_eq!(deliveries, 1);
+                assert_eq!(handed.iter().map(|d| d.hook_id.as_str()).collect::<Vec<_>>(), ["hk_kept"]);
+            }
+            other => panic!("not accepted: {other:?}"),
+        }
+        assert_eq!(store.pending_count().await.unwrap(), 1);
     }
 
     #[test]

@@ -330,7 +330,7 @@ impl PostgresStore {
         event: Event,
         fanout: Fanout,
     ) -> Result<Ingested, StoreError> {
-        let hook_ids: Vec<&String> = fanout.queued.iter().chain(&fanout.handed).collect();
+        let hook_ids: Vec<&String> = fanout.queued.iter().chain(&fanout.handed).map(|h| &h.id).collect();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let inserted = tx

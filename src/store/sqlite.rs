@@ -311,30 +311,30 @@ impl SqliteStore {
                 Err(e) => return Err(e.into()),
             }
             let seq = db.last_insert_rowid();
+            // The foreign key to `hooks` is the only lookup: a hook detached since the plan
+            // fails it, and gets no delivery.
             let mut insert = db.prepare_cached(
                 "INSERT INTO deliveries
                     (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, lease_until, updated_at)
-                 SELECT ?1, id, connection_id, url, ?2, 0, ?3, ?6, ?3 FROM hooks WHERE id = ?4 AND connection_id = ?5
-                 RETURNING id, url",
+                 VALUES (?1, ?4, ?5, ?7, ?2, 0, ?3, ?6, ?3)",
             )?;
             let mut deliveries = 0;
             let mut handed = Vec::with_capacity(fanout.handed.len());
             let queued = fanout.queued.into_iter().map(|hook| (hook, None));
-            for (hook_id, lease) in queued.chain(fanout.handed.into_iter().map(|hook| (hook, Some(fanout.lease_until))))
-            {
-                let created = insert
-                    .query_row(params![seq, PENDING, event.received_at, hook_id, connection_id, lease], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .optional()?;
-                let Some((id, url)) = created else { continue };
+            for (hook, lease) in queued.chain(fanout.handed.into_iter().map(|hook| (hook, Some(fanout.lease_until)))) {
+                let params = params![seq, PENDING, event.received_at, hook.id, connection_id, lease, hook.url];
+                match insert.execute(params) {
+                    Ok(_) => {}
+                    Err(e) if is_foreign_key_violation(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                }
                 deliveries += 1;
                 if lease.is_some() {
                     handed.push(DueDelivery {
-                        id,
+                        id: db.last_insert_rowid(),
                         connection_id: connection_id.clone(),
-                        hook_id,
-                        url,
+                        hook_id: hook.id,
+                        url: hook.url,
                         event_id: event.id.clone(),
                         payload: event.payload.clone(),
                         attempts: 0,

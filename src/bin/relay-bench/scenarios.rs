@@ -298,7 +298,9 @@ pub(crate) async fn registry(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Resu
             Load::Saturating => closed_loop(&target, label, 16, REGISTRY_LOAD).await?,
             Load::Fixed(rate) => open_loop(&target, label, rate, REGISTRY_LOAD).await?,
         };
-        let attach = tokio::task::spawn_blocking(move || attaches.join()).await?.map_err(|_| anyhow::anyhow!("the attach thread panicked"))??;
+        let attach = tokio::task::spawn_blocking(move || attaches.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the attach thread panicked"))??;
         rows.push(Row {
             scenario: "registry".into(),
             backend: "sqlite".into(),
