@@ -6,6 +6,7 @@
 mod postgres;
 mod postgres_schema;
 mod sqlite;
+mod sqlite_checkpoint;
 mod sqlite_schema;
 mod sqlite_writer;
 

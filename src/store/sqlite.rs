@@ -11,6 +11,7 @@ use bytes::Bytes;
 use rusqlite::{Connection as Db, OptionalExtension, Row, params};
 
 use super::sqlite_schema::MIGRATIONS;
+use super::sqlite_checkpoint::Checkpointer;
 use super::sqlite_writer::{Lane, Writer};
 
 /// Most attempt records written in one writer job (about a millisecond of work).
@@ -39,6 +40,7 @@ impl From<std::io::Error> for StoreError {
 pub struct SqliteStore {
     writer: Writer,
     reader: Arc<Mutex<Db>>,
+    _checkpointer: Arc<Checkpointer>,
 }
 
 impl SqliteStore {
@@ -65,7 +67,8 @@ impl SqliteStore {
         let reader = Db::open(path)?;
         reader.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")?;
         let writer = Writer::spawn(db, metrics)?;
-        Ok(Self { writer, reader: Arc::new(Mutex::new(reader)) })
+        let checkpointer = Checkpointer::spawn(path)?;
+        Ok(Self { writer, reader: Arc::new(Mutex::new(reader)), _checkpointer: checkpointer })
     }
 
     /// A write someone waits on (the hook and operator APIs): it goes ahead of the bulk.
