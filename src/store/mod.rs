@@ -486,11 +486,57 @@ mod tests {
         assert_eq!(&*b[0].connection_id, "b");
     }
 
+    async fn sqlite(dir: &tempfile::TempDir) -> Store {
+        let store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("relay.db")), Metrics::default()).await.unwrap();
+        store.create_connection(connection("a")).await.unwrap();
+        store
+    }
+
+    fn event(id: &str) -> Event {
+        Event { id: id.into(), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 }
+    }
+
+    #[tokio::test]
+    async fn a_record_written_twice_is_applied_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite(&dir).await;
+        let h = hook("hk_1")(Arc::from("a")).unwrap();
+        store.attach_hook(h.clone()).await.unwrap();
+        let handed = vec![FanoutHook { id: h.id.clone(), url: h.url.clone() }];
+        let Ingested::Accepted { handed, .. } =
+            store.ingest("a", event("e1"), Fanout { queued: vec![], handed, lease_until: 1 }).await.unwrap()
+        else {
+            panic!("not accepted")
+        };
+        let attempt = |status| Attempt {
+            event_id: "e1".into(),
+            attempt: 1,
+            status_code: Some(status),
+            error: None,
+            duration_ms: 1,
+            at: 1,
+        };
+        let record = |status, next| AttemptRecord {
+            delivery_id: handed[0].id,
+            hook_id: h.id.clone(),
+            attempt: attempt(status),
+            next,
+        };
+        store.record(Arc::from([record(500, NextStep::RetryAt(10))])).await.unwrap();
+        store.record(Arc::from([record(500, NextStep::RetryAt(10)), record(200, NextStep::Delivered)])).await.unwrap();
+        let attempts = store.attempts(&h.id, 10).await.unwrap();
+        assert_eq!(
+            attempts.iter().map(|a| a.status_code).collect::<Vec<_>>(),
+            [Some(500)],
+            "attempt 1 is recorded once"
+        );
+        assert_eq!(store.pending_count().await.unwrap(), 1, "and its retry stays scheduled");
+    }
+
     #[tokio::test]
     async fn a_hook_detached_after_the_plan_gets_no_delivery() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("relay.db")), Metrics::default()).await.unwrap();
-        store.create_connection(connection("a")).await.unwrap();
+        let store = sqlite(&dir).await;
         let kept = hook("hk_kept")(Arc::from("a")).unwrap();
         let gone = hook("hk_gone")(Arc::from("a")).unwrap();
         for h in [&kept, &gone] {
@@ -499,8 +545,7 @@ mod tests {
         store.detach_hook("a", "hk_gone").await.unwrap();
         let fanout_hook = |h: &Hook| FanoutHook { id: h.id.clone(), url: h.url.clone() };
         let fanout = Fanout { queued: vec![fanout_hook(&gone)], handed: vec![fanout_hook(&kept)], lease_until: 1 };
-        let event = Event { id: "e1".into(), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 };
-        match store.ingest("a", event, fanout).await.unwrap() {
+        match store.ingest("a", event("e1"), fanout).await.unwrap() {
             Ingested::Accepted { deliveries, handed } => {
                 assert_eq!(deliveries, 1);
                 assert_eq!(handed.iter().map(|d| d.hook_id.as_str()).collect::<Vec<_>>(), ["hk_kept"]);

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use rusqlite::{Connection as Db, OptionalExtension, Row, params};
 
-use super::sqlite_schema::MIGRATIONS;
 use super::sqlite_checkpoint::Checkpointer;
+use super::sqlite_schema::MIGRATIONS;
 use super::sqlite_writer::{Lane, Writer};
 
 /// Most attempt records written in one writer job (about a millisecond of work).

@@ -226,3 +226,52 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A job that notes its name in `order` when it runs.
+    fn noting(order: &Arc<Mutex<Vec<String>>>, name: String) -> impl FnOnce(&Db) -> Result<(), StoreError> + use<> {
+        let order = Arc::clone(order);
+        move |_| {
+            order.lock().unwrap().push(name);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_api_write_overtakes_queued_bulk_writes() {
+        let writer = Writer::spawn(Db::open_in_memory().unwrap(), Metrics::default()).unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
+        let first = noting(&order, "first".into());
+        let blocking = writer
+            .enqueue(Lane::Bulk, move |db| {
+                started.send(()).unwrap();
+                held.recv().unwrap();
+                first(db)
+            })
+            .await
+            .unwrap();
+        running.await.unwrap();
+        let mut bulk = Vec::new();
+        for n in 0..50 {
+            bulk.push(writer.enqueue(Lane::Bulk, noting(&order, format!("bulk {n}"))).await.unwrap());
+        }
+        let api = writer.enqueue(Lane::Api, noting(&order, "api".into())).await.unwrap();
+        release.send(()).unwrap();
+        api.await.unwrap().unwrap();
+        blocking.await.unwrap().unwrap();
+        for reply in bulk {
+            reply.await.unwrap().unwrap();
+        }
+        let order = order.lock().unwrap();
+        assert_eq!(order.len(), 52);
+        assert_eq!(&order[..2], ["first", "api"], "the API write waits for one bulk job, not for the queue");
+        assert_eq!(order[2], "bulk 0", "bulk writes keep their order");
+    }
+}
