@@ -1,9 +1,11 @@
 //! Per-hook bookkeeping that decides whether a new delivery may skip the store's claim queue.
 //!
 //! A delivery is *handed off* — leased in the ingest commit and attempted at once — only while
-//! its hook has room (fewer than `per_hook` attempts in flight) and nothing waiting in the store
-//! (so a backlog or a scheduled retry is never overtaken forever). Global permits bound the
-//! requests in flight: an attempt holds one only while its request runs.
+//! its hook has room (fewer than `per_hook` attempts in flight), nothing waits in the store for
+//! it (so a backlog or a scheduled retry is never overtaken forever), and a global permit is
+//! free. Permits bound the requests in flight: an attempt holds one only while its request
+//! runs. When none is free the relay is behind, and new deliveries wait in the store rather
+//! than in memory.
 //! Everything else goes through the claim queue, which stays complete on its own: the counts
 //! here only pick the fast path, so when they drift (a lease that expired after a crash, a
 //! replayed dead letter) the cost is a slower path until the next [`Slots::resync`], never a
@@ -98,9 +100,10 @@ impl Slots {
         Arc::clone(&self.permits).acquire_owned().await.ok()
     }
 
-    /// A ticket for a delivery handed off at ingest, if its hook has room and nothing waiting.
+    /// A ticket for a delivery handed off at ingest, if its hook has room and nothing waiting
+    /// and a permit is free (the attempt takes one when it is about to send).
     pub(super) fn try_hand_off(self: &Arc<Self>, hook_id: &str) -> Option<Ticket> {
-        if !self.hand_off {
+        if !self.hand_off || self.permits.available_permits() == 0 {
             return None;
         }
         let mut slot = self.hooks.entry(hook_id.to_owned()).or_default();
@@ -179,9 +182,10 @@ mod tests {
     async fn permits_are_held_only_while_a_request_runs() {
         let slots = Slots::new(1, 5, true);
         let mut a = slots.try_hand_off("a").unwrap();
-        let mut b = slots.try_hand_off("b").expect("hand-offs do not wait for permits");
+        let mut b = slots.try_hand_off("b").expect("a hand-off takes its permit only to send");
         assert!(a.permit().await);
         assert_eq!(slots.available(), 0);
+        assert!(slots.try_hand_off("c").is_none(), "with every permit taken, new work waits in the store");
         let b_sends = tokio::spawn(async move { b.permit().await.then_some(b) });
         tokio::task::yield_now().await;
         assert!(!b_sends.is_finished(), "the second request waits for the permit");
