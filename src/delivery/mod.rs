@@ -34,7 +34,7 @@ use crate::model::{Attempt, AttemptRecord, DueDelivery, NextStep, now_ms};
 use crate::registry::Registry;
 use crate::store::{Claim, Fanout, FanoutHook, Store};
 
-/// Attempts in flight at once, across all hooks.
+/// Delivery requests in flight at once, across all hooks.
 pub const MAX_IN_FLIGHT: usize = 512;
 /// Longest pause between polls of the store when nothing wakes the dispatcher.
 const IDLE_POLL: Duration = Duration::from_secs(1);

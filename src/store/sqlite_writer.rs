@@ -216,7 +216,7 @@ fn run_statement(db: &Db, sql: &str) -> Result<(), StoreError> {
 }
 
 /// An error with its causes, for the log.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
