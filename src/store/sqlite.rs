@@ -13,15 +13,15 @@ use rusqlite::{Connection as Db, OptionalExtension, Row, params};
 use super::sqlite_checkpoint::Checkpointer;
 use super::sqlite_schema::MIGRATIONS;
 use super::sqlite_writer::{Lane, Writer};
-
-/// Most attempt records written in one writer job (about a millisecond of work).
-const RECORDS_PER_JOB: usize = 64;
 use super::{
     Attached, Claim, Created, DEAD, DELIVERED, Fanout, Ingested, PENDING, Snapshot, SnapshotBuilder, StoreError,
     Transfer, TransferDelivery, stored_event, stored_state,
 };
 use crate::metrics::Metrics;
 use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret};
+
+/// Most attempt records written in one writer job (about a millisecond of work).
+const RECORDS_PER_JOB: usize = 64;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
