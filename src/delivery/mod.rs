@@ -1,7 +1,7 @@
 //! Fan-out workers: attempt deliveries, pace them per hook, and record what happened.
 //!
 //! Deliveries reach the workers two ways. The fast path: when a hook has room and nothing
-//! waiting, the ingest commit stores its delivery already leased to this instance and hands it
+//! waiting, the ingest commit stores its delivery in flight, leased to this instance, and hands it
 //! straight over ([`DeliveryQueue::plan`], [`DeliveryQueue::accepted`]), so a first attempt costs
 //! no claim. The store-backed path: everything else waits in the store and is claimed under a
 //! lease — at most `hook_rate` deliveries of one hook per claim and none of a hook with leased

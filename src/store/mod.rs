@@ -76,8 +76,9 @@ pub enum Attached {
 pub struct Fanout {
     /// Hooks whose deliveries wait in the store until claimed.
     pub queued: Vec<FanoutHook>,
-    /// Hooks whose deliveries are stored leased to this instance until `lease_until` and come
-    /// back in [`Ingested::Accepted`], to be attempted at once.
+    /// Hooks whose deliveries are stored in flight, leased to this instance until `lease_until`
+    /// (a claim takes them back after that), and come back in [`Ingested::Accepted`], to be
+    /// attempted at once.
     pub handed: Vec<FanoutHook>,
     /// When the lease of handed deliveries ends (ms).
     pub lease_until: i64,
@@ -553,6 +554,35 @@ mod tests {
             other => panic!("not accepted: {other:?}"),
         }
         assert_eq!(store.pending_count().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn hand_offs_go_back_to_the_claim_queue_when_released_expired_or_orphaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = sqlite(&dir).await;
+        let mut ids = Vec::new();
+        for (n, lease_until) in [(1, 100), (2, 100), (3, 10_000)] {
+            let h = Hook { url: format!("https://x/{n}"), ..hook(&format!("hk_{n}"))(Arc::from("a")).unwrap() };
+            store.attach_hook(h.clone()).await.unwrap();
+            let handed = vec![FanoutHook { id: h.id, url: h.url }];
+            let fanout = Fanout { queued: vec![], handed, lease_until };
+            let Ingested::Accepted { handed, .. } = store.ingest("a", event(&format!("e{n}")), fanout).await.unwrap()
+            else {
+                panic!("not accepted")
+            };
+            ids.push(handed[0].id);
+        }
+        assert_eq!(store.pending_count().await.unwrap(), 3, "hand-offs in flight are pending");
+        let claim = |now| Claim { now, lease_until: 1_000_000, limit: 10, per_hook: 10 };
+        let claimed = |due: Vec<DueDelivery>| due.into_iter().map(|d| d.id).collect::<Vec<_>>();
+        assert_eq!(claimed(store.claim(claim(50)).await.unwrap()), [0_i64; 0], "leased hand-offs are not claimed");
+        store.release(vec![ids[0]]).await.unwrap();
+        assert_eq!(claimed(store.claim(claim(50)).await.unwrap()), [ids[0]], "a released hand-off is");
+        assert_eq!(claimed(store.claim(claim(150)).await.unwrap()), [ids[1]], "and one whose lease ran out");
+        drop(store);
+        store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("relay.db")), Metrics::default()).await.unwrap();
+        let after_restart = claimed(store.claim(claim(150)).await.unwrap());
+        assert!(after_restart.contains(&ids[2]), "a hand-off of a process that is gone is claimed at once");
     }
 
     #[test]

@@ -23,6 +23,12 @@ use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, 
 /// Most attempt records written in one writer job (about a millisecond of work).
 const RECORDS_PER_JOB: usize = 64;
 
+/// A delivery handed off at ingest whose first attempt has not been recorded yet, leased until
+/// `lease_until` (SQLite only). It is a state of its own, not a leased pending row, so that it
+/// stays out of the pending indexes: a hand-off that succeeds — the common case — then costs
+/// no index entries that are written only to be deleted a few milliseconds later.
+const IN_FLIGHT: i32 = 3;
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Backend(Arc::new(e))
@@ -64,6 +70,7 @@ impl SqliteStore {
         migrate(&mut db)?;
         // Single instance: a lease still set was held by a process that is gone.
         db.execute("UPDATE deliveries SET lease_until = NULL WHERE state = ?1 AND lease_until IS NOT NULL", [PENDING])?;
+        expire_in_flight(&db, i64::MAX)?;
         let reader = Db::open(path)?;
         reader.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")?;
         let writer = Writer::spawn(db, metrics)?;
@@ -108,8 +115,13 @@ impl SqliteStore {
     }
 
     pub(super) async fn pending_count(&self) -> Result<u64, StoreError> {
-        self.read(|db| Ok(db.query_row("SELECT COUNT(*) FROM deliveries WHERE state = ?1", [PENDING], |r| r.get(0))?))
-            .await
+        self.read(|db| {
+            let count = "SELECT COUNT(*) FROM deliveries WHERE state = ?1";
+            let pending: u64 = db.prepare_cached(count)?.query_row([PENDING], |r| r.get(0))?;
+            let in_flight: u64 = db.prepare_cached(count)?.query_row([IN_FLIGHT], |r| r.get(0))?;
+            Ok(pending + in_flight)
+        })
+        .await
     }
 
     pub(super) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
@@ -143,11 +155,11 @@ impl SqliteStore {
         let (connections, hooks) = self.snapshot().await?.flatten();
         self.read(move |db| {
             let mut stmt = db.prepare(
-                "SELECT event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, last_status, last_error,
-                        updated_at FROM deliveries WHERE state != ?1 ORDER BY id",
+                "SELECT event_seq, hook_id, connection_id, url, CASE state WHEN ?2 THEN ?3 ELSE state END, attempts,
+                        next_attempt_at, last_status, last_error, updated_at FROM deliveries WHERE state != ?1 ORDER BY id",
             )?;
             let deliveries = stmt
-                .query_map([DELIVERED], |r| {
+                .query_map([DELIVERED, IN_FLIGHT, PENDING], |r| {
                     Ok(TransferDelivery {
                         event_seq: r.get(0)?,
                         hook_id: r.get(1)?,
@@ -325,7 +337,8 @@ impl SqliteStore {
             let mut handed = Vec::with_capacity(fanout.handed.len());
             let queued = fanout.queued.into_iter().map(|hook| (hook, None));
             for (hook, lease) in queued.chain(fanout.handed.into_iter().map(|hook| (hook, Some(fanout.lease_until)))) {
-                let params = params![seq, PENDING, event.received_at, hook.id, connection_id, lease, hook.url];
+                let state = if lease.is_some() { IN_FLIGHT } else { PENDING };
+                let params = params![seq, state, event.received_at, hook.id, connection_id, lease, hook.url];
                 match insert.execute(params) {
                     Ok(_) => {}
                     Err(e) if is_foreign_key_violation(&e) => continue,
@@ -402,6 +415,7 @@ impl SqliteStore {
 
     pub(super) async fn claim(&self, claim: Claim) -> Result<Vec<DueDelivery>, StoreError> {
         self.write_bulk(move |db| {
+            expire_in_flight(db, claim.now)?;
             let mut stmt = db.prepare_cached(
                 "UPDATE deliveries SET lease_until = ?1 WHERE id IN (
                     SELECT id FROM (
@@ -472,9 +486,11 @@ impl SqliteStore {
 
     pub(super) async fn release(&self, ids: Vec<i64>) -> Result<(), StoreError> {
         self.write_bulk(move |db| {
-            let mut stmt = db.prepare_cached("UPDATE deliveries SET lease_until = NULL WHERE id = ?1")?;
+            let mut stmt = db.prepare_cached(
+                "UPDATE deliveries SET state = ?2, lease_until = NULL WHERE id = ?1 AND state IN (?2, ?3)",
+            )?;
             for id in ids {
-                stmt.execute([id])?;
+                stmt.execute(params![id, PENDING, IN_FLIGHT])?;
             }
             Ok(())
         })
@@ -549,6 +565,14 @@ fn record(db: &Db, records: &[AttemptRecord]) -> Result<(), StoreError> {
             ])?;
         }
     }
+    Ok(())
+}
+
+/// Hands back to the claim queue every hand-off whose lease ran out before its attempt was
+/// recorded (the record kept failing, or the process that made it is gone).
+fn expire_in_flight(db: &Db, now: i64) -> Result<(), StoreError> {
+    db.prepare_cached("UPDATE deliveries SET state = ?1, lease_until = NULL WHERE state = ?2 AND lease_until <= ?3")?
+        .execute(params![PENDING, IN_FLIGHT, now])?;
     Ok(())
 }
 

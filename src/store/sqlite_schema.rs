@@ -1,7 +1,11 @@
 //! The SQLite schema as an ordered list of migrations; `PRAGMA user_version` counts those applied.
+//!
+//! Delivery states: 0 pending, 1 delivered, 2 dead, and 3 in flight — handed off at ingest and
+//! leased until its first attempt is recorded (see `IN_FLIGHT` in `sqlite.rs`).
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[r"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE connections (
     id           TEXT PRIMARY KEY,
     name         TEXT NOT NULL,
@@ -61,4 +65,8 @@ CREATE TABLE attempts (
 );
 CREATE INDEX attempts_by_hook ON attempts (hook_id, id);
 CREATE INDEX attempts_by_delivery ON attempts (delivery_id);
-"];
+",
+    r"
+CREATE INDEX deliveries_in_flight ON deliveries (lease_until) WHERE state = 3;
+",
+];
