@@ -69,10 +69,12 @@ impl DeliveryClient {
             error: Some(error),
             duration: started.elapsed(),
         };
-        if let Err(why) = self.check_literal_address(&delivery.url) {
-            return failed(why);
-        }
-        let request = self.http.post(&delivery.url).headers(headers(delivery, attempt)).body(delivery.payload.clone());
+        // Parsed once: the same `Url` is checked and sent.
+        let url = match self.checked_url(&delivery.url) {
+            Ok(url) => url,
+            Err(why) => return failed(why),
+        };
+        let request = self.http.post(url).headers(headers(delivery, attempt)).body(delivery.payload.clone());
         let mut response = match request.send().await {
             Ok(r) => r,
             Err(e) => return failed(self.describe(&e)),
@@ -96,14 +98,16 @@ impl DeliveryClient {
         Sent { outcome: Outcome::Status(status), retry_after, error, duration: started.elapsed() }
     }
 
-    fn check_literal_address(&self, url: &str) -> Result<(), String> {
+    /// The hook URL, if it parses and does not name a forbidden address literally (names are
+    /// checked when they resolve).
+    fn checked_url(&self, url: &str) -> Result<Url, String> {
         let url = Url::parse(url).map_err(|_| "the hook URL is not valid".to_owned())?;
         let ip = match url.host() {
             Some(Host::Ipv4(ip)) => IpAddr::V4(ip),
             Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
-            _ => return Ok(()),
+            _ => return Ok(url),
         };
-        if self.policy.allows_address(ip) { Ok(()) } else { Err(format!("refused: {ip} is a forbidden address")) }
+        if self.policy.allows_address(ip) { Ok(url) } else { Err(format!("refused: {ip} is a forbidden address")) }
     }
 
     fn describe(&self, e: &reqwest::Error) -> String {

@@ -4,11 +4,12 @@
 //! waiting, the ingest commit stores its delivery in flight, leased to this instance, and hands it
 //! straight over ([`DeliveryQueue::plan`], [`DeliveryQueue::accepted`]), so a first attempt costs
 //! no claim. The store-backed path: everything else waits in the store and is claimed under a
-//! lease — at most `hook_rate` deliveries of one hook per claim and none of a hook with leased
-//! deliveries, so one busy hook cannot starve the others. The claim queue is complete on its
-//! own: a lost wake-up costs at most the one-second poll, never a delivery. Imports `store`,
-//! `registry`, `model`, `target`, `metrics`.
-
+//! lease — at most `hook_rate` deliveries of one hook in flight and none of a hook with leased
+//! deliveries, so one busy hook cannot starve the others. On SQLite the claims name the hooks
+//! the workers know to have deliveries due (see `slots`), so their cost follows the hooks served,
+//! not the size of the backlog; the store's counts replace the workers' every minute. On
+//! PostgreSQL a claim finds the due hooks itself, so a lost wake-up costs at most the
+//! one-second poll. Imports `store`, `registry`, `model`, `target`, `metrics`.
 mod client;
 mod recorder;
 pub mod retry;
@@ -62,6 +63,8 @@ pub struct HandedOff(mpsc::UnboundedReceiver<(DueDelivery, Ticket)>);
 pub struct Reserved {
     tickets: Vec<Ticket>,
     queued: Vec<String>,
+    /// When the queued deliveries are due (ms).
+    at: i64,
 }
 
 impl DeliveryQueue {
@@ -93,24 +96,31 @@ impl DeliveryQueue {
             }
         }
         let queued = fanout.queued.iter().map(|h| h.id.clone()).collect();
-        (fanout, Reserved { tickets, queued })
+        (fanout, Reserved { tickets, queued, at: now })
     }
 
     /// After the commit: starts the handed-over deliveries and wakes the claim queue for the
     /// rest. Tickets the store did not use are given back.
     pub fn accepted(&self, reserved: Reserved, handed: Vec<DueDelivery>) {
-        let Reserved { mut tickets, queued } = reserved;
+        let Reserved { mut tickets, queued, at } = reserved;
         for delivery in handed {
             let Some(i) = tickets.iter().position(|t| t.hook_id() == delivery.hook_id) else { continue };
             // The receiver lives as long as the dispatcher; after shutdown the lease expires.
             let _ = self.shared.handed.send((delivery, tickets.swap_remove(i)));
         }
         for hook in &queued {
-            self.shared.slots.waiting(hook);
+            self.shared.slots.waiting(hook, at);
         }
         if !queued.is_empty() {
             self.wake();
         }
+    }
+
+    /// A delivery of `hook_id` waits in the store again, due at `due_at` (a replayed dead
+    /// letter): the claim queue is told and woken.
+    pub fn rescheduled(&self, hook_id: &str, due_at: i64) {
+        self.shared.slots.waiting(hook_id, due_at);
+        self.wake();
     }
 
     /// When a delivery leased at `now` (ms) may be taken over by a claim.
@@ -213,26 +223,36 @@ impl Shared {
             return false;
         }
         let now = now_ms();
+        // Where this instance owns every hook, the claim looks only at the hooks known to have
+        // deliveries due (still a store call when there are none: it takes back expired hand-offs).
+        let asked = self.dispatcher.store.hands_off().then(|| slots.claimable(now, room));
         let claim = Claim {
             now,
             lease_until: self.dispatcher.queue.lease_until(now),
             limit: room,
             per_hook: self.dispatcher.hook_rate.max(1) as usize,
+            hooks: asked.as_ref().map(|asked| asked.iter().map(|a| (a.hook_id.clone(), a.limit)).collect()),
         };
-        let due = match self.dispatcher.store.claim(claim).await {
-            Ok(due) => due,
+        let claimed = match self.dispatcher.store.claim(claim).await {
+            Ok(claimed) => claimed,
             Err(e) => {
                 tracing::error!(cause = %e, "claiming due deliveries failed");
                 return false;
             }
         };
-        let full = due.len() == room;
-        for delivery in due {
+        for (hook, due_at) in &claimed.taken_back {
+            slots.waiting(hook, *due_at);
+        }
+        let full = claimed.due.len() == room;
+        for delivery in claimed.due {
             let Some(permit) = slots.permit().await else { break };
             let ticket = slots.claimed(&delivery.hook_id, permit);
             self.spawn_attempt(tracker, delivery, ticket);
         }
-        full
+        if let Some(asked) = asked {
+            slots.after_claim(&asked, &claimed.next_due);
+        }
+        full || !claimed.taken_back.is_empty()
     }
 
     /// Re-reads how many deliveries wait in the store per hook, and forgets idle pacers.
@@ -241,7 +261,7 @@ impl Shared {
         if !self.dispatcher.store.hands_off() {
             return;
         }
-        match self.dispatcher.store.waiting_by_hook().await {
+        match self.dispatcher.store.waiting_by_hook(now_ms()).await {
             Ok(waiting) => self.dispatcher.queue.slots().resync(&waiting),
             Err(e) => tracing::warn!(cause = %e, "reading waiting deliveries failed"),
         }

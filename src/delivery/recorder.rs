@@ -36,9 +36,11 @@ pub(super) async fn run(
         let done: Arc<[AttemptRecord]> = done.into();
         let mut wake = false;
         if write(&store, &done, &shutdown).await {
-            for retry in done.iter().filter(|r| matches!(r.next, NextStep::RetryAt(_))) {
-                queue.slots().waiting(&retry.hook_id);
-                wake = true;
+            for record in done.iter() {
+                if let NextStep::RetryAt(due_at) = record.next {
+                    queue.slots().waiting(&record.hook_id, due_at);
+                    wake = true;
+                }
             }
         }
         // Deliveries waiting in the store are claimed once room frees up.

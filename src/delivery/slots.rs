@@ -6,10 +6,13 @@
 //! free. Permits bound the requests in flight: an attempt holds one only while its request
 //! runs. When none is free the relay is behind, and new deliveries wait in the store rather
 //! than in memory.
-//! Everything else goes through the claim queue, which stays complete on its own: the counts
-//! here only pick the fast path, so when they drift (a lease that expired after a crash, a
-//! replayed dead letter) the cost is a slower path until the next [`Slots::resync`], never a
-//! lost or duplicated delivery.
+//! Everything else goes through the claim queue. Where hand-offs happen (one instance owns
+//! every hook), the waiting counts also name the hooks a claim looks at ([`Slots::claimable`]),
+//! so a claim costs a lookup per hook with work due instead of a pass over the whole backlog.
+//! Every way a delivery starts waiting reports here (queued at ingest, a retry scheduled, a
+//! dead letter replayed, a hand-off taken back), each claim reports what it saw of the hooks
+//! it named, and [`Slots::resync`] replaces everything with the store's counts now and then:
+//! drift delays a delivery until the next resync at worst, and never loses or duplicates one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +20,8 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::store::Waiting;
 
 /// In-flight and waiting deliveries per hook, and the global in-flight permits.
 pub(super) struct Slots {
@@ -30,6 +35,18 @@ pub(super) struct Slots {
 struct HookSlot {
     in_flight: u32,
     waiting: u64,
+    /// When the earliest waiting delivery is due, as far as known (`i64::MAX`: none is known).
+    due_at: i64,
+    /// Counts the deliveries that started waiting, so that what a claim saw of the hook does not
+    /// overwrite news that arrived while it ran.
+    news: u64,
+}
+
+/// A hook a claim is asked to look at, and how many of its deliveries it may take.
+pub(super) struct Asked {
+    pub(super) hook_id: String,
+    pub(super) limit: usize,
+    news: u64,
 }
 
 impl HookSlot {
@@ -124,10 +141,64 @@ impl Slots {
         Ticket { slots: Arc::clone(self), hook_id: hook_id.to_owned(), permit: Some(permit) }
     }
 
-    /// A delivery of this hook now waits in the store (queued at ingest, or a retry scheduled).
-    pub(super) fn waiting(&self, hook_id: &str) {
+    /// A delivery of this hook now waits in the store, due at `due_at` (ms): queued at ingest,
+    /// a retry scheduled, a dead letter replayed, a hand-off taken back.
+    pub(super) fn waiting(&self, hook_id: &str, due_at: i64) {
         if self.hand_off {
-            self.hooks.entry(hook_id.to_owned()).or_default().waiting += 1;
+            let mut slot = self.hooks.entry(hook_id.to_owned()).or_default();
+            slot.due_at = if slot.waiting == 0 { due_at } else { slot.due_at.min(due_at) };
+            slot.waiting += 1;
+            slot.news += 1;
+        }
+    }
+
+    /// The hooks a claim at `now` should look at, earliest due first, with room for at most
+    /// `room` deliveries in all: those with deliveries due and fewer than `per_hook` in flight.
+    pub(super) fn claimable(&self, now: i64, room: usize) -> Vec<Asked> {
+        let mut due: Vec<(i64, Asked)> = self
+            .hooks
+            .iter()
+            .filter(|s| s.waiting > 0 && s.due_at <= now && s.in_flight < self.per_hook)
+            .map(|s| {
+                let limit = (self.per_hook - s.in_flight) as usize;
+                (s.due_at, Asked { hook_id: s.key().clone(), limit, news: s.news })
+            })
+            .collect();
+        due.sort_unstable_by_key(|(at, _)| *at);
+        let mut left = room;
+        due.into_iter()
+            .map_while(|(_, mut asked)| {
+                asked.limit = asked.limit.min(left);
+                left -= asked.limit;
+                (asked.limit > 0).then_some(asked)
+            })
+            .collect()
+    }
+
+    /// What a claim saw of the hooks it was asked about: when each one's earliest delivery
+    /// still waiting is due, or `None` if nothing of it waits. Ignored for a hook with news
+    /// since it was asked about (it is simply asked about again).
+    pub(super) fn after_claim(&self, asked: &[Asked], next_due: &[(String, Option<i64>)]) {
+        for (asked, (hook_id, next)) in asked.iter().zip(next_due) {
+            debug_assert_eq!(&asked.hook_id, hook_id);
+            let Entry::Occupied(mut slot) = self.hooks.entry(asked.hook_id.clone()) else { continue };
+            let s = slot.get_mut();
+            if s.news != asked.news {
+                continue;
+            }
+            match next {
+                Some(at) => {
+                    s.due_at = *at;
+                    s.waiting = s.waiting.max(1);
+                }
+                None => {
+                    s.due_at = i64::MAX;
+                    s.waiting = 0;
+                }
+            }
+            if s.is_idle() {
+                slot.remove();
+            }
         }
     }
 
@@ -143,16 +214,18 @@ impl Slots {
     }
 
     /// Replaces the waiting counts with the store's (at start, and now and then against drift).
-    pub(super) fn resync(&self, waiting: &HashMap<String, u64>) {
+    pub(super) fn resync(&self, waiting: &HashMap<String, Waiting>) {
         if !self.hand_off {
             return;
         }
         self.hooks.retain(|hook, slot| {
-            slot.waiting = waiting.get(hook).copied().unwrap_or(0);
+            let w = waiting.get(hook).copied().unwrap_or(Waiting { count: 0, due_at: i64::MAX });
+            (slot.waiting, slot.due_at) = (w.count, w.due_at);
             !slot.is_idle()
         });
-        for (hook, &count) in waiting {
-            self.hooks.entry(hook.clone()).or_default().waiting = count;
+        for (hook, w) in waiting {
+            let mut slot = self.hooks.entry(hook.clone()).or_default();
+            (slot.waiting, slot.due_at) = (w.count, w.due_at);
         }
     }
 }
@@ -170,7 +243,7 @@ mod tests {
         drop(first);
         let third = slots.try_hand_off("h").expect("room again");
         drop((second, third));
-        slots.waiting("h");
+        slots.waiting("h", 0);
         assert!(slots.try_hand_off("h").is_none(), "a waiting delivery goes first");
         let permit = slots.permits.clone().try_acquire_owned().unwrap();
         drop(slots.claimed("h", permit));
@@ -199,12 +272,30 @@ mod tests {
     }
 
     #[test]
+    fn claims_name_hooks_with_work_due_and_room_earliest_first() {
+        let slots = Slots::new(10, 2, true);
+        let _in_flight = [slots.try_hand_off("full"), slots.try_hand_off("full"), slots.try_hand_off("early")];
+        slots.waiting("late", 50);
+        slots.waiting("early", 10);
+        slots.waiting("future", 1_000);
+        slots.waiting("full", 5);
+        let asked = slots.claimable(100, 3);
+        let named = asked.iter().map(|a| (a.hook_id.as_str(), a.limit)).collect::<Vec<_>>();
+        assert_eq!(named, [("early", 1), ("late", 2)], "due, with room, earliest first, within the room");
+        slots.waiting("late", 20); // queued while the claim ran
+        slots.after_claim(&asked, &[("early".into(), None), ("late".into(), None)]);
+        assert!(!slots.has_waiting("early"), "nothing of it waits any more");
+        assert!(slots.has_waiting("late"), "news since the claim is kept");
+        assert_eq!(slots.claimable(100, 10).iter().map(|a| a.hook_id.as_str()).collect::<Vec<_>>(), ["late"]);
+    }
+
+    #[test]
     fn resync_replaces_drifted_counts() {
         let slots = Slots::new(10, 5, true);
-        slots.waiting("a");
-        slots.waiting("a");
+        slots.waiting("a", 0);
+        slots.waiting("a", 0);
         let _in_flight = slots.try_hand_off("b").unwrap();
-        slots.resync(&HashMap::from([("c".to_owned(), 3)]));
+        slots.resync(&HashMap::from([("c".to_owned(), Waiting { count: 3, due_at: 0 })]));
         assert!(!slots.has_waiting("a") && !slots.has_waiting("b") && slots.has_waiting("c"));
         assert!(slots.try_hand_off("a").is_some());
         assert!(slots.hooks.contains_key("b"), "in-flight attempts are kept");

@@ -82,14 +82,13 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
         }
         Route::RetryDeadLetter(id) => {
             let number = id.strip_prefix(DELIVERY_ID_PREFIX).unwrap_or(id).parse::<i64>().ok();
-            let found = match number {
-                Some(n) => state.store.retry_dead_letter(n, now_ms()).await?,
-                None => false,
+            let now = now_ms();
+            let hook = match number {
+                Some(n) => state.store.retry_dead_letter(n, now).await?,
+                None => None,
             };
-            if !found {
-                return Err(ApiError::not_found("dead letter"));
-            }
-            state.queue.wake();
+            let Some(hook) = hook else { return Err(ApiError::not_found("dead letter")) };
+            state.queue.rescheduled(&hook, now);
             Ok(json(StatusCode::ACCEPTED, &json!({ "id": id, "status": "scheduled" })))
         }
         _ => Err(ApiError::not_found("route")),

@@ -219,7 +219,7 @@ pub struct TransferDelivery {
 }
 
 /// What a claim asks for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Claim {
     /// Now (ms): deliveries due at or before it are eligible.
     pub now: i64,
@@ -229,6 +229,33 @@ pub struct Claim {
     pub limit: usize,
     /// At most this many per hook, and none for a hook that already has leased deliveries.
     pub per_hook: usize,
+    /// Only these hooks, each with at most its own number of deliveries (instead of `per_hook`
+    /// and the leased check). Where one instance owns every hook, its workers know which hooks
+    /// have deliveries waiting and how many of each are in flight; naming them makes a claim
+    /// cost a lookup per hook instead of a pass over every due delivery, so a backlog does not
+    /// slow the claims that drain it. `None`: any due hook.
+    pub hooks: Option<Vec<(String, usize)>>,
+}
+
+/// What a claim leased, and what it saw of the deliveries still waiting.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// The deliveries now leased to this instance, oldest first.
+    pub due: Vec<DueDelivery>,
+    /// For each hook the claim named: when its earliest delivery still waiting is due (ms), or
+    /// `None` if nothing of it waits.
+    pub next_due: Vec<(String, Option<i64>)>,
+    /// Hand-offs whose lease ran out, back in the queue: their hook and when they are due.
+    pub taken_back: Vec<(String, i64)>,
+}
+
+/// Deliveries of one hook waiting in the store (pending and not leased).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    /// How many.
+    pub count: u64,
+    /// When the earliest is due (ms).
+    pub due_at: i64,
 }
 
 /// The store handle; clones share the same backend.
@@ -388,7 +415,7 @@ impl Store {
     ///
     /// # Errors
     /// The write failed.
-    pub async fn claim(&self, claim: Claim) -> Result<Vec<DueDelivery>, StoreError> {
+    pub async fn claim(&self, claim: Claim) -> Result<Claimed, StoreError> {
         dispatch!(self.claim(claim))
     }
 
@@ -410,12 +437,13 @@ impl Store {
         dispatch!(self.record(records))
     }
 
-    /// How many deliveries wait in the store (pending, not leased), per hook.
+    /// The deliveries waiting in the store (pending, not leased), per hook, after taking back
+    /// leases that ran out by `now` (their outcome was never recorded).
     ///
     /// # Errors
-    /// The read failed.
-    pub async fn waiting_by_hook(&self) -> Result<HashMap<String, u64>, StoreError> {
-        dispatch!(self.waiting_by_hook())
+    /// The store failed.
+    pub async fn waiting_by_hook(&self, now: i64) -> Result<HashMap<String, Waiting>, StoreError> {
+        dispatch!(self.waiting_by_hook(now))
     }
 
     /// Gives leased deliveries back without an attempt (shutdown).
@@ -434,11 +462,12 @@ impl Store {
         dispatch!(self.dead_letters(connection_id.map(str::to_owned), limit))
     }
 
-    /// Schedules a dead letter again from attempt 1; `false` if there is no such dead letter.
+    /// Schedules a dead letter again from attempt 1; its hook, or `None` if there is no such dead
+    /// letter.
     ///
     /// # Errors
     /// The write failed.
-    pub async fn retry_dead_letter(&self, id: i64, now: i64) -> Result<bool, StoreError> {
+    pub async fn retry_dead_letter(&self, id: i64, now: i64) -> Result<Option<String>, StoreError> {
         dispatch!(self.retry_dead_letter(id, now))
     }
 }
@@ -573,8 +602,8 @@ mod tests {
             ids.push(handed[0].id);
         }
         assert_eq!(store.pending_count().await.unwrap(), 3, "hand-offs in flight are pending");
-        let claim = |now| Claim { now, lease_until: 1_000_000, limit: 10, per_hook: 10 };
-        let claimed = |due: Vec<DueDelivery>| due.into_iter().map(|d| d.id).collect::<Vec<_>>();
+        let claim = |now| Claim { now, lease_until: 1_000_000, limit: 10, per_hook: 10, hooks: None };
+        let claimed = |claimed: Claimed| claimed.due.into_iter().map(|d| d.id).collect::<Vec<_>>();
         assert_eq!(claimed(store.claim(claim(50)).await.unwrap()), [0_i64; 0], "leased hand-offs are not claimed");
         store.release(vec![ids[0]]).await.unwrap();
         assert_eq!(claimed(store.claim(claim(50)).await.unwrap()), [ids[0]], "a released hand-off is");
@@ -583,6 +612,35 @@ mod tests {
         store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("relay.db")), Metrics::default()).await.unwrap();
         let after_restart = claimed(store.claim(claim(150)).await.unwrap());
         assert!(after_restart.contains(&ids[2]), "a hand-off of a process that is gone is claimed at once");
+    }
+
+    #[tokio::test]
+    async fn claims_naming_hooks_take_each_ones_oldest_and_say_what_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite(&dir).await;
+        let mut hooks = Vec::new();
+        for n in ["busy", "retrying", "idle"] {
+            let h = Hook { url: format!("https://x/{n}"), ..hook(n)(Arc::from("a")).unwrap() };
+            store.attach_hook(h.clone()).await.unwrap();
+            hooks.push(FanoutHook { id: h.id, url: h.url });
+        }
+        for (i, at) in [5, 1, 4, 2, 3].into_iter().enumerate() {
+            let event = Event { received_at: at, ..event(&format!("busy{i}")) };
+            let fanout = Fanout { queued: vec![hooks[0].clone()], handed: vec![], lease_until: 0 };
+            store.ingest("a", event, fanout).await.unwrap();
+        }
+        let fanout = Fanout { queued: vec![hooks[1].clone()], handed: vec![], lease_until: 0 };
+        store.ingest("a", Event { received_at: 500, ..event("later") }, fanout).await.unwrap();
+        let named = |limit| vec![("busy".to_owned(), limit), ("retrying".to_owned(), 5), ("idle".to_owned(), 5)];
+        let claim = |limit| Claim { now: 100, lease_until: 1_000, limit: 10, per_hook: 1, hooks: Some(named(limit)) };
+        let claimed = store.claim(claim(3)).await.unwrap();
+        let received = claimed.due.iter().map(|d| (d.hook_id.as_str(), d.received_at)).collect::<Vec<_>>();
+        assert_eq!(received.len(), 3, "three of the busy hook, none due of the others: {received:?}");
+        assert!(received.iter().all(|(h, at)| *h == "busy" && *at <= 3), "its oldest first: {received:?}");
+        let next = |hook: &str| claimed.next_due.iter().find(|(h, _)| h == hook).unwrap().1;
+        assert_eq!((next("busy"), next("retrying"), next("idle")), (Some(4), Some(500), None));
+        let again = store.claim(claim(3)).await.unwrap();
+        assert_eq!(again.due.len(), 2, "leased deliveries are not claimed twice");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! a dead instance's hooks and deliveries are taken over once their leases expire. Registry
 //! changes are announced with `NOTIFY` in the same transaction as the write.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -18,8 +19,8 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::postgres_schema::{CHANGES_CHANNEL, MIGRATION_LOCK, MIGRATIONS};
 use super::{
-    Attached, Claim, Created, DEAD, Fanout, Ingested, PENDING, Snapshot, SnapshotBuilder, StoreError, Transfer,
-    stored_event, stored_state,
+    Attached, Claim, Claimed, Created, DEAD, Fanout, Ingested, PENDING, Snapshot, SnapshotBuilder, StoreError,
+    Transfer, Waiting, stored_event, stored_state,
 };
 use crate::metrics::Metrics;
 use crate::model::{
@@ -402,7 +403,8 @@ impl PostgresStore {
             .collect())
     }
 
-    pub(super) async fn claim(&self, claim: Claim) -> Result<Vec<DueDelivery>, StoreError> {
+    /// Claims ignore named hooks: here a hook's deliveries are leased together with the hook.
+    pub(super) async fn claim(&self, claim: Claim) -> Result<Claimed, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let (limit, per_hook) = (claim.limit as i64, claim.per_hook as i64);
@@ -455,7 +457,7 @@ impl PostgresStore {
             })
             .collect();
         due.sort_by_key(|d| d.id);
-        Ok(due)
+        Ok(Claimed { due, ..Claimed::default() })
     }
 
     pub(super) async fn next_due(&self, now: i64) -> Result<Option<i64>, StoreError> {
@@ -504,17 +506,21 @@ impl PostgresStore {
         Ok(())
     }
 
-    pub(super) async fn waiting_by_hook(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+    pub(super) async fn waiting_by_hook(&self, now: i64) -> Result<HashMap<String, Waiting>, StoreError> {
         let rows = self
             .pool
             .get()
             .await?
             .query(
-                "SELECT hook_id, COUNT(*) FROM deliveries WHERE state = $1 AND lease_until IS NULL GROUP BY hook_id",
-                &[&PENDING],
+                "SELECT hook_id, COUNT(*), MIN(next_attempt_at) FROM deliveries
+                 WHERE state = $1 AND (lease_until IS NULL OR lease_until <= $2) GROUP BY hook_id",
+                &[&PENDING, &now],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get::<_, i64>(1).unsigned_abs())).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), Waiting { count: r.get::<_, i64>(1).unsigned_abs(), due_at: r.get(2) }))
+            .collect())
     }
 
     pub(super) async fn release(&self, ids: Vec<i64>) -> Result<(), StoreError> {
@@ -553,18 +559,18 @@ impl PostgresStore {
             .collect())
     }
 
-    pub(super) async fn retry_dead_letter(&self, id: i64, now: i64) -> Result<bool, StoreError> {
-        let n = self
+    pub(super) async fn retry_dead_letter(&self, id: i64, now: i64) -> Result<Option<String>, StoreError> {
+        let row = self
             .pool
             .get()
             .await?
-            .execute(
+            .query_opt(
                 "UPDATE deliveries SET state = $2, attempts = 0, next_attempt_at = $3, lease_until = NULL, updated_at = $3
-                 WHERE id = $1 AND state = $4",
+                 WHERE id = $1 AND state = $4 RETURNING hook_id",
                 &[&id, &PENDING, &now, &DEAD],
             )
             .await?;
-        Ok(n == 1)
+        Ok(row.map(|r| r.get(0)))
     }
 }
 

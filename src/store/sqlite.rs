@@ -3,6 +3,7 @@
 //! Writes go to one writer thread that commits them in batches (see `sqlite_writer`); reads
 //! use a second connection (WAL lets it run beside the writer) on the blocking pool.
 
+use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,8 +15,8 @@ use super::sqlite_checkpoint::Checkpointer;
 use super::sqlite_schema::MIGRATIONS;
 use super::sqlite_writer::{Lane, Writer};
 use super::{
-    Attached, Claim, Created, DEAD, DELIVERED, Fanout, Ingested, PENDING, Snapshot, SnapshotBuilder, StoreError,
-    Transfer, TransferDelivery, stored_event, stored_state,
+    Attached, Claim, Claimed, Created, DEAD, DELIVERED, Fanout, Ingested, PENDING, Snapshot, SnapshotBuilder,
+    StoreError, Transfer, TransferDelivery, Waiting, stored_event, stored_state,
 };
 use crate::metrics::Metrics;
 use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret};
@@ -363,12 +364,18 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn waiting_by_hook(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
-        self.read(|db| {
+    pub(super) async fn waiting_by_hook(&self, now: i64) -> Result<HashMap<String, Waiting>, StoreError> {
+        self.write_bulk(move |db| {
+            // Claims name hooks and look only at unleased deliveries, so a lease that ran out
+            // (its outcome was never recorded) is taken back here.
+            db.prepare_cached("UPDATE deliveries SET lease_until = NULL WHERE state = ?1 AND lease_until <= ?2")?
+                .execute(params![PENDING, now])?;
             let mut stmt = db.prepare_cached(
-                "SELECT hook_id, COUNT(*) FROM deliveries WHERE state = ?1 AND lease_until IS NULL GROUP BY hook_id",
+                "SELECT hook_id, COUNT(*), MIN(next_attempt_at) FROM deliveries
+                 WHERE state = ?1 AND lease_until IS NULL GROUP BY hook_id",
             )?;
-            let rows = stmt.query_map([PENDING], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows =
+                stmt.query_map([PENDING], |r| Ok((r.get(0)?, Waiting { count: r.get(1)?, due_at: r.get(2)? })))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
@@ -413,33 +420,22 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn claim(&self, claim: Claim) -> Result<Vec<DueDelivery>, StoreError> {
+    pub(super) async fn claim(&self, claim: Claim) -> Result<Claimed, StoreError> {
         self.write_bulk(move |db| {
-            expire_in_flight(db, claim.now)?;
-            let mut stmt = db.prepare_cached(
-                "UPDATE deliveries SET lease_until = ?1 WHERE id IN (
-                    SELECT id FROM (
-                        SELECT d.id, d.next_attempt_at,
-                               ROW_NUMBER() OVER (PARTITION BY d.hook_id ORDER BY d.next_attempt_at, d.id) AS rn
-                        FROM deliveries d
-                        WHERE d.state = ?5 AND d.next_attempt_at <= ?2
-                          AND (d.lease_until IS NULL OR d.lease_until <= ?2)
-                          AND NOT EXISTS (SELECT 1 FROM deliveries x
-                                          WHERE x.hook_id = d.hook_id AND x.state = ?5 AND x.lease_until > ?2)
-                    ) WHERE rn <= ?3 ORDER BY next_attempt_at, id LIMIT ?4)
-                 RETURNING id, connection_id, hook_id, url, attempts, event_seq",
-            )?;
-            let leased = stmt
-                .query_map(
-                    params![claim.lease_until, claim.now, claim.per_hook as i64, claim.limit as i64, PENDING],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get::<_, i64>(5)?)),
-                )?
-                .collect::<Result<Vec<(i64, String, String, String, u32, i64)>, _>>()?;
+            let taken_back = expire_in_flight(db, claim.now)?;
+            let mut leased = Vec::new();
+            let next_due = match &claim.hooks {
+                Some(hooks) => claim_hooks(db, &claim, hooks, &mut leased)?,
+                None => {
+                    leased = claim_any(db, &claim)?;
+                    Vec::new()
+                }
+            };
             let mut event = db.prepare_cached("SELECT id, payload, received_at FROM events WHERE seq = ?1")?;
             let mut due = Vec::with_capacity(leased.len());
-            for (id, connection_id, hook_id, url, attempts, seq) in leased {
+            for Leased { id, connection_id, hook_id, url, attempts, event_seq } in leased {
                 let (event_id, payload, received_at) =
-                    event.query_row([seq], |r| Ok((r.get(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?)))?;
+                    event.query_row([event_seq], |r| Ok((r.get(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?)))?;
                 due.push(DueDelivery {
                     id,
                     connection_id,
@@ -452,7 +448,7 @@ impl SqliteStore {
                 });
             }
             due.sort_by_key(|d| d.id);
-            Ok(due)
+            Ok(Claimed { due, next_due, taken_back })
         })
         .await
     }
@@ -525,17 +521,102 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn retry_dead_letter(&self, id: i64, now: i64) -> Result<bool, StoreError> {
+    pub(super) async fn retry_dead_letter(&self, id: i64, now: i64) -> Result<Option<String>, StoreError> {
         self.write(move |db| {
-            let n = db.execute(
-                "UPDATE deliveries SET state = ?2, attempts = 0, next_attempt_at = ?3, lease_until = NULL, updated_at = ?3
-                 WHERE id = ?1 AND state = ?4",
-                params![id, PENDING, now, DEAD],
-            )?;
-            Ok(n == 1)
+            let hook = db
+                .query_row(
+                    "UPDATE deliveries SET state = ?2, attempts = 0, next_attempt_at = ?3, lease_until = NULL,
+                            updated_at = ?3
+                     WHERE id = ?1 AND state = ?4 RETURNING hook_id",
+                    params![id, PENDING, now, DEAD],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(hook)
         })
         .await
     }
+}
+
+/// A delivery a claim just leased, before its event is read.
+struct Leased {
+    id: i64,
+    connection_id: String,
+    hook_id: String,
+    url: String,
+    attempts: u32,
+    event_seq: i64,
+}
+
+impl Leased {
+    const COLUMNS: &str = "id, connection_id, hook_id, url, attempts, event_seq";
+
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: r.get(0)?,
+            connection_id: r.get(1)?,
+            hook_id: r.get(2)?,
+            url: r.get(3)?,
+            attempts: r.get(4)?,
+            event_seq: r.get(5)?,
+        })
+    }
+}
+
+/// Leases due deliveries of any hook: at most `per_hook` of each, oldest first, none of a hook
+/// with leased deliveries. It passes over every due delivery; the workers name hooks instead
+/// ([`claim_hooks`]), and this stays for callers that cannot.
+fn claim_any(db: &Db, claim: &Claim) -> Result<Vec<Leased>, StoreError> {
+    let mut stmt = db.prepare_cached(&format!(
+        "UPDATE deliveries SET lease_until = ?1 WHERE id IN (
+            SELECT id FROM (
+                SELECT d.id, d.next_attempt_at,
+                       ROW_NUMBER() OVER (PARTITION BY d.hook_id ORDER BY d.next_attempt_at, d.id) AS rn
+                FROM deliveries d
+                WHERE d.state = ?5 AND d.next_attempt_at <= ?2
+                  AND (d.lease_until IS NULL OR d.lease_until <= ?2)
+                  AND NOT EXISTS (SELECT 1 FROM deliveries x
+                                  WHERE x.hook_id = d.hook_id AND x.state = ?5 AND x.lease_until > ?2)
+            ) WHERE rn <= ?3 ORDER BY next_attempt_at, id LIMIT ?4)
+         RETURNING {}",
+        Leased::COLUMNS
+    ))?;
+    let params = params![claim.lease_until, claim.now, claim.per_hook as i64, claim.limit as i64, PENDING];
+    Ok(stmt.query_map(params, Leased::from_row)?.collect::<Result<_, _>>()?)
+}
+
+/// Leases (into `leased`) the due, unleased deliveries of the named hooks, oldest first and at
+/// most the number given for each, with one index range per hook; and reports when each hook's
+/// next waiting delivery is due.
+fn claim_hooks(
+    db: &Db,
+    claim: &Claim,
+    hooks: &[(String, usize)],
+    leased: &mut Vec<Leased>,
+) -> Result<Vec<(String, Option<i64>)>, StoreError> {
+    let mut lease = db.prepare_cached(&format!(
+        "UPDATE deliveries SET lease_until = ?1 WHERE id IN (
+            SELECT id FROM deliveries
+            WHERE hook_id = ?2 AND state = ?3 AND lease_until IS NULL AND next_attempt_at <= ?4
+            ORDER BY next_attempt_at, id LIMIT ?5)
+         RETURNING {}",
+        Leased::COLUMNS
+    ))?;
+    let mut next = db.prepare_cached(
+        "SELECT MIN(next_attempt_at) FROM deliveries WHERE hook_id = ?1 AND state = ?2 AND lease_until IS NULL",
+    )?;
+    let mut next_due = Vec::with_capacity(hooks.len());
+    for (hook, limit) in hooks {
+        let room = claim.limit.saturating_sub(leased.len()).min(*limit);
+        if room > 0 {
+            let params = params![claim.lease_until, hook, PENDING, claim.now, room as i64];
+            for row in lease.query_map(params, Leased::from_row)? {
+                leased.push(row?);
+            }
+        }
+        next_due.push((hook.clone(), next.query_row(params![hook, PENDING], |r| r.get(0))?));
+    }
+    Ok(next_due)
 }
 
 fn record(db: &Db, records: &[AttemptRecord]) -> Result<(), StoreError> {
@@ -569,11 +650,15 @@ fn record(db: &Db, records: &[AttemptRecord]) -> Result<(), StoreError> {
 }
 
 /// Hands back to the claim queue every hand-off whose lease ran out before its attempt was
-/// recorded (the record kept failing, or the process that made it is gone).
-fn expire_in_flight(db: &Db, now: i64) -> Result<(), StoreError> {
-    db.prepare_cached("UPDATE deliveries SET state = ?1, lease_until = NULL WHERE state = ?2 AND lease_until <= ?3")?
-        .execute(params![PENDING, IN_FLIGHT, now])?;
-    Ok(())
+/// recorded (the record kept failing, or the process that made it is gone); returns their
+/// hooks and due times.
+fn expire_in_flight(db: &Db, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = db.prepare_cached(
+        "UPDATE deliveries SET state = ?1, lease_until = NULL WHERE state = ?2 AND lease_until <= ?3
+         RETURNING hook_id, next_attempt_at",
+    )?;
+    let rows = stmt.query_map(params![PENDING, IN_FLIGHT, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn migrate(db: &mut Db) -> Result<(), StoreError> {

@@ -68,5 +68,7 @@ CREATE INDEX attempts_by_delivery ON attempts (delivery_id);
 ",
     r"
 CREATE INDEX deliveries_in_flight ON deliveries (lease_until) WHERE state = 3;
+DROP INDEX deliveries_pending_by_hook;
+CREATE INDEX deliveries_pending_by_hook ON deliveries (hook_id, lease_until, next_attempt_at) WHERE state = 0;
 ",
 ];
