@@ -332,30 +332,45 @@ impl PostgresStore {
         fanout: Fanout,
     ) -> Result<Ingested, StoreError> {
         let hook_ids: Vec<&String> = fanout.queued.iter().chain(&fanout.handed).map(|h| &h.id).collect();
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let inserted = tx
-            .query_opt(
-                "INSERT INTO events (connection_id, id, type, payload, received_at) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (connection_id, id) DO NOTHING RETURNING seq",
-                &[&connection_id, &event.id, &event.event_type, &event.payload.as_ref(), &event.received_at],
-            )
-            .await;
-        let seq: i64 = match inserted {
-            Ok(Some(row)) => row.get(0),
-            Ok(None) => return Ok(Ingested::Duplicate),
-            Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => return Ok(Ingested::UnknownConnection),
-            Err(e) => return Err(e.into()),
-        };
-        let deliveries = tx
-            .execute(
-                "INSERT INTO deliveries (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
-                 SELECT $1, id, connection_id, url, $2, 0, $3, $3 FROM hooks WHERE id = ANY($4) AND connection_id = $5",
-                &[&seq, &PENDING, &event.received_at, &hook_ids, &connection_id],
+        // One statement, so one round trip and one (implicit) transaction: the event, then a
+        // delivery for each planned hook that still exists.
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "WITH event AS (
+                    INSERT INTO events (connection_id, id, type, payload, received_at) VALUES ($1, $2, $3, $4, $5)
+                    ON CONFLICT (connection_id, id) DO NOTHING RETURNING seq
+                 ), made AS (
+                    INSERT INTO deliveries
+                        (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
+                    SELECT event.seq, h.id, h.connection_id, h.url, $6, 0, $5, $5 FROM event, hooks h
+                    WHERE h.id = ANY($7) AND h.connection_id = $1
+                    RETURNING 1
+                 )
+                 SELECT (SELECT seq FROM event), (SELECT COUNT(*) FROM made)",
             )
             .await?;
-        self.commit(tx).await?;
-        Ok(Ingested::Accepted { deliveries: deliveries as usize, handed: Vec::new() })
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &connection_id,
+            &event.id,
+            &event.event_type,
+            &event.payload.as_ref(),
+            &event.received_at,
+            &PENDING,
+            &hook_ids,
+        ];
+        let row = match client.query_one(&statement, &params).await {
+            Ok(row) => row,
+            Err(e) if is_unknown_connection(&e) => return Ok(Ingested::UnknownConnection),
+            Err(e) => return Err(e.into()),
+        };
+        self.metrics.commit_batch(1);
+        match row.get::<_, Option<i64>>(0) {
+            None => Ok(Ingested::Duplicate),
+            Some(_) => {
+                Ok(Ingested::Accepted { deliveries: row.get::<_, i64>(1).unsigned_abs() as usize, handed: Vec::new() })
+            }
+        }
     }
 
     pub(super) async fn events(&self, connection_id: String, limit: usize) -> Result<Vec<Event>, StoreError> {
@@ -473,36 +488,35 @@ impl PostgresStore {
         Ok(row.get(0))
     }
 
+    /// One statement for the whole batch (columns as arrays): one round trip however many
+    /// attempts finished, where a statement per record made a fan-out wait on thousands.
     pub(super) async fn record(&self, records: Arc<[AttemptRecord]>) -> Result<(), StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let update = tx
-            .prepare_cached(
-                "UPDATE deliveries SET attempts = $2, state = $3, next_attempt_at = $4, lease_until = NULL,
-                        last_status = $5, last_error = $6, updated_at = $7 WHERE id = $1 AND attempts < $2",
-            )
-            .await?;
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .await?;
+        let mut columns = RecordColumns::default();
         for rec in records.iter() {
-            let a = &rec.attempt;
-            let (state, next_at) = stored_state(rec.next, a.at);
-            let status = a.status_code.map(i32::from);
-            let attempt = i32::try_from(a.attempt).unwrap_or(i32::MAX);
-            let updated =
-                tx.execute(&update, &[&rec.delivery_id, &attempt, &state, &next_at, &status, &a.error, &a.at]).await?;
-            if updated == 1 {
-                let duration = a.duration_ms as i64;
-                let row: [&(dyn ToSql + Sync); 8] =
-                    [&rec.delivery_id, &rec.hook_id, &a.event_id, &attempt, &status, &a.error, &duration, &a.at];
-                tx.execute(&insert, &row).await?;
-            }
+            columns.push(rec);
         }
-        self.commit(tx).await?;
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "WITH r AS (
+                    SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::int[], $6::text[],
+                                         $7::bigint[], $8::text[], $9::text[], $10::bigint[])
+                        AS r(id, attempt, state, next_at, status, error, at, hook_id, event_id, duration)
+                 ), updated AS (
+                    UPDATE deliveries d SET attempts = r.attempt, state = r.state, next_attempt_at = r.next_at,
+                           lease_until = NULL, last_status = r.status, last_error = r.error, updated_at = r.at
+                    FROM r WHERE d.id = r.id AND d.attempts < r.attempt
+                    RETURNING r.*
+                 )
+                 INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)
+                 SELECT id, hook_id, event_id, attempt, status, error, duration, at FROM updated",
+            )
+            .await?;
+        let c = &columns;
+        let params: [&(dyn ToSql + Sync); 10] =
+            [&c.id, &c.attempt, &c.state, &c.next_at, &c.status, &c.error, &c.at, &c.hook_id, &c.event_id, &c.duration];
+        client.execute(&statement, &params).await?;
+        self.metrics.commit_batch(1);
         Ok(())
     }
 
@@ -613,5 +627,45 @@ fn hook_row(r: &Row, connection_id: Arc<str>) -> Result<Hook, StoreError> {
         event: stored_event(r.get(3))?,
         template_id: (!template.is_empty()).then_some(template),
         created_at: r.get(5),
+    })
+}
+
+/// Attempt records as the columns `record` sends, one array per column.
+#[derive(Default)]
+struct RecordColumns<'a> {
+    id: Vec<i64>,
+    attempt: Vec<i32>,
+    state: Vec<i32>,
+    next_at: Vec<i64>,
+    status: Vec<Option<i32>>,
+    error: Vec<Option<&'a str>>,
+    at: Vec<i64>,
+    hook_id: Vec<&'a str>,
+    event_id: Vec<&'a str>,
+    duration: Vec<i64>,
+}
+
+impl<'a> RecordColumns<'a> {
+    fn push(&mut self, rec: &'a AttemptRecord) {
+        let a = &rec.attempt;
+        let (state, next_at) = stored_state(rec.next, a.at);
+        self.id.push(rec.delivery_id);
+        self.attempt.push(i32::try_from(a.attempt).unwrap_or(i32::MAX));
+        self.state.push(state);
+        self.next_at.push(next_at);
+        self.status.push(a.status_code.map(i32::from));
+        self.error.push(a.error.as_deref());
+        self.at.push(a.at);
+        self.hook_id.push(&rec.hook_id);
+        self.event_id.push(&a.event_id);
+        self.duration.push(i64::try_from(a.duration_ms).unwrap_or(i64::MAX));
+    }
+}
+
+/// Whether an ingest failed because its connection is gone (the event's foreign key), not
+/// because a hook went away mid-statement.
+fn is_unknown_connection(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        db.code() == &SqlState::FOREIGN_KEY_VIOLATION && db.constraint() == Some("events_connection_id_fkey")
     })
 }
