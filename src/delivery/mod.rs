@@ -4,12 +4,13 @@
 //! waiting, the ingest commit stores its delivery in flight, leased to this instance, and hands it
 //! straight over ([`DeliveryQueue::plan`], [`DeliveryQueue::accepted`]), so a first attempt costs
 //! no claim. The store-backed path: everything else waits in the store and is claimed under a
-//! lease — at most `hook_rate` deliveries of one hook in flight and none of a hook with leased
-//! deliveries, so one busy hook cannot starve the others. On SQLite the claims name the hooks
+//! lease — at most `hook_rate` deliveries of one hook per claim and none of a hook with deliveries
+//! in flight, so one busy hook cannot starve the others. On SQLite the claims name the hooks
 //! the workers know to have deliveries due (see `slots`), so their cost follows the hooks served,
 //! not the size of the backlog; the store's counts replace the workers' every minute. On
 //! PostgreSQL a claim finds the due hooks itself, so a lost wake-up costs at most the
 //! one-second poll. Imports `store`, `registry`, `model`, `target`, `metrics`.
+
 mod client;
 mod recorder;
 pub mod retry;

@@ -19,6 +19,10 @@ use crate::store::Store;
 const MAX_BATCH: usize = 512;
 /// How long recording is retried before the leases are left to expire.
 const RECORD_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a batch waits for more attempts to finish before it is written. Nobody waits on a
+/// record but the hook's room, and at moderate rates this turns a commit per attempt into one
+/// per several: far fewer pages written and synced for the same work.
+const LINGER: Duration = Duration::from_millis(5);
 
 /// Where attempt tasks send what they saw.
 pub(super) type Records = mpsc::UnboundedSender<(AttemptRecord, Ticket)>;
@@ -32,6 +36,13 @@ pub(super) async fn run(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while records.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if batch.len() < MAX_BATCH && !shutdown.is_cancelled() {
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < MAX_BATCH {
+                let Ok(record) = records.try_recv() else { break };
+                batch.push(record);
+            }
+        }
         let (done, tickets): (Vec<AttemptRecord>, Vec<Ticket>) = batch.drain(..).unzip();
         let done: Arc<[AttemptRecord]> = done.into();
         let mut wake = false;

@@ -153,16 +153,15 @@ impl Slots {
     }
 
     /// The hooks a claim at `now` should look at, earliest due first, with room for at most
-    /// `room` deliveries in all: those with deliveries due and fewer than `per_hook` in flight.
+    /// `room` deliveries in all: those with deliveries due and none in flight, each for up to
+    /// `per_hook`. A hook with deliveries in flight waits for them: a claimed delivery then never
+    /// has to race a newer one for its hook's next paced turn, so the oldest goes first.
     pub(super) fn claimable(&self, now: i64, room: usize) -> Vec<Asked> {
         let mut due: Vec<(i64, Asked)> = self
             .hooks
             .iter()
-            .filter(|s| s.waiting > 0 && s.due_at <= now && s.in_flight < self.per_hook)
-            .map(|s| {
-                let limit = (self.per_hook - s.in_flight) as usize;
-                (s.due_at, Asked { hook_id: s.key().clone(), limit, news: s.news })
-            })
+            .filter(|s| s.waiting > 0 && s.due_at <= now && s.in_flight == 0)
+            .map(|s| (s.due_at, Asked { hook_id: s.key().clone(), limit: self.per_hook as usize, news: s.news }))
             .collect();
         due.sort_unstable_by_key(|(at, _)| *at);
         let mut left = room;
@@ -272,16 +271,16 @@ mod tests {
     }
 
     #[test]
-    fn claims_name_hooks_with_work_due_and_room_earliest_first() {
+    fn claims_name_idle_hooks_with_work_due_earliest_first() {
         let slots = Slots::new(10, 2, true);
-        let _in_flight = [slots.try_hand_off("full"), slots.try_hand_off("full"), slots.try_hand_off("early")];
+        let _in_flight = slots.try_hand_off("busy");
         slots.waiting("late", 50);
         slots.waiting("early", 10);
         slots.waiting("future", 1_000);
-        slots.waiting("full", 5);
+        slots.waiting("busy", 5);
         let asked = slots.claimable(100, 3);
         let named = asked.iter().map(|a| (a.hook_id.as_str(), a.limit)).collect::<Vec<_>>();
-        assert_eq!(named, [("early", 1), ("late", 2)], "due, with room, earliest first, within the room");
+        assert_eq!(named, [("early", 2), ("late", 1)], "due, none in flight, earliest first, within the room");
         slots.waiting("late", 20); // queued while the claim ran
         slots.after_claim(&asked, &[("early".into(), None), ("late".into(), None)]);
         assert!(!slots.has_waiting("early"), "nothing of it waits any more");
