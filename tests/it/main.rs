@@ -18,3 +18,4 @@ mod isolation;
 mod ops;
 mod outbound;
 mod restart;
+mod store;

@@ -1,0 +1,62 @@
+//! The store's own guarantees, on whichever backend the suite runs on (SQLite by default,
+//! PostgreSQL when `RELAY_TEST_POSTGRES_URL` is set), through its public interface.
+
+use std::sync::Arc;
+
+use stencil_relay::config::DatabaseUrl;
+use stencil_relay::metrics::Metrics;
+use stencil_relay::model::{Attempt, AttemptRecord, Connection, Event, Hook, IMAGE_CREATED, NextStep};
+use stencil_relay::store::{Claim, Fanout, FanoutHook, Store};
+
+use crate::harness::database_url;
+
+fn attempt(number: u32, status: u16) -> Attempt {
+    Attempt { event_id: "evt-1".into(), attempt: number, status_code: Some(status), error: None, duration_ms: 1, at: 1 }
+}
+
+#[tokio::test]
+async fn a_batch_of_records_written_again_after_a_failure_is_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = DatabaseUrl::parse(&database_url(dir.path()).await).unwrap();
+    let store = Store::open(&url, Metrics::default()).await.unwrap();
+    let connection = Connection {
+        id: "c".into(),
+        name: "c".into(),
+        api_key_hash: [1; 32],
+        secrets: Vec::new(),
+        ingest_rate: None,
+        created_at: 0,
+    };
+    store.create_connection(connection).await.unwrap();
+    let hook = Hook {
+        id: "hk_1".into(),
+        connection_id: Arc::from("c"),
+        url: "https://example.com/hook".into(),
+        event: IMAGE_CREATED,
+        template_id: None,
+        created_at: 0,
+    };
+    store.attach_hook(hook.clone()).await.unwrap();
+    let event = Event { id: "evt-1".into(), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 };
+    let queued = vec![FanoutHook { id: hook.id.clone(), url: hook.url.clone() }];
+    store.ingest("c", event, Fanout { queued, handed: vec![], lease_until: 0 }).await.unwrap();
+    let claim = Claim { now: 10, lease_until: 1_000, limit: 10, per_hook: 10, hooks: None };
+    let delivery = store.claim(claim).await.unwrap().due.remove(0);
+    let record = |number, status, next| AttemptRecord {
+        delivery_id: delivery.id,
+        hook_id: hook.id.clone(),
+        attempt: attempt(number, status),
+        next,
+    };
+    let first: Arc<[AttemptRecord]> = Arc::from([record(1, 500, NextStep::RetryAt(20))]);
+    store.record(Arc::clone(&first)).await.unwrap();
+    store.record(first).await.unwrap();
+    store
+        .record(Arc::from([record(1, 500, NextStep::RetryAt(20)), record(2, 200, NextStep::Delivered)]))
+        .await
+        .unwrap();
+    let statuses: Vec<_> =
+        store.attempts(&hook.id, 10).await.unwrap().iter().map(|a| (a.attempt, a.status_code)).collect();
+    assert_eq!(statuses, [(2, Some(200)), (1, Some(500))], "each attempt once, newest first");
+    assert_eq!(store.pending_count().await.unwrap(), 0, "and the delivery is delivered");
+}
