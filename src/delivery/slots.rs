@@ -174,12 +174,11 @@ impl Slots {
             .collect()
     }
 
-    /// What a claim saw of the hooks it was asked about: when each one's earliest delivery
-    /// still waiting is due, or `None` if nothing of it waits. Ignored for a hook with news
-    /// since it was asked about (it is simply asked about again).
-    pub(super) fn after_claim(&self, asked: &[Asked], next_due: &[(String, Option<i64>)]) {
-        for (asked, (hook_id, next)) in asked.iter().zip(next_due) {
-            debug_assert_eq!(&asked.hook_id, hook_id);
+    /// What a claim saw of the hooks it was asked about, in the order asked: when each one's
+    /// earliest delivery still waiting is due, or `None` if nothing of it waits. Ignored for a
+    /// hook with news since it was asked about (it is simply asked about again).
+    pub(super) fn after_claim(&self, asked: &[Asked], next_due: &[Option<i64>]) {
+        for (asked, next) in asked.iter().zip(next_due) {
             let Entry::Occupied(mut slot) = self.hooks.entry(asked.hook_id.clone()) else { continue };
             let s = slot.get_mut();
             if s.news != asked.news {
@@ -282,7 +281,7 @@ mod tests {
         let named = asked.iter().map(|a| (a.hook_id.as_str(), a.limit)).collect::<Vec<_>>();
         assert_eq!(named, [("early", 2), ("late", 1)], "due, none in flight, earliest first, within the room");
         slots.waiting("late", 20); // queued while the claim ran
-        slots.after_claim(&asked, &[("early".into(), None), ("late".into(), None)]);
+        slots.after_claim(&asked, &[None, None]);
         assert!(!slots.has_waiting("early"), "nothing of it waits any more");
         assert!(slots.has_waiting("late"), "news since the claim is kept");
         assert_eq!(slots.claimable(100, 10).iter().map(|a| a.hook_id.as_str()).collect::<Vec<_>>(), ["late"]);

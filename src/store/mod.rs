@@ -242,9 +242,9 @@ pub struct Claim {
 pub struct Claimed {
     /// The deliveries now leased to this instance, oldest first.
     pub due: Vec<DueDelivery>,
-    /// For each hook the claim named: when its earliest delivery still waiting is due (ms), or
-    /// `None` if nothing of it waits.
-    pub next_due: Vec<(String, Option<i64>)>,
+    /// For each hook the claim named, in the order named: when its earliest delivery still
+    /// waiting is due (ms), or `None` if nothing of it waits.
+    pub next_due: Vec<Option<i64>>,
     /// Hand-offs whose lease ran out, back in the queue: their hook and when they are due.
     pub taken_back: Vec<(String, i64)>,
 }
@@ -637,7 +637,8 @@ mod tests {
         let received = claimed.due.iter().map(|d| (d.hook_id.as_str(), d.received_at)).collect::<Vec<_>>();
         assert_eq!(received.len(), 3, "three of the busy hook, none due of the others: {received:?}");
         assert!(received.iter().all(|(h, at)| *h == "busy" && *at <= 3), "its oldest first: {received:?}");
-        let next = |hook: &str| claimed.next_due.iter().find(|(h, _)| h == hook).unwrap().1;
+        let order = named(3);
+        let next = |hook: &str| claimed.next_due[order.iter().position(|(h, _)| h == hook).unwrap()];
         assert_eq!((next("busy"), next("retrying"), next("idle")), (Some(4), Some(500), None));
         let again = store.claim(claim(3)).await.unwrap();
         assert_eq!(again.due.len(), 2, "leased deliveries are not claimed twice");

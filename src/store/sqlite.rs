@@ -593,7 +593,7 @@ fn claim_hooks(
     claim: &Claim,
     hooks: &[(String, usize)],
     leased: &mut Vec<Leased>,
-) -> Result<Vec<(String, Option<i64>)>, StoreError> {
+) -> Result<Vec<Option<i64>>, StoreError> {
     let mut lease = db.prepare_cached(&format!(
         "UPDATE deliveries SET lease_until = ?1 WHERE id IN (
             SELECT id FROM deliveries
@@ -614,7 +614,7 @@ fn claim_hooks(
                 leased.push(row?);
             }
         }
-        next_due.push((hook.clone(), next.query_row(params![hook, PENDING], |r| r.get(0))?));
+        next_due.push(next.query_row(params![hook, PENDING], |r| r.get(0))?);
     }
     Ok(next_due)
 }
