@@ -20,9 +20,11 @@ const MAX_BATCH: usize = 512;
 /// How long recording is retried before the leases are left to expire.
 const RECORD_PATIENCE: Duration = Duration::from_secs(30);
 /// How long a batch waits for more attempts to finish before it is written. Nobody waits on a
-/// record but the hook's room, and at moderate rates this turns a commit per attempt into one
-/// per several: far fewer pages written and synced for the same work.
-const LINGER: Duration = Duration::from_millis(5);
+/// record but the hook's room, and every record a batch holds shares its commit and the index
+/// pages it touches: at 7,000 attempts/s, 20 ms writes a seventh fewer bytes per event than 5
+/// ms. It stays well under a paced hook's spacing (1/5 s for Make), so a hook draining a
+/// backlog rarely waits on it.
+const LINGER: Duration = Duration::from_millis(20);
 
 /// Where attempt tasks send what they saw.
 pub(super) type Records = mpsc::UnboundedSender<(AttemptRecord, Ticket)>;
