@@ -6,8 +6,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use serde::{Deserialize, Serialize};
 use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -113,13 +113,14 @@ impl Envelope {
         // Skipped strings are not checked for UTF-8 as they are read, so the whole body is.
         let text = std::str::from_utf8(body).map_err(|_| ApiError::invalid_payload("the body is not valid JSON"))?;
         let mut reader = serde_json::Deserializer::from_str(text);
-        let fields = reader.deserialize_map(TopLevel).and_then(|fields| reader.end().map(|()| fields)).map_err(|e| {
-            ApiError::invalid_payload(if e.is_data() {
-                "the body is not a JSON object"
-            } else {
-                "the body is not valid JSON"
-            })
-        })?;
+        let fields =
+            reader.deserialize_map(TopLevel).and_then(|fields| reader.end().map(|()| fields)).map_err(|e| {
+                ApiError::invalid_payload(if e.is_data() {
+                    "the body is not a JSON object"
+                } else {
+                    "the body is not valid JSON"
+                })
+            })?;
         let text = |value: &Option<Value>| value.as_ref().and_then(Value::as_str).map(str::to_owned);
         let id = match text(&fields.id) {
             Some(id) if id.len() > MAX_EVENT_ID_LEN => {

@@ -301,7 +301,10 @@ impl SqliteStore {
 
     pub(super) async fn detach_hook(&self, connection_id: String, hook_id: String) -> Result<bool, StoreError> {
         self.write(move |db| {
-            let n = db.execute("DELETE FROM hooks WHERE id = ?1 AND connection_id = ?2", [hook_id, connection_id])?;
+            let n = db.execute("DELETE FROM hooks WHERE id = ?1 AND connection_id = ?2", [&hook_id, &connection_id])?;
+            if n == 1 {
+                delete_deliveries_of(db, &hook_id)?;
+            }
             Ok(n == 1)
         })
         .await
@@ -327,12 +330,11 @@ impl SqliteStore {
                 Err(e) => return Err(e.into()),
             }
             let seq = db.last_insert_rowid();
-            // The foreign key to `hooks` is the only lookup: a hook detached since the plan
-            // fails it, and gets no delivery.
+            // One lookup per delivery: a hook detached since the plan gets none.
             let mut insert = db.prepare_cached(
                 "INSERT INTO deliveries
                     (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, lease_until, updated_at)
-                 VALUES (?1, ?4, ?5, ?7, ?2, 0, ?3, ?6, ?3)",
+                 SELECT ?1, ?4, ?5, ?7, ?2, 0, ?3, ?6, ?3 WHERE EXISTS (SELECT 1 FROM hooks WHERE id = ?4)",
             )?;
             let mut deliveries = 0;
             let mut handed = Vec::with_capacity(fanout.handed.len());
@@ -340,10 +342,8 @@ impl SqliteStore {
             for (hook, lease) in queued.chain(fanout.handed.into_iter().map(|hook| (hook, Some(fanout.lease_until)))) {
                 let state = if lease.is_some() { IN_FLIGHT } else { PENDING };
                 let params = params![seq, state, event.received_at, hook.id, connection_id, lease, hook.url];
-                match insert.execute(params) {
-                    Ok(_) => {}
-                    Err(e) if is_foreign_key_violation(&e) => continue,
-                    Err(e) => return Err(e.into()),
+                if insert.execute(params)? == 0 {
+                    continue;
                 }
                 deliveries += 1;
                 if lease.is_some() {
@@ -649,6 +649,21 @@ fn record(db: &Db, records: &[AttemptRecord]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Deletes every delivery of a detached hook, and with them their attempts. Deliveries carry no
+/// index on their hook alone (it would cost every ingest a page), so they are found by state:
+/// those attempted through the hook's attempts, those waiting through the pending index, and
+/// those in flight through theirs (a few hundred at most).
+fn delete_deliveries_of(db: &Db, hook_id: &str) -> Result<(), StoreError> {
+    db.execute("DELETE FROM deliveries WHERE id IN (SELECT delivery_id FROM attempts WHERE hook_id = ?1)", [hook_id])?;
+    db.execute("DELETE FROM deliveries WHERE hook_id = ?1 AND state = ?2", params![hook_id, PENDING])?;
+    // A literal state, so that the partial index is known to apply when the plan is made.
+    db.execute(
+        &format!("DELETE FROM deliveries INDEXED BY deliveries_in_flight WHERE state = {IN_FLIGHT} AND hook_id = ?1"),
+        [hook_id],
+    )?;
+    Ok(())
+}
+
 /// Hands back to the claim queue every hand-off whose lease ran out before its attempt was
 /// recorded (the record kept failing, or the process that made it is gone); returns their
 /// hooks and due times.
@@ -669,12 +684,18 @@ fn migrate(db: &mut Db) -> Result<(), StoreError> {
             MIGRATIONS.len()
         )));
     }
+    db.execute_batch("PRAGMA foreign_keys = OFF")?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = db.transaction()?;
         tx.execute_batch(sql)?;
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
         tx.commit()?;
     }
+    let broken: Option<String> = db.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
+    if let Some(table) = broken {
+        return Err(StoreError::Corrupt(format!("a row of {table} refers to one that does not exist")));
+    }
+    db.execute_batch("PRAGMA foreign_keys = ON")?;
     Ok(())
 }
 
@@ -719,4 +740,38 @@ fn hook_row(r: &Row<'_>, connection_id: Arc<str>) -> Result<Hook, StoreError> {
         template_id: (!template.is_empty()).then_some(template),
         created_at: r.get(5)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Migration 3 rebuilds `deliveries`: the rows (and the attempts that reference them) must
+    /// survive it, and the references must hold again afterwards.
+    #[test]
+    fn the_deliveries_rebuild_keeps_every_row_and_reference() {
+        let mut db = Db::open_in_memory().unwrap();
+        db.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        for sql in &MIGRATIONS[..2] {
+            db.execute_batch(sql).unwrap();
+        }
+        db.execute_batch(
+            "PRAGMA user_version = 2;
+             INSERT INTO connections VALUES ('c', 'c', x'01', '[]', NULL, 0);
+             INSERT INTO hooks VALUES ('hk', 'c', 'https://example.com', 'image.created', '', 0);
+             INSERT INTO events VALUES (7, 'c', 'e', 'image.created', x'7b7d', 0);
+             INSERT INTO deliveries VALUES (9, 7, 'hk', 'c', 'https://example.com', 1, 1, 0, NULL, 200, NULL, 0);
+             INSERT INTO attempts VALUES (11, 9, 'hk', 'e', 1, 200, NULL, 1, 0);",
+        )
+        .unwrap();
+        migrate(&mut db).unwrap();
+        let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(count("PRAGMA user_version"), MIGRATIONS.len() as i64);
+        assert_eq!(count("SELECT COUNT(*) FROM deliveries WHERE id = 9 AND hook_id = 'hk'"), 1);
+        assert_eq!(count("SELECT COUNT(*) FROM attempts WHERE delivery_id = 9"), 1, "no cascade ran");
+        assert_eq!(count("SELECT COUNT(*) FROM sqlite_master WHERE name = 'deliveries_by_hook'"), 0);
+        assert_eq!(count("PRAGMA foreign_keys"), 1);
+        db.execute("DELETE FROM events WHERE seq = 7", []).unwrap();
+        assert_eq!(count("SELECT COUNT(*) FROM attempts"), 0, "an event's deletion still reaches its attempts");
+    }
 }

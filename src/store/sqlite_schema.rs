@@ -2,6 +2,9 @@
 //!
 //! Delivery states: 0 pending, 1 delivered, 2 dead, and 3 in flight — handed off at ingest and
 //! leased until its first attempt is recorded (see `IN_FLIGHT` in `sqlite.rs`).
+//!
+//! Migrations run with foreign keys off (a rebuilt table's old copy must drop without
+//! cascading), and the references are checked once they have all run.
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -70,5 +73,33 @@ CREATE INDEX attempts_by_delivery ON attempts (delivery_id);
 CREATE INDEX deliveries_in_flight ON deliveries (lease_until) WHERE state = 3;
 DROP INDEX deliveries_pending_by_hook;
 CREATE INDEX deliveries_pending_by_hook ON deliveries (hook_id, lease_until, next_attempt_at) WHERE state = 0;
+",
+    // Deliveries no longer reference their hook: an index on `hook_id` over every delivery was
+    // the one the foreign key needed, and it cost a page at a random place in each ingest
+    // commit per delivery. A detach now deletes the hook's deliveries by the narrower indexes
+    // (see `detach_hook` in `sqlite.rs`); a connection's go with its events.
+    r"
+CREATE TABLE deliveries_new (
+    id              INTEGER PRIMARY KEY,
+    event_seq       INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
+    hook_id         TEXT NOT NULL,
+    connection_id   TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    state           INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    lease_until     INTEGER,
+    last_status     INTEGER,
+    last_error      TEXT,
+    updated_at      INTEGER NOT NULL
+);
+INSERT INTO deliveries_new SELECT * FROM deliveries;
+DROP TABLE deliveries;
+ALTER TABLE deliveries_new RENAME TO deliveries;
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 0;
+CREATE INDEX deliveries_pending_by_hook ON deliveries (hook_id, lease_until, next_attempt_at) WHERE state = 0;
+CREATE INDEX deliveries_by_event ON deliveries (event_seq);
+CREATE INDEX deliveries_dead ON deliveries (connection_id, id) WHERE state = 2;
+CREATE INDEX deliveries_in_flight ON deliveries (lease_until) WHERE state = 3;
 ",
 ];

@@ -60,3 +60,77 @@ async fn a_batch_of_records_written_again_after_a_failure_is_applied_once() {
     assert_eq!(statuses, [(2, Some(200)), (1, Some(500))], "each attempt once, newest first");
     assert_eq!(store.pending_count().await.unwrap(), 0, "and the delivery is delivered");
 }
+
+#[tokio::test]
+async fn a_detach_deletes_the_hooks_deliveries_in_every_state_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = DatabaseUrl::parse(&database_url(dir.path()).await).unwrap();
+    let store = Store::open(&url, Metrics::default()).await.unwrap();
+    let connection = Connection {
+        id: "c".into(),
+        name: "c".into(),
+        api_key_hash: [2; 32],
+        secrets: Vec::new(),
+        ingest_rate: None,
+        created_at: 0,
+    };
+    store.create_connection(connection).await.unwrap();
+    let hook = |id: &str| Hook {
+        id: id.into(),
+        connection_id: Arc::from("c"),
+        url: format!("https://example.com/{id}"),
+        event: IMAGE_CREATED,
+        template_id: None,
+        created_at: 0,
+    };
+    let (gone, kept) = (hook("hk_gone"), hook("hk_kept"));
+    store.attach_hook(gone.clone()).await.unwrap();
+    store.attach_hook(kept.clone()).await.unwrap();
+    let to = |hooks: &[&Hook]| hooks.iter().map(|h| FanoutHook { id: h.id.clone(), url: h.url.clone() }).collect();
+    let ingest = |id: &str, queued: Vec<FanoutHook>, handed: Vec<FanoutHook>| {
+        let event = Event { id: id.into(), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 };
+        store.ingest("c", event, Fanout { queued, handed, lease_until: 1_000_000 })
+    };
+    // Attempted: one delivered to each hook, and a dead letter of the gone hook.
+    ingest("e1", to(&[&gone, &kept]), vec![]).await.unwrap();
+    ingest("e2", to(&[&gone]), vec![]).await.unwrap();
+    let claim = Claim { now: 10, lease_until: 1_000, limit: 10, per_hook: 10, hooks: None };
+    let records: Vec<AttemptRecord> = store
+        .claim(claim)
+        .await
+        .unwrap()
+        .due
+        .into_iter()
+        .map(|d| {
+            let dead = d.event_id == "e2";
+            AttemptRecord {
+                delivery_id: d.id,
+                hook_id: d.hook_id,
+                attempt: Attempt { event_id: d.event_id, ..attempt(1, if dead { 400 } else { 200 }) },
+                next: if dead { NextStep::DeadLetter } else { NextStep::Delivered },
+            }
+        })
+        .collect();
+    assert_eq!(records.len(), 3, "both of e1 and the one of e2 claimed");
+    store.record(records.into()).await.unwrap();
+    // Not yet attempted: waiting for each hook, and one in flight to the gone hook.
+    ingest("e3", to(&[&gone, &kept]), vec![]).await.unwrap();
+    ingest("e4", vec![], to(&[&gone])).await.unwrap();
+    assert_eq!(store.pending_count().await.unwrap(), 3);
+    assert_eq!(store.dead_letters(Some("c"), 10).await.unwrap().len(), 1);
+
+    assert!(store.detach_hook("c", &gone.id).await.unwrap());
+
+    assert!(store.attempts(&gone.id, 10).await.unwrap().is_empty(), "its attempts are gone");
+    assert!(store.dead_letters(Some("c"), 10).await.unwrap().is_empty(), "and its dead letter");
+    assert_eq!(store.pending_count().await.unwrap(), 1, "only the kept hook's delivery still waits");
+    let claim = Claim { now: 2_000_000, lease_until: 3_000_000, limit: 10, per_hook: 10, hooks: None };
+    let due: Vec<_> = store.claim(claim).await.unwrap().due.into_iter().map(|d| (d.hook_id, d.event_id)).collect();
+    assert_eq!(
+        due,
+        [(kept.id.clone(), "e3".to_owned())],
+        "nothing of the gone hook is claimed, even after leases run out"
+    );
+    let kept_attempts: Vec<_> = store.attempts(&kept.id, 10).await.unwrap().into_iter().map(|a| a.event_id).collect();
+    assert_eq!(kept_attempts, ["e1"], "the kept hook's history stays");
+}
