@@ -111,8 +111,8 @@ impl Envelope {
     /// 400 `invalid_payload` when the body is not a JSON object or its id is too long.
     pub(super) fn parse(body: &[u8]) -> Result<Self, ApiError> {
         // Skipped strings are not checked for UTF-8 as they are read, so the whole body is.
-        let text = std::str::from_utf8(body).map_err(|_| ApiError::invalid_payload("the body is not valid JSON"))?;
-        let mut reader = serde_json::Deserializer::from_str(text);
+        let json = std::str::from_utf8(body).map_err(|_| ApiError::invalid_payload("the body is not valid JSON"))?;
+        let mut reader = serde_json::Deserializer::from_str(json);
         let fields =
             reader.deserialize_map(TopLevel).and_then(|fields| reader.end().map(|()| fields)).map_err(|e| {
                 ApiError::invalid_payload(if e.is_data() {

@@ -1,6 +1,7 @@
 //! The store's own guarantees, on whichever backend the suite runs on (SQLite by default,
 //! PostgreSQL when `RELAY_TEST_POSTGRES_URL` is set), through its public interface.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use stencil_relay::config::DatabaseUrl;
@@ -10,6 +11,34 @@ use stencil_relay::store::{Claim, Fanout, FanoutHook, Store};
 
 use crate::harness::database_url;
 
+/// A store of its own holding one connection, `c`, whose API-key hash is `key` repeated.
+async fn store_with_connection(dir: &Path, key: u8) -> Store {
+    let url = DatabaseUrl::parse(&database_url(dir).await).unwrap();
+    let store = Store::open(&url, Metrics::default()).await.unwrap();
+    let connection = Connection {
+        id: "c".into(),
+        name: "c".into(),
+        api_key_hash: [key; 32],
+        secrets: Vec::new(),
+        ingest_rate: None,
+        created_at: 0,
+    };
+    store.create_connection(connection).await.unwrap();
+    store
+}
+
+/// A hook of connection `c` for `image.created`.
+fn hook(id: &str) -> Hook {
+    Hook {
+        id: id.into(),
+        connection_id: Arc::from("c"),
+        url: format!("https://example.com/{id}"),
+        event: IMAGE_CREATED,
+        template_id: None,
+        created_at: 0,
+    }
+}
+
 fn attempt(number: u32, status: u16) -> Attempt {
     Attempt { event_id: "evt-1".into(), attempt: number, status_code: Some(status), error: None, duration_ms: 1, at: 1 }
 }
@@ -17,25 +46,8 @@ fn attempt(number: u32, status: u16) -> Attempt {
 #[tokio::test]
 async fn a_batch_of_records_written_again_after_a_failure_is_applied_once() {
     let dir = tempfile::tempdir().unwrap();
-    let url = DatabaseUrl::parse(&database_url(dir.path()).await).unwrap();
-    let store = Store::open(&url, Metrics::default()).await.unwrap();
-    let connection = Connection {
-        id: "c".into(),
-        name: "c".into(),
-        api_key_hash: [1; 32],
-        secrets: Vec::new(),
-        ingest_rate: None,
-        created_at: 0,
-    };
-    store.create_connection(connection).await.unwrap();
-    let hook = Hook {
-        id: "hk_1".into(),
-        connection_id: Arc::from("c"),
-        url: "https://example.com/hook".into(),
-        event: IMAGE_CREATED,
-        template_id: None,
-        created_at: 0,
-    };
+    let store = store_with_connection(dir.path(), 1).await;
+    let hook = hook("hk_1");
     store.attach_hook(hook.clone()).await.unwrap();
     let event = Event { id: "evt-1".into(), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 };
     let queued = vec![FanoutHook { id: hook.id.clone(), url: hook.url.clone() }];
@@ -64,25 +76,7 @@ async fn a_batch_of_records_written_again_after_a_failure_is_applied_once() {
 #[tokio::test]
 async fn a_detach_deletes_the_hooks_deliveries_in_every_state_and_no_other() {
     let dir = tempfile::tempdir().unwrap();
-    let url = DatabaseUrl::parse(&database_url(dir.path()).await).unwrap();
-    let store = Store::open(&url, Metrics::default()).await.unwrap();
-    let connection = Connection {
-        id: "c".into(),
-        name: "c".into(),
-        api_key_hash: [2; 32],
-        secrets: Vec::new(),
-        ingest_rate: None,
-        created_at: 0,
-    };
-    store.create_connection(connection).await.unwrap();
-    let hook = |id: &str| Hook {
-        id: id.into(),
-        connection_id: Arc::from("c"),
-        url: format!("https://example.com/{id}"),
-        event: IMAGE_CREATED,
-        template_id: None,
-        created_at: 0,
-    };
+    let store = store_with_connection(dir.path(), 2).await;
     let (gone, kept) = (hook("hk_gone"), hook("hk_kept"));
     store.attach_hook(gone.clone()).await.unwrap();
     store.attach_hook(kept.clone()).await.unwrap();
