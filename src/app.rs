@@ -36,7 +36,7 @@ pub enum StartError {
     },
     /// The outbound HTTP client could not be built.
     #[error("cannot build the delivery client")]
-    Client(#[from] reqwest::Error),
+    Client(#[from] crate::delivery::ClientError),
 }
 
 /// A built, bound, not yet serving relay.

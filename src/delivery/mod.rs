@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub use client::{DeliveryClient, MAX_RESPONSE_BYTES, USER_AGENT};
+pub use client::{ClientError, DeliveryClient, MAX_RESPONSE_BYTES, USER_AGENT};
 use retry::Decision;
 use slots::Slots;
 pub use slots::Ticket;
