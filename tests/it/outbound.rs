@@ -1,6 +1,7 @@
 //! Hostile targets: a hook that answers garbage, resets, trickles or never stops talking is one
 //! failed (or capped) attempt, never a stuck worker, and other hooks keep being served.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,6 +58,37 @@ async fn misbehave(mut socket: TcpStream, behaviour: Misbehaviour) {
     }
 }
 
+/// Starts a TLS target for `localhost` whose self-signed certificate no system root vouches for;
+/// returns its URL. It answers 200 to anyone who completes the handshake.
+async fn untrusted_tls_target() -> String {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(["localhost".to_owned()]).unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(signing_key.serialize_der());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key.into())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://localhost:{}/hook", listener.local_addr().unwrap().port());
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(socket).await {
+                    let mut request = [0u8; 4096];
+                    let _ = tls.read(&mut request).await;
+                    let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+                }
+            });
+        }
+    });
+    url
+}
+
 /// Attaches `url` and a well-behaved sink to two connections, sends one event to each, and
 /// returns the hostile hook's first attempt once the well-behaved one has been delivered.
 async fn first_attempt_against(url: &str) -> (serde_json::Value, Duration) {
@@ -103,4 +135,13 @@ async fn endless_answers_are_read_only_up_to_the_cap() {
     let (attempt, _) = first_attempt_against(&hostile_target(Misbehaviour::EndlessBody).await).await;
     assert_eq!(attempt["status_code"], 200, "{attempt}");
     assert!(attempt["duration_ms"].as_u64().unwrap() < 500, "stopped reading well before the timeout: {attempt}");
+}
+
+#[tokio::test]
+async fn untrusted_tls_certificates_are_refused() {
+    // Deliveries verify the target's certificate against the system roots: a self-signed one
+    // is a failed attempt, never a delivery.
+    let (attempt, _) = first_attempt_against(&untrusted_tls_target().await).await;
+    assert_eq!(attempt["status_code"], serde_json::Value::Null, "{attempt}");
+    assert!(attempt["error"].as_str().unwrap().contains("certificate"), "{attempt}");
 }
