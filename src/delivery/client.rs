@@ -63,7 +63,6 @@ pub struct DeliveryClient {
     http: Client<Connector, Full<Bytes>>,
     policy: Arc<TargetPolicy>,
     timeout: Duration,
-    user_agent: HeaderValue,
 }
 
 impl DeliveryClient {
@@ -88,7 +87,7 @@ impl DeliveryClient {
             .pool_idle_timeout(POOL_IDLE)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Ok(Self { http, policy, timeout, user_agent: HeaderValue::from_static(USER_AGENT) })
+        Ok(Self { http, policy, timeout })
     }
 
     /// Makes attempt number `attempt` of `delivery`.
@@ -104,7 +103,7 @@ impl DeliveryClient {
             Ok(uri) => uri,
             Err(why) => return failed(why),
         };
-        let request = match self.request(uri, delivery, attempt) {
+        let request = match request(uri, delivery, attempt) {
             Ok(request) => request,
             Err(_) => return failed(INVALID_URL.to_owned()),
         };
@@ -142,20 +141,6 @@ impl DeliveryClient {
         Ok((status, retry_after))
     }
 
-    fn request(&self, uri: Uri, d: &DueDelivery, attempt: u32) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
-        let value = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-        Request::post(uri)
-            .header(USER_AGENT_HEADER, self.user_agent.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header("x-relay-event-id", value(&d.event_id))
-            .header("x-relay-hook-id", value(&d.hook_id))
-            .header("x-relay-attempt", HeaderValue::from(attempt))
-            .header("webhook-id", value(&d.event_id))
-            .header("webhook-timestamp", HeaderValue::from(now))
-            .body(Full::new(d.payload.clone()))
-    }
-
     /// The hook URL as a request target (a fragment is never sent), if it parses and does not
     /// name a forbidden address literally (names are checked when they resolve).
     fn checked_uri(&self, url: &str) -> Result<Uri, String> {
@@ -168,6 +153,21 @@ impl DeliveryClient {
             _ => Ok(uri),
         }
     }
+}
+
+/// The attempt's request: the exact payload and the headers API.md lists.
+fn request(uri: Uri, d: &DueDelivery, attempt: u32) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
+    let value = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+    Request::post(uri)
+        .header(USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT))
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .header("x-relay-event-id", value(&d.event_id))
+        .header("x-relay-hook-id", value(&d.hook_id))
+        .header("x-relay-attempt", HeaderValue::from(attempt))
+        .header("webhook-id", value(&d.event_id))
+        .header("webhook-timestamp", HeaderValue::from(now))
+        .body(Full::new(d.payload.clone()))
 }
 
 /// "connection failed" or "request failed", then the causes (never the URL).
