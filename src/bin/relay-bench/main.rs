@@ -52,6 +52,11 @@ struct Args {
     /// Interleaved relay/baseline repetitions of the ingest scenario (medians are reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Drive the ingest scenario open-loop at this many events per second instead of
+    /// closed-loop: commit batches then have the same size for every binary, so CPU per event
+    /// can be compared between two of them (an A/B), which saturation's batch sizes blur.
+    #[arg(long)]
+    rate: Option<u32>,
     /// Also write the rows as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -63,6 +68,7 @@ pub(crate) struct Bench {
     pub(crate) database_url: Option<String>,
     pub(crate) duration: Duration,
     pub(crate) runs: usize,
+    pub(crate) rate: Option<u32>,
     pub(crate) backend: String,
 }
 
@@ -91,6 +97,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         database_url: args.database_url,
         duration: Duration::from_secs(args.seconds),
         runs: args.runs.max(1),
+        rate: args.rate,
     };
     let mut rows = Vec::new();
     let mut ok = true;

@@ -163,16 +163,23 @@ pub(crate) async fn smoke(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<
     Ok(complete)
 }
 
-/// 100 connections with one hook each, 64 client connections, closed-loop, interleaved with
-/// the baseline; the medians and their ratio are the headline.
+/// 100 connections with one hook each, 64 client connections, closed-loop (or open-loop at
+/// `--rate`), interleaved with the baseline; the medians and their ratio are the headline.
 pub(crate) async fn ingest(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let (mut relay_rates, mut base_rates, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..bench.runs {
         let setup = setup(bench, 100, 1).await?;
         let before = (setup.relay.cpu_seconds(), setup.sink.total.load(Ordering::Relaxed));
         let started = Instant::now();
-        let outcome = closed_loop(&setup.target, &format!("ingest{run}"), 64, bench.duration).await?;
-        let row = relay_row(bench, "ingest", &setup, &outcome, before, started.elapsed()).await;
+        let name = format!("ingest{run}");
+        let outcome = match bench.rate {
+            Some(rate) => open_loop(&setup.target, &name, rate, bench.duration).await?,
+            None => closed_loop(&setup.target, &name, 64, bench.duration).await?,
+        };
+        let mut row = relay_row(bench, "ingest", &setup, &outcome, before, started.elapsed()).await;
+        if let Some(rate) = bench.rate {
+            row.note = format!("open-loop {rate}/s {}", row.note).trim().to_owned();
+        }
         relay_rates.push(row.events_per_s);
         cpu.push(row.cpu_us_per_event.unwrap_or(0.0));
         rows.push(row);
@@ -333,6 +340,7 @@ fn clone(bench: &Bench) -> Bench {
         database_url: bench.database_url.clone(),
         duration: bench.duration,
         runs: bench.runs,
+        rate: bench.rate,
         backend: bench.backend.clone(),
     }
 }
