@@ -2,6 +2,13 @@
 //!
 //! Writes go to one writer thread that commits them in batches (see `sqlite_writer`); reads
 //! use a second connection (WAL lets it run beside the writer) on the blocking pool.
+//!
+//! The hot path's statements are written so that SQLite needs no statement journal for them:
+//! such a journal copies every page a statement touches before it changes it. SQLite keeps one
+//! for a statement that may change several rows *and* may abort halfway (a constraint that
+//! fails with `ABORT`). Inserts are single rows of values, and updates say `OR FAIL`, which
+//! stops a failing update where it is instead of undoing it: a bulk job that fails rolls its
+//! whole batch back anyway.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -335,21 +342,24 @@ impl SqliteStore {
                 Err(e) => return Err(e.into()),
             }
             let seq = db.last_insert_rowid();
-            // One lookup per delivery: a hook detached since the plan gets none.
+            // One lookup per delivery: a hook detached since the plan gets none. The insert is
+            // a single row of values, not `INSERT … SELECT`, so that SQLite needs no statement
+            // journal for it (see the module doc).
+            let mut exists = db.prepare_cached("SELECT 1 FROM hooks WHERE id = ?1")?;
             let mut insert = db.prepare_cached(
                 "INSERT INTO deliveries
                     (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, lease_until, updated_at)
-                 SELECT ?1, ?4, ?5, ?7, ?2, 0, ?3, ?6, ?3 WHERE EXISTS (SELECT 1 FROM hooks WHERE id = ?4)",
+                 VALUES (?1, ?4, ?5, ?7, ?2, 0, ?3, ?6, ?3)",
             )?;
             let mut deliveries = 0;
             let mut handed = Vec::with_capacity(fanout.handed.len());
             let queued = fanout.queued.into_iter().map(|hook| (hook, None));
             for (hook, lease) in queued.chain(fanout.handed.into_iter().map(|hook| (hook, Some(fanout.lease_until)))) {
-                let state = if lease.is_some() { IN_FLIGHT } else { PENDING };
-                let params = params![seq, state, event.received_at, hook.id, connection_id, lease, hook.url];
-                if insert.execute(params)? == 0 {
+                if !exists.exists([&hook.id])? {
                     continue;
                 }
+                let state = if lease.is_some() { IN_FLIGHT } else { PENDING };
+                insert.execute(params![seq, state, event.received_at, hook.id, connection_id, lease, hook.url])?;
                 deliveries += 1;
                 if lease.is_some() {
                     handed.push(DueDelivery {
@@ -373,8 +383,10 @@ impl SqliteStore {
         self.write_bulk(move |db| {
             // Claims name hooks and look only at unleased deliveries, so a lease that ran out
             // (its outcome was never recorded) is taken back here.
-            db.prepare_cached("UPDATE deliveries SET lease_until = NULL WHERE state = ?1 AND lease_until <= ?2")?
-                .execute(params![PENDING, now])?;
+            db.prepare_cached(
+                "UPDATE OR FAIL deliveries SET lease_until = NULL WHERE state = ?1 AND lease_until <= ?2",
+            )?
+            .execute(params![PENDING, now])?;
             let mut stmt = db.prepare_cached(
                 "SELECT hook_id, COUNT(*), MIN(next_attempt_at) FROM deliveries
                  WHERE state = ?1 AND lease_until IS NULL GROUP BY hook_id",
@@ -488,7 +500,7 @@ impl SqliteStore {
     pub(super) async fn release(&self, ids: Vec<i64>) -> Result<(), StoreError> {
         self.write_bulk(move |db| {
             let mut stmt = db.prepare_cached(
-                "UPDATE deliveries SET state = ?2, lease_until = NULL WHERE id = ?1 AND state IN (?2, ?3)",
+                "UPDATE OR FAIL deliveries SET state = ?2, lease_until = NULL WHERE id = ?1 AND state IN (?2, ?3)",
             )?;
             for id in ids {
                 stmt.execute(params![id, PENDING, IN_FLIGHT])?;
@@ -573,7 +585,7 @@ impl Leased {
 /// ([`claim_hooks`]), and this stays for callers that cannot.
 fn claim_any(db: &Db, claim: &Claim) -> Result<Vec<Leased>, StoreError> {
     let mut stmt = db.prepare_cached(&format!(
-        "UPDATE deliveries SET lease_until = ?1 WHERE id IN (
+        "UPDATE OR FAIL deliveries SET lease_until = ?1 WHERE id IN (
             SELECT id FROM (
                 SELECT d.id, d.next_attempt_at,
                        ROW_NUMBER() OVER (PARTITION BY d.hook_id ORDER BY d.next_attempt_at, d.id) AS rn
@@ -600,7 +612,7 @@ fn claim_hooks(
     leased: &mut Vec<Leased>,
 ) -> Result<Vec<Option<i64>>, StoreError> {
     let mut lease = db.prepare_cached(&format!(
-        "UPDATE deliveries SET lease_until = ?1 WHERE id IN (
+        "UPDATE OR FAIL deliveries SET lease_until = ?1 WHERE id IN (
             SELECT id FROM deliveries
             WHERE hook_id = ?2 AND state = ?3 AND lease_until IS NULL AND next_attempt_at <= ?4
             ORDER BY next_attempt_at, id LIMIT ?5)
@@ -626,7 +638,7 @@ fn claim_hooks(
 
 fn record(db: &Db, records: &[AttemptRecord]) -> Result<(), StoreError> {
     let mut update = db.prepare_cached(
-        "UPDATE deliveries SET attempts = ?2, state = ?3, next_attempt_at = ?4, lease_until = NULL,
+        "UPDATE OR FAIL deliveries SET attempts = ?2, state = ?3, next_attempt_at = ?4, lease_until = NULL,
                 last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1 AND attempts < ?2",
     )?;
     let mut insert = db.prepare_cached(
@@ -674,7 +686,7 @@ fn delete_deliveries_of(db: &Db, hook_id: &str) -> Result<(), StoreError> {
 /// hooks and due times.
 fn expire_in_flight(db: &Db, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
     let mut stmt = db.prepare_cached(
-        "UPDATE deliveries SET state = ?1, lease_until = NULL WHERE state = ?2 AND lease_until <= ?3
+        "UPDATE OR FAIL deliveries SET state = ?1, lease_until = NULL WHERE state = ?2 AND lease_until <= ?3
          RETURNING hook_id, next_attempt_at",
     )?;
     let rows = stmt.query_map(params![PENDING, IN_FLIGHT, now], |r| Ok((r.get(0)?, r.get(1)?)))?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use stencil_relay::config::DatabaseUrl;
 use stencil_relay::metrics::Metrics;
 use stencil_relay::model::{Attempt, AttemptRecord, Connection, Event, Hook, IMAGE_CREATED, NextStep};
-use stencil_relay::store::{Claim, Fanout, FanoutHook, Store};
+use stencil_relay::store::{Claim, Fanout, FanoutHook, Ingested, Store};
 
 use crate::harness::database_url;
 
@@ -127,4 +127,40 @@ async fn a_detach_deletes_the_hooks_deliveries_in_every_state_and_no_other() {
     );
     let kept_attempts: Vec<_> = store.attempts(&kept.id, 10).await.unwrap().into_iter().map(|a| a.event_id).collect();
     assert_eq!(kept_attempts, ["e1"], "the kept hook's history stays");
+}
+
+#[tokio::test]
+async fn ingests_that_share_a_commit_succeed_or_fail_each_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_connection(dir.path(), 3).await;
+    let (kept, never_attached) = (hook("hk_kept"), hook("hk_never_attached"));
+    store.attach_hook(kept.clone()).await.unwrap();
+    let fanout = Fanout {
+        queued: [&kept, &never_attached].iter().map(|h| FanoutHook { id: h.id.clone(), url: h.url.clone() }).collect(),
+        handed: vec![],
+        lease_until: 0,
+    };
+    // Sent at once, so that the writer commits many of them together: every other one is for a
+    // connection the store does not have (as when it is deleted between the check and the commit).
+    let mut ingests = tokio::task::JoinSet::new();
+    for n in 0..64 {
+        let (store, fanout) = (store.clone(), fanout.clone());
+        let connection = if n % 2 == 0 { "c" } else { "deleted" };
+        let event =
+            Event { id: format!("e{n}"), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 };
+        ingests.spawn(async move { (n, store.ingest(connection, event, fanout).await.unwrap()) });
+    }
+    while let Some(done) = ingests.join_next().await {
+        match done.unwrap() {
+            (n, Ingested::Accepted { deliveries, .. }) if n % 2 == 0 => {
+                assert_eq!(deliveries, 1, "a hook that is not attached gets no delivery");
+            }
+            (n, Ingested::UnknownConnection) if n % 2 == 1 => {}
+            (n, other) => panic!("event {n}: {other:?}"),
+        }
+    }
+    assert_eq!(store.pending_count().await.unwrap(), 32, "every accepted event's delivery is committed");
+    let event = Event { id: "e0".into(), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 };
+    assert!(matches!(store.ingest("c", event, fanout).await.unwrap(), Ingested::Duplicate));
+    assert_eq!(store.events("c", 100).await.unwrap().len(), 32);
 }
