@@ -39,6 +39,11 @@ fn hook(id: &str) -> Hook {
     }
 }
 
+/// An empty `image.created` event with this id.
+fn event(id: &str) -> Event {
+    Event { id: id.into(), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 }
+}
+
 fn attempt(number: u32, status: u16) -> Attempt {
     Attempt { event_id: "evt-1".into(), attempt: number, status_code: Some(status), error: None, duration_ms: 1, at: 1 }
 }
@@ -49,7 +54,7 @@ async fn a_batch_of_records_written_again_after_a_failure_is_applied_once() {
     let store = store_with_connection(dir.path(), 1).await;
     let hook = hook("hk_1");
     store.attach_hook(hook.clone()).await.unwrap();
-    let event = Event { id: "evt-1".into(), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 };
+    let event = event("evt-1");
     let queued = vec![FanoutHook { id: hook.id.clone(), url: hook.url.clone() }];
     store.ingest("c", event, Fanout { queued, handed: vec![], lease_until: 0 }).await.unwrap();
     let claim = Claim { now: 10, lease_until: 1_000, limit: 10, per_hook: 10, hooks: None };
@@ -82,7 +87,7 @@ async fn a_detach_deletes_the_hooks_deliveries_in_every_state_and_no_other() {
     store.attach_hook(kept.clone()).await.unwrap();
     let to = |hooks: &[&Hook]| hooks.iter().map(|h| FanoutHook { id: h.id.clone(), url: h.url.clone() }).collect();
     let ingest = |id: &str, queued: Vec<FanoutHook>, handed: Vec<FanoutHook>| {
-        let event = Event { id: id.into(), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 };
+        let event = event(id);
         store.ingest("c", event, Fanout { queued, handed, lease_until: 1_000_000 })
     };
     // Attempted: one delivered to each hook, and a dead letter of the gone hook.
@@ -146,8 +151,7 @@ async fn ingests_that_share_a_commit_succeed_or_fail_each_on_its_own() {
     for n in 0..64 {
         let (store, fanout) = (store.clone(), fanout.clone());
         let connection = if n % 2 == 0 { "c" } else { "deleted" };
-        let event =
-            Event { id: format!("e{n}"), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 };
+        let event = event(&format!("e{n}"));
         ingests.spawn(async move { (n, store.ingest(connection, event, fanout).await.unwrap()) });
     }
     while let Some(done) = ingests.join_next().await {
@@ -160,7 +164,6 @@ async fn ingests_that_share_a_commit_succeed_or_fail_each_on_its_own() {
         }
     }
     assert_eq!(store.pending_count().await.unwrap(), 32, "every accepted event's delivery is committed");
-    let event = Event { id: "e0".into(), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 };
-    assert!(matches!(store.ingest("c", event, fanout).await.unwrap(), Ingested::Duplicate));
+    assert!(matches!(store.ingest("c", event("e0"), fanout).await.unwrap(), Ingested::Duplicate));
     assert_eq!(store.events("c", 100).await.unwrap().len(), 32);
 }
