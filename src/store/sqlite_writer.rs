@@ -4,7 +4,7 @@
 //!
 //! An API job runs inside a savepoint of its own, so when it fails it rolls back alone. A bulk
 //! job does not: a savepoint copies every page the job touches to a sub-journal first, which
-//! was a sixth of the writer's CPU. Bulk jobs fail only when the database itself does (a full
+//! was a seventh of the writer's CPU. Bulk jobs fail only when the database itself does (a full
 //! disk, an I/O error), so a failing bulk job spoils its batch instead: the transaction rolls
 //! back and every job in it gets the error, which their callers already answer (a 503 for
 //! ingest) or retry (claims, records).
