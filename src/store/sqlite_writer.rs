@@ -112,9 +112,9 @@ impl<T: Send, F: FnOnce(&Db) -> Result<T, StoreError> + Send> WriteJob for Job<T
         let op = self.op.take().expect("a job runs once");
         if !self.savepoint {
             let result = op(db);
-            let spoiled = result.as_ref().err().cloned();
+            let ran = result.as_ref().map(drop).map_err(StoreError::clone);
             self.result = Some(result);
-            return spoiled.map_or(Ok(()), Err);
+            return ran;
         }
         let result = run_statement(db, "SAVEPOINT job").and_then(|()| {
             let result = op(db);

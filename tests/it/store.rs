@@ -39,6 +39,11 @@ fn hook(id: &str) -> Hook {
     }
 }
 
+/// The fan-out entries of these hooks.
+fn fanout_to(hooks: &[&Hook]) -> Vec<FanoutHook> {
+    hooks.iter().map(|h| FanoutHook { id: h.id.clone(), url: h.url.clone() }).collect()
+}
+
 /// An empty `image.created` event with this id.
 fn event(id: &str) -> Event {
     Event { id: id.into(), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 }
@@ -55,7 +60,7 @@ async fn a_batch_of_records_written_again_after_a_failure_is_applied_once() {
     let hook = hook("hk_1");
     store.attach_hook(hook.clone()).await.unwrap();
     let event = event("evt-1");
-    let queued = vec![FanoutHook { id: hook.id.clone(), url: hook.url.clone() }];
+    let queued = fanout_to(&[&hook]);
     store.ingest("c", event, Fanout { queued, handed: vec![], lease_until: 0 }).await.unwrap();
     let claim = Claim { now: 10, lease_until: 1_000, limit: 10, per_hook: 10, hooks: None };
     let delivery = store.claim(claim).await.unwrap().due.remove(0);
@@ -85,14 +90,13 @@ async fn a_detach_deletes_the_hooks_deliveries_in_every_state_and_no_other() {
     let (gone, kept) = (hook("hk_gone"), hook("hk_kept"));
     store.attach_hook(gone.clone()).await.unwrap();
     store.attach_hook(kept.clone()).await.unwrap();
-    let to = |hooks: &[&Hook]| hooks.iter().map(|h| FanoutHook { id: h.id.clone(), url: h.url.clone() }).collect();
     let ingest = |id: &str, queued: Vec<FanoutHook>, handed: Vec<FanoutHook>| {
         let event = event(id);
         store.ingest("c", event, Fanout { queued, handed, lease_until: 1_000_000 })
     };
     // Attempted: one delivered to each hook, and a dead letter of the gone hook.
-    ingest("e1", to(&[&gone, &kept]), vec![]).await.unwrap();
-    ingest("e2", to(&[&gone]), vec![]).await.unwrap();
+    ingest("e1", fanout_to(&[&gone, &kept]), vec![]).await.unwrap();
+    ingest("e2", fanout_to(&[&gone]), vec![]).await.unwrap();
     let claim = Claim { now: 10, lease_until: 1_000, limit: 10, per_hook: 10, hooks: None };
     let records: Vec<AttemptRecord> = store
         .claim(claim)
@@ -113,8 +117,8 @@ async fn a_detach_deletes_the_hooks_deliveries_in_every_state_and_no_other() {
     assert_eq!(records.len(), 3, "both of e1 and the one of e2 claimed");
     store.record(records.into()).await.unwrap();
     // Not yet attempted: waiting for each hook, and one in flight to the gone hook.
-    ingest("e3", to(&[&gone, &kept]), vec![]).await.unwrap();
-    ingest("e4", vec![], to(&[&gone])).await.unwrap();
+    ingest("e3", fanout_to(&[&gone, &kept]), vec![]).await.unwrap();
+    ingest("e4", vec![], fanout_to(&[&gone])).await.unwrap();
     assert_eq!(store.pending_count().await.unwrap(), 3);
     assert_eq!(store.dead_letters(Some("c"), 10).await.unwrap().len(), 1);
 
@@ -140,11 +144,7 @@ async fn ingests_that_share_a_commit_succeed_or_fail_each_on_its_own() {
     let store = store_with_connection(dir.path(), 3).await;
     let (kept, never_attached) = (hook("hk_kept"), hook("hk_never_attached"));
     store.attach_hook(kept.clone()).await.unwrap();
-    let fanout = Fanout {
-        queued: [&kept, &never_attached].iter().map(|h| FanoutHook { id: h.id.clone(), url: h.url.clone() }).collect(),
-        handed: vec![],
-        lease_until: 0,
-    };
+    let fanout = Fanout { queued: fanout_to(&[&kept, &never_attached]), handed: vec![], lease_until: 0 };
     // Sent at once, so that the writer commits many of them together: every other one is for a
     // connection the store does not have (as when it is deleted between the check and the commit).
     let mut ingests = tokio::task::JoinSet::new();

@@ -163,8 +163,9 @@ pub(crate) async fn smoke(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<
     Ok(complete)
 }
 
-/// 100 connections with one hook each, 64 client connections, closed-loop (or open-loop at
-/// `--rate`), interleaved with the baseline; the medians and their ratio are the headline.
+/// 100 connections with one hook each, 64 client connections, closed-loop and interleaved
+/// with the baseline: the medians and their ratio are the headline. With `--rate` the load is
+/// open-loop at that rate and no baseline runs (for A/Bs of CPU per event).
 pub(crate) async fn ingest(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let (mut relay_rates, mut base_rates, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..bench.runs {
@@ -184,22 +185,32 @@ pub(crate) async fn ingest(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Result
         cpu.push(row.cpu_us_per_event.unwrap_or(0.0));
         rows.push(row);
         drop(setup);
-        let base = baseline_row(bench, "ingest", 64).await?;
-        base_rates.push(base.events_per_s);
-        rows.push(base);
+        // A closed-loop baseline says nothing about an open-loop relay run, so `--rate` has none.
+        if bench.rate.is_none() {
+            let base = baseline_row(bench, "ingest", 64).await?;
+            base_rates.push(base.events_per_s);
+            rows.push(base);
+        }
     }
-    let (relay, base) = (median(relay_rates), median(base_rates));
+    let relay = median(relay_rates);
+    let note = match bench.rate {
+        Some(rate) => format!("open-loop {rate}/s, no baseline ({} runs)", bench.runs),
+        None => {
+            let base = median(base_rates);
+            format!(
+                "relay ÷ baseline = {:.2} (baseline median {base:.0}/s, {} runs)",
+                relay / base.max(1.0),
+                bench.runs
+            )
+        }
+    };
     rows.push(Row {
         scenario: "ingest".into(),
         backend: bench.backend.clone(),
         server: "median".into(),
         events_per_s: relay,
         cpu_us_per_event: Some(median(cpu)),
-        note: format!(
-            "relay ÷ baseline = {:.2} (baseline median {base:.0}/s, {} runs)",
-            relay / base.max(1.0),
-            bench.runs
-        ),
+        note,
         ..Row::default()
     });
     Ok(())
