@@ -31,6 +31,11 @@ pub(super) fn empty(status: StatusCode) -> Response<Full<Bytes>> {
     response
 }
 
+/// How much of a refused body is read and dropped, at most, so that a client still sending it
+/// gets to read the 413 (most write their whole body before they read): closing a connection
+/// with unread data resets it, and the client sees a broken pipe instead of the answer.
+const DISCARD_AT_MOST: usize = 8 * 1024 * 1024;
+
 /// Reads the whole body, refusing with 413 as soon as it passes `limit` (never buffered whole)
 /// and with 408 when it has not all arrived within `timeout` (slow-body clients).
 ///
@@ -38,20 +43,38 @@ pub(super) fn empty(status: StatusCode) -> Response<Full<Bytes>> {
 /// 413 when too large; 408 when too slow; 400 when the client breaks off.
 pub(super) async fn read_body(
     headers: &HeaderMap,
-    body: Incoming,
+    mut body: Incoming,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        discard(body, timeout);
         return Err(ApiError::payload_too_large(limit));
     }
-    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+    match tokio::time::timeout(timeout, Limited::new(&mut body, limit).collect()).await {
         Err(_) => Err(ApiError::request_timeout(timeout)),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(limit)),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            discard(body, timeout);
+            Err(ApiError::payload_too_large(limit))
+        }
         Ok(Err(_)) => Err(ApiError::invalid_request("the request body could not be read")),
     }
+}
+
+/// Reads the rest of a refused body in the background and drops it, for at most `timeout` and
+/// [`DISCARD_AT_MOST`] bytes; past either, the connection is closed.
+fn discard(mut body: Incoming, timeout: Duration) {
+    tokio::spawn(tokio::time::timeout(timeout, async move {
+        let mut read = 0;
+        while read <= DISCARD_AT_MOST {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+                Some(Err(_)) | None => return,
+            }
+        }
+    }));
 }
 
 /// Reads and parses a JSON body of at most [`MAX_API_BODY`]; an empty body parses as `{}`.

@@ -115,6 +115,44 @@ async fn oversized_bodies_are_refused_while_streaming() {
     assert_eq!(exact.status, StatusCode::ACCEPTED);
 }
 
+#[tokio::test]
+async fn a_client_that_sends_all_of_an_oversized_body_still_reads_the_413() {
+    // Most HTTP clients write the whole body before they read the answer. Were the connection
+    // closed as soon as the body was refused, the rest of it would meet a reset, and the client
+    // would see a broken connection instead of the 413.
+    let relay = TestServer::start().await;
+    let conn = relay.connection("acme").await;
+    let chunk = [b' '; 64 * 1024];
+    let times = 48; // 3 MiB, well past the default 1 MiB limit
+    let start = format!("POST /v1/ingest/{} HTTP/1.1\r\nhost: relay\r\nx-usestencil-signature: 00\r\n", conn.id);
+    let declared = format!("{start}content-length: {}\r\n\r\n", times * chunk.len());
+    let answer = send_whole_then_read(&relay.base, declared.as_bytes(), &chunk, times, 0).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "declared: {answer}");
+    let streamed = format!("{start}transfer-encoding: chunked\r\n\r\n");
+    let framed = [&format!("{:x}\r\n", chunk.len()).into_bytes()[..], &chunk, b"\r\n"].concat();
+    let answer = send_whole_then_read(&relay.base, streamed.as_bytes(), &framed, times, 17).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "streamed: {answer}");
+}
+
+/// Writes `head` then `chunk` `times` times, all of it, as most clients do, and returns the
+/// answer. After `answered_after` chunks it waits until the relay has answered, so the rest of
+/// the body arrives after the refusal, as it does from a client farther away than loopback.
+async fn send_whole_then_read(base: &str, head: &[u8], chunk: &[u8], times: usize, answered_after: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
+    socket.write_all(head).await.unwrap();
+    for n in 0..times {
+        if n == answered_after {
+            tokio::time::timeout(crate::harness::PATIENCE, socket.readable()).await.unwrap().unwrap();
+        }
+        let sent = socket.write_all(chunk).await;
+        assert!(sent.is_ok(), "the relay broke the connection after {n} chunks: {sent:?}");
+    }
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(crate::harness::PATIENCE, socket.read(&mut answer)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
 /// Writes `head` then `chunk` up to `times` times (stopping if the server closes), returns the answer.
 async fn raw_exchange(base: &str, head: &[u8], chunk: &[u8], times: usize) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
