@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::ApiError;
-use super::io::{json, read_body};
+use super::io::{discard, json, read_body};
 use crate::model::{Event, IMAGE_CREATED, now_ms};
 use crate::ratelimit::RateStatus;
 use crate::registry::Entry;
@@ -28,11 +28,17 @@ pub(super) async fn ingest(
     connection_id: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let entry = state.registry.get(connection_id).ok_or_else(ApiError::unauthorized)?;
+    let (parts, body) = req.into_parts();
+    // Refused before its body is read, a request's body is still read and dropped: a client
+    // that writes it all before reading the answer would otherwise meet a reset connection.
+    let Some(entry) = state.registry.get(connection_id) else {
+        discard(body, state.config.body_timeout);
+        return Err(ApiError::unauthorized());
+    };
     let Ok(_permit) = state.ingest_permits.try_acquire() else {
+        discard(body, state.config.body_timeout);
         return Err(ApiError::overloaded());
     };
-    let (parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body, state.config.max_body, state.config.body_timeout).await?;
     let now = now_ms();
     let signature = parts.headers.get(SIGNATURE_HEADER).map(HeaderValue::as_bytes);

@@ -65,7 +65,7 @@ pub(super) async fn read_body(
 
 /// Reads the rest of a refused body in the background and drops it, for at most `timeout` and
 /// [`DISCARD_AT_MOST`] bytes; past either, the connection is closed.
-fn discard(mut body: Incoming, timeout: Duration) {
+pub(super) fn discard(mut body: Incoming, timeout: Duration) {
     tokio::spawn(tokio::time::timeout(timeout, async move {
         let mut read = 0;
         while read <= DISCARD_AT_MOST {

@@ -116,10 +116,10 @@ async fn oversized_bodies_are_refused_while_streaming() {
 }
 
 #[tokio::test]
-async fn a_client_that_sends_all_of_an_oversized_body_still_reads_the_413() {
+async fn a_client_that_sends_all_of_a_refused_body_still_reads_the_answer() {
     // Most HTTP clients write the whole body before they read the answer. Were the connection
-    // closed as soon as the body was refused, the rest of it would meet a reset, and the client
-    // would see a broken connection instead of the 413.
+    // closed as soon as the request was refused, the rest of the body would meet a reset, and
+    // the client would see a broken connection instead of the 413 or 401.
     let relay = TestServer::start().await;
     let conn = relay.connection("acme").await;
     let chunk = [b' '; 64 * 1024];
@@ -132,6 +132,12 @@ async fn a_client_that_sends_all_of_an_oversized_body_still_reads_the_413() {
     let framed = [&format!("{:x}\r\n", chunk.len()).into_bytes()[..], &chunk, b"\r\n"].concat();
     let answer = send_whole_then_read(&relay.base, streamed.as_bytes(), &framed, times, 17).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "streamed: {answer}");
+    let unknown = format!(
+        "POST /v1/ingest/nobody HTTP/1.1\r\nhost: relay\r\nx-usestencil-signature: 00\r\ncontent-length: {}\r\n\r\n",
+        14 * chunk.len()
+    );
+    let answer = send_whole_then_read(&relay.base, unknown.as_bytes(), &chunk, 14, 0).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "unknown connection: {answer}");
 }
 
 /// Writes `head` then `chunk` `times` times, all of it, as most clients do, and returns the
