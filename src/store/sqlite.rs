@@ -19,8 +19,9 @@ use bytes::Bytes;
 use rusqlite::{Connection as Db, OptionalExtension, Row, params};
 
 use super::sqlite_checkpoint::Checkpointer;
+use super::sqlite_event_list as event_list;
 use super::sqlite_schema::MIGRATIONS;
-use super::sqlite_writer::{Lane, Writer};
+use super::sqlite_writer::{Chore, Lane, Writer};
 use super::{
     Attached, Claim, Claimed, Created, DEAD, DELIVERED, Fanout, Ingested, PENDING, Snapshot, SnapshotBuilder,
     StoreError, Transfer, TransferDelivery, Waiting, stored_event, stored_state,
@@ -86,7 +87,8 @@ impl SqliteStore {
         expire_in_flight(&db, i64::MAX)?;
         let reader = Db::open(path)?;
         reader.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")?;
-        let writer = Writer::spawn(db, metrics)?;
+        let catch_up = Chore { every: event_list::CATCH_UP_EVERY, run: event_list::catch_up };
+        let writer = Writer::spawn(db, Some(catch_up), metrics)?;
         let checkpointer = Checkpointer::spawn(path)?;
         Ok(Self { writer, reader: Arc::new(Mutex::new(reader)), _checkpointer: checkpointer })
     }
@@ -257,7 +259,14 @@ impl SqliteStore {
     }
 
     pub(super) async fn delete_connection(&self, id: String) -> Result<bool, StoreError> {
-        self.write(move |db| Ok(db.execute("DELETE FROM connections WHERE id = ?1", [id])? == 1)).await
+        self.write(move |db| {
+            let deleted = db.execute("DELETE FROM connections WHERE id = ?1", [id])? == 1;
+            if deleted {
+                event_list::events_deleted(db)?;
+            }
+            Ok(deleted)
+        })
+        .await
     }
 
     pub(super) async fn set_api_key_hash(&self, id: String, hash: [u8; 32]) -> Result<bool, StoreError> {
@@ -399,21 +408,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn events(&self, connection_id: String, limit: usize) -> Result<Vec<Event>, StoreError> {
-        self.read(move |db| {
-            let mut stmt = db.prepare_cached(
-                "SELECT id, type, payload, received_at FROM events WHERE connection_id = ?1 ORDER BY seq DESC LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![connection_id, limit as i64], |r| {
-                Ok(Event {
-                    id: r.get(0)?,
-                    event_type: r.get(1)?,
-                    payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
-                    received_at: r.get(3)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        self.read(move |db| event_list::newest(db, &connection_id, limit)).await
     }
 
     pub(super) async fn attempts(&self, hook_id: String, limit: usize) -> Result<Vec<Attempt>, StoreError> {
@@ -792,6 +787,12 @@ mod tests {
         assert_eq!(count("SELECT COUNT(*) FROM attempts WHERE delivery_id = 9"), 1, "no cascade ran");
         assert_eq!(count("SELECT COUNT(*) FROM sqlite_master WHERE name = 'deliveries_by_hook'"), 0);
         assert_eq!(count("PRAGMA foreign_keys"), 1);
+        assert_eq!(
+            count("SELECT seq FROM connection_events WHERE connection_id = 'c'"),
+            7,
+            "migration 4 lists old events"
+        );
+        assert_eq!(count("SELECT seq FROM connection_events_through"), 7);
         db.execute("DELETE FROM events WHERE seq = 7", []).unwrap();
         assert_eq!(count("SELECT COUNT(*) FROM attempts"), 0, "an event's deletion still reaches its attempts");
     }

@@ -102,4 +102,18 @@ CREATE INDEX deliveries_by_event ON deliveries (event_seq);
 CREATE INDEX deliveries_dead ON deliveries (connection_id, id) WHERE state = 2;
 CREATE INDEX deliveries_in_flight ON deliveries (lease_until) WHERE state = 3;
 ",
+    // A connection's event list is filled in bulk off the ingest commit, instead of by an index
+    // every ingest paid a page for (see `sqlite_event_list.rs`). Its rows go with their
+    // connection; `connection_events_through` holds the one `seq` up to which it is complete.
+    r"
+CREATE TABLE connection_events (
+    connection_id TEXT NOT NULL REFERENCES connections(id) ON DELETE CASCADE,
+    seq           INTEGER NOT NULL,
+    PRIMARY KEY (connection_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE connection_events_through (seq INTEGER NOT NULL);
+INSERT INTO connection_events SELECT connection_id, seq FROM events;
+INSERT INTO connection_events_through SELECT COALESCE(MAX(seq), 0) FROM events;
+DROP INDEX events_by_connection;
+",
 ];

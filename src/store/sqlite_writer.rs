@@ -16,6 +16,8 @@
 //! waits for one bulk job and one commit, not for a whole batch; and since every batch still
 //! runs at least one bulk job, a stream of API writes cannot stall ingest either.
 
+use std::time::{Duration, Instant};
+
 use rusqlite::Connection as Db;
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,6 +40,14 @@ pub(super) enum Lane {
     Bulk,
 }
 
+/// Upkeep the writer runs now and then inside a batch's transaction, sharing its commit.
+pub(super) struct Chore {
+    /// How often it runs, at most (and at least as often, while batches keep coming).
+    pub(super) every: Duration,
+    /// What it does; an error spoils the batch it ran in, like a bulk job's.
+    pub(super) run: fn(&Db) -> Result<(), StoreError>,
+}
+
 /// Handle to the writer thread; clones share it, and it stops once every clone is gone.
 #[derive(Clone)]
 pub(super) struct Writer {
@@ -46,13 +56,12 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `db`.
-    pub(super) fn spawn(db: Db, metrics: Metrics) -> std::io::Result<Self> {
+    /// Starts the writer thread on `db`, with a chore if one is given.
+    pub(super) fn spawn(db: Db, chore: Option<Chore>, metrics: Metrics) -> std::io::Result<Self> {
         let (bulk, bulk_jobs) = mpsc::channel(QUEUE_DEPTH);
         let (api, api_jobs) = mpsc::channel(API_QUEUE_DEPTH);
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || run(db, Queues { bulk: bulk_jobs, api: api_jobs, first: None }, &metrics))?;
+        let queues = Queues { bulk: bulk_jobs, api: api_jobs, first: None };
+        std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || run(db, queues, chore, &metrics))?;
         Ok(Self { bulk, api })
     }
 
@@ -189,10 +198,15 @@ impl Queues {
     }
 }
 
-fn run(db: Db, mut queues: Queues, metrics: &Metrics) {
+fn run(db: Db, mut queues: Queues, chore: Option<Chore>, metrics: &Metrics) {
     let mut done: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
+    let mut chore_done = Instant::now();
     while queues.wait() {
-        let committed = commit(&db, &mut queues, &mut done);
+        let due = chore.as_ref().filter(|c| chore_done.elapsed() >= c.every);
+        let committed = commit(&db, &mut queues, &mut done, due);
+        if due.is_some() && committed.is_ok() {
+            chore_done = Instant::now();
+        }
         metrics.commit_batch(done.len());
         if let Err(e) = &committed {
             tracing::error!(jobs = done.len(), cause = %error_chain(e), "store commit failed");
@@ -204,9 +218,15 @@ fn run(db: Db, mut queues: Queues, metrics: &Metrics) {
 }
 
 /// One transaction: queued API jobs, then bulk jobs until none is left, the batch is full or an
-/// API job arrives (at least one bulk job, so bulk writes always progress). A bulk job that
-/// fails rolls the whole transaction back, and its error becomes every job's in it.
-fn commit(db: &Db, queues: &mut Queues, done: &mut Vec<Box<dyn WriteJob>>) -> Result<(), StoreError> {
+/// API job arrives (at least one bulk job, so bulk writes always progress), then the chore if
+/// it is due. A bulk job (or chore) that fails rolls the whole transaction back, and its error
+/// becomes every job's in it.
+fn commit(
+    db: &Db,
+    queues: &mut Queues,
+    done: &mut Vec<Box<dyn WriteJob>>,
+    chore: Option<&Chore>,
+) -> Result<(), StoreError> {
     if let Err(e) = run_statement(db, "BEGIN IMMEDIATE") {
         // Nothing can run: every queued job fails with this error instead of waiting on it.
         while let Some(job) = queues.next_bulk(done.len()) {
@@ -233,6 +253,9 @@ fn commit(db: &Db, queues: &mut Queues, done: &mut Vec<Box<dyn WriteJob>>) -> Re
         if urgent {
             break;
         }
+    }
+    if let Some(chore) = chore {
+        (chore.run)(db).map_err(rollback)?;
     }
     run_statement(db, "COMMIT").map_err(rollback)
 }
@@ -276,7 +299,7 @@ mod tests {
     async fn held_writer() -> (Writer, std::sync::mpsc::Sender<()>, Reply<()>) {
         let db = Db::open_in_memory().unwrap();
         db.execute_batch("CREATE TABLE t (v TEXT NOT NULL)").unwrap();
-        let writer = Writer::spawn(db, Metrics::default()).unwrap();
+        let writer = Writer::spawn(db, None, Metrics::default()).unwrap();
         let (release, held) = std::sync::mpsc::channel::<()>();
         let (started, running) = tokio::sync::oneshot::channel::<()>();
         let blocking = writer
@@ -333,6 +356,30 @@ mod tests {
         api.await.unwrap().unwrap();
         bulk.await.unwrap().unwrap();
         assert_eq!(rows(&writer).await, ["api", "bulk"]);
+    }
+
+    /// A writer on a fresh in-memory table `t`, with a chore that adds `chore` to it.
+    fn writer_with_chore(every: Duration) -> Writer {
+        let db = Db::open_in_memory().unwrap();
+        db.execute_batch("CREATE TABLE t (v TEXT NOT NULL)").unwrap();
+        let chore = Chore {
+            every,
+            run: |db| {
+                db.execute("INSERT INTO t VALUES ('chore')", [])?;
+                Ok(())
+            },
+        };
+        Writer::spawn(db, Some(chore), Metrics::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_due_chore_runs_after_the_jobs_of_a_batch_and_shares_its_commit() {
+        let writer = writer_with_chore(Duration::ZERO);
+        writer.write(Lane::Bulk, insert("job", false)).await.unwrap();
+        assert_eq!(rows(&writer).await, ["job", "chore"]);
+        let idle = writer_with_chore(Duration::from_secs(3600));
+        idle.write(Lane::Bulk, insert("job", false)).await.unwrap();
+        assert_eq!(rows(&idle).await, ["job"], "a chore that is not due does not run");
     }
 
     #[tokio::test]

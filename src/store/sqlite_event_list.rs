@@ -1,0 +1,138 @@
+//! Each connection's list of events (`GET /v1/events`, newest first), kept off the ingest commit.
+//!
+//! An index on `events (connection_id, seq)` cost every ingest a page of its own: each
+//! connection's newest entries sit on a different leaf, and a commit rewrites every leaf it
+//! touched. That was a quarter of the WAL frames an ingest commit wrote. The list is now a table,
+//! `connection_events`, that the writer fills in bulk every [`CATCH_UP_EVERY`] inside a batch it
+//! commits anyway (see `Chore` in `sqlite_writer.rs`), a connection's rows arriving together on
+//! one leaf. `connection_events_through` says up to which `seq` the table is complete; the events
+//! after it, a fraction of a second's worth, are found by scanning them.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rusqlite::{Connection as Db, params};
+
+use super::StoreError;
+use crate::model::Event;
+
+/// How often the list catches up with the events: the longest tail a listing scans.
+pub(super) const CATCH_UP_EVERY: Duration = Duration::from_millis(250);
+
+/// Adds every event after the mark to `connection_events` and moves the mark to the newest one.
+pub(super) fn catch_up(db: &Db) -> Result<(), StoreError> {
+    db.prepare_cached(
+        "INSERT OR IGNORE INTO connection_events (connection_id, seq)
+         SELECT connection_id, seq FROM events WHERE seq > (SELECT seq FROM connection_events_through)
+         ORDER BY connection_id, seq",
+    )?
+    .execute([])?;
+    db.prepare_cached("UPDATE connection_events_through SET seq = (SELECT COALESCE(MAX(seq), seq) FROM events)")?
+        .execute([])?;
+    Ok(())
+}
+
+/// After events were deleted: `seq` values past the newest left may be handed out again (they
+/// are rowids), and must not land at or under the mark, where nobody would list them.
+pub(super) fn events_deleted(db: &Db) -> Result<(), StoreError> {
+    db.execute("UPDATE connection_events_through SET seq = MIN(seq, (SELECT COALESCE(MAX(seq), 0) FROM events))", [])?;
+    Ok(())
+}
+
+/// A connection's newest `limit` events, newest first: those past the mark by a scan, the rest
+/// from the list, both in one read transaction so that the mark cannot move in between.
+pub(super) fn newest(db: &Db, connection_id: &str, limit: usize) -> Result<Vec<Event>, StoreError> {
+    let tx = db.unchecked_transaction()?;
+    let through: i64 = tx.prepare_cached("SELECT seq FROM connection_events_through")?.query_row([], |r| r.get(0))?;
+    let mut events = tx
+        .prepare_cached(
+            "SELECT id, type, payload, received_at FROM events
+             WHERE seq > ?1 AND connection_id = ?2 ORDER BY seq DESC LIMIT ?3",
+        )?
+        .query_map(params![through, connection_id, limit as i64], event)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let listed = tx
+        .prepare_cached(
+            "SELECT e.id, e.type, e.payload, e.received_at FROM connection_events c JOIN events e ON e.seq = c.seq
+             WHERE c.connection_id = ?1 AND c.seq <= ?2 ORDER BY c.seq DESC LIMIT ?3",
+        )?
+        .query_map(params![connection_id, through, (limit - events.len()) as i64], event)?
+        .collect::<Result<Vec<_>, _>>()?;
+    events.extend(listed);
+    Ok(events)
+}
+
+fn event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        id: r.get(0)?,
+        event_type: r.get(1)?,
+        payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+        received_at: r.get(3)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sqlite_schema::MIGRATIONS;
+    use super::*;
+
+    /// A database at the current schema with connections `a` and `b`.
+    fn db() -> Db {
+        let db = Db::open_in_memory().unwrap();
+        for sql in MIGRATIONS {
+            db.execute_batch(sql).unwrap();
+        }
+        db.execute_batch(
+            "PRAGMA foreign_keys = ON;
+             INSERT INTO connections VALUES ('a', 'a', x'01', '[]', NULL, 0), ('b', 'b', x'02', '[]', NULL, 0);",
+        )
+        .unwrap();
+        db
+    }
+
+    /// Stores event `id` for `connection`; returns its `seq`.
+    fn ingest(db: &Db, connection: &str, id: &str) -> i64 {
+        db.execute(
+            "INSERT INTO events (connection_id, id, type, payload, received_at) VALUES (?1, ?2, 'image.created', x'7b7d', 0)",
+            [connection, id],
+        )
+        .unwrap();
+        db.last_insert_rowid()
+    }
+
+    fn listed(db: &Db, connection: &str, limit: usize) -> Vec<String> {
+        newest(db, connection, limit).unwrap().into_iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn a_list_spans_the_caught_up_events_and_the_tail() {
+        let db = db();
+        for (connection, id) in [("a", "1"), ("b", "2"), ("a", "3")] {
+            ingest(&db, connection, id);
+        }
+        catch_up(&db).unwrap();
+        for (connection, id) in [("a", "4"), ("b", "5"), ("a", "6")] {
+            ingest(&db, connection, id);
+        }
+        assert_eq!(listed(&db, "a", 10), ["6", "4", "3", "1"]);
+        assert_eq!(listed(&db, "a", 3), ["6", "4", "3"], "the limit holds across the mark");
+        assert_eq!(listed(&db, "a", 1), ["6"]);
+        assert_eq!(listed(&db, "b", 10), ["5", "2"]);
+        catch_up(&db).unwrap();
+        assert_eq!(listed(&db, "a", 10), ["6", "4", "3", "1"], "caught up, the list is the same");
+    }
+
+    #[test]
+    fn an_event_that_reuses_a_deleted_seq_is_listed() {
+        let db = db();
+        ingest(&db, "a", "1");
+        let deleted = ingest(&db, "b", "2");
+        catch_up(&db).unwrap();
+        db.execute("DELETE FROM connections WHERE id = 'b'", []).unwrap();
+        events_deleted(&db).unwrap();
+        assert_eq!(ingest(&db, "a", "3"), deleted, "SQLite hands the newest rowid out again");
+        assert_eq!(listed(&db, "a", 10), ["3", "1"]);
+        catch_up(&db).unwrap();
+        assert_eq!(listed(&db, "a", 10), ["3", "1"]);
+    }
+}
