@@ -27,7 +27,7 @@ pub(super) fn catch_up(db: &Db) -> Result<(), StoreError> {
          ORDER BY connection_id, seq",
     )?
     .execute([])?;
-    db.prepare_cached("UPDATE connection_events_through SET seq = (SELECT COALESCE(MAX(seq), seq) FROM events)")?
+    db.prepare_cached("UPDATE connection_events_through SET seq = COALESCE((SELECT MAX(seq) FROM events), seq)")?
         .execute([])?;
     Ok(())
 }
@@ -107,6 +107,8 @@ mod tests {
     #[test]
     fn a_list_spans_the_caught_up_events_and_the_tail() {
         let db = db();
+        catch_up(&db).expect("nothing to catch up with");
+        assert!(listed(&db, "a", 10).is_empty());
         for (connection, id) in [("a", "1"), ("b", "2"), ("a", "3")] {
             ingest(&db, connection, id);
         }

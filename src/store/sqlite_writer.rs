@@ -44,7 +44,8 @@ pub(super) enum Lane {
 pub(super) struct Chore {
     /// How often it runs, at most (and at least as often, while batches keep coming).
     pub(super) every: Duration,
-    /// What it does; an error spoils the batch it ran in, like a bulk job's.
+    /// What it does, in a savepoint: if it fails, it is rolled back alone and logged, and the
+    /// batch commits without it (a savepoint costs little at a chore's pace).
     pub(super) run: fn(&Db) -> Result<(), StoreError>,
 }
 
@@ -125,15 +126,7 @@ impl<T: Send, F: FnOnce(&Db) -> Result<T, StoreError> + Send> WriteJob for Job<T
             self.result = Some(result);
             return ran;
         }
-        let result = run_statement(db, "SAVEPOINT job").and_then(|()| {
-            let result = op(db);
-            if result.is_err() {
-                run_statement(db, "ROLLBACK TO job")?;
-            }
-            run_statement(db, "RELEASE job")?;
-            result
-        });
-        self.result = Some(result);
+        self.result = Some(alone(db, op));
         Ok(())
     }
 
@@ -204,7 +197,7 @@ fn run(db: Db, mut queues: Queues, chore: Option<Chore>, metrics: &Metrics) {
     while queues.wait() {
         let due = chore.as_ref().filter(|c| chore_done.elapsed() >= c.every);
         let committed = commit(&db, &mut queues, &mut done, due);
-        if due.is_some() && committed.is_ok() {
+        if due.is_some() {
             chore_done = Instant::now();
         }
         metrics.commit_batch(done.len());
@@ -219,8 +212,8 @@ fn run(db: Db, mut queues: Queues, chore: Option<Chore>, metrics: &Metrics) {
 
 /// One transaction: queued API jobs, then bulk jobs until none is left, the batch is full or an
 /// API job arrives (at least one bulk job, so bulk writes always progress), then the chore if
-/// it is due. A bulk job (or chore) that fails rolls the whole transaction back, and its error
-/// becomes every job's in it.
+/// it is due. A bulk job that fails rolls the whole transaction back, and its error becomes
+/// every job's in it.
 fn commit(
     db: &Db,
     queues: &mut Queues,
@@ -254,10 +247,24 @@ fn commit(
             break;
         }
     }
-    if let Some(chore) = chore {
-        (chore.run)(db).map_err(rollback)?;
+    if let Some(chore) = chore
+        && let Err(e) = alone(db, chore.run)
+    {
+        tracing::error!(cause = %error_chain(&e), "a writer chore failed; it runs again with a later batch");
     }
     run_statement(db, "COMMIT").map_err(rollback)
+}
+
+/// Runs `op` in a savepoint of its own: if it fails, what it wrote is rolled back and the rest
+/// of the transaction stands.
+fn alone<T>(db: &Db, op: impl FnOnce(&Db) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    run_statement(db, "SAVEPOINT alone")?;
+    let result = op(db);
+    if result.is_err() {
+        run_statement(db, "ROLLBACK TO alone")?;
+    }
+    run_statement(db, "RELEASE alone")?;
+    result
 }
 
 /// Runs a parameterless statement through the statement cache: the writer runs a few of these
@@ -370,6 +377,19 @@ mod tests {
             },
         };
         Writer::spawn(db, Some(chore), Metrics::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failing_chore_is_rolled_back_alone() {
+        let db = Db::open_in_memory().unwrap();
+        db.execute_batch("CREATE TABLE t (v TEXT NOT NULL)").unwrap();
+        let run = |db: &Db| {
+            db.execute("INSERT INTO t VALUES ('chore')", [])?;
+            Err(StoreError::Corrupt("told to fail".into()))
+        };
+        let writer = Writer::spawn(db, Some(Chore { every: Duration::ZERO, run }), Metrics::default()).unwrap();
+        writer.write(Lane::Bulk, insert("job", false)).await.expect("the batch commits");
+        assert_eq!(rows(&writer).await, ["job"]);
     }
 
     #[tokio::test]
