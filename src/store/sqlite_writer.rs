@@ -365,39 +365,28 @@ mod tests {
         assert_eq!(rows(&writer).await, ["api", "bulk"]);
     }
 
-    /// A writer on a fresh in-memory table `t`, with a chore that adds `chore` to it.
-    fn writer_with_chore(every: Duration) -> Writer {
+    /// A writer on a fresh in-memory table `t` with a chore that adds `chore` to it, every
+    /// `every`, and then fails if told to.
+    fn writer_with_chore(every: Duration, fail: bool) -> Writer {
         let db = Db::open_in_memory().unwrap();
         db.execute_batch("CREATE TABLE t (v TEXT NOT NULL)").unwrap();
-        let chore = Chore {
-            every,
-            run: |db| {
-                db.execute("INSERT INTO t VALUES ('chore')", [])?;
-                Ok(())
-            },
-        };
-        Writer::spawn(db, Some(chore), Metrics::default()).unwrap()
+        let run = if fail { |db: &Db| insert("chore", true)(db) } else { |db: &Db| insert("chore", false)(db) };
+        Writer::spawn(db, Some(Chore { every, run }), Metrics::default()).unwrap()
     }
 
     #[tokio::test]
     async fn a_failing_chore_is_rolled_back_alone() {
-        let db = Db::open_in_memory().unwrap();
-        db.execute_batch("CREATE TABLE t (v TEXT NOT NULL)").unwrap();
-        let run = |db: &Db| {
-            db.execute("INSERT INTO t VALUES ('chore')", [])?;
-            Err(StoreError::Corrupt("told to fail".into()))
-        };
-        let writer = Writer::spawn(db, Some(Chore { every: Duration::ZERO, run }), Metrics::default()).unwrap();
+        let writer = writer_with_chore(Duration::ZERO, true);
         writer.write(Lane::Bulk, insert("job", false)).await.expect("the batch commits");
         assert_eq!(rows(&writer).await, ["job"]);
     }
 
     #[tokio::test]
     async fn a_due_chore_runs_after_the_jobs_of_a_batch_and_shares_its_commit() {
-        let writer = writer_with_chore(Duration::ZERO);
+        let writer = writer_with_chore(Duration::ZERO, false);
         writer.write(Lane::Bulk, insert("job", false)).await.unwrap();
         assert_eq!(rows(&writer).await, ["job", "chore"]);
-        let idle = writer_with_chore(Duration::from_secs(3600));
+        let idle = writer_with_chore(Duration::from_secs(3600), false);
         idle.write(Lane::Bulk, insert("job", false)).await.unwrap();
         assert_eq!(rows(&idle).await, ["job"], "a chore that is not due does not run");
     }
