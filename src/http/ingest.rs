@@ -18,7 +18,7 @@ use crate::model::{Event, IMAGE_CREATED, now_ms};
 use crate::ratelimit::RateStatus;
 use crate::registry::Entry;
 use crate::signature::SIGNATURE_HEADER;
-use crate::store::{FanoutHook, Ingested, StoreError};
+use crate::store::{FanoutHook, Ingested};
 
 /// Longest event id taken from a payload.
 pub(super) const MAX_EVENT_ID_LEN: usize = 256;
@@ -67,17 +67,14 @@ async fn accept(state: &AppState, entry: &Entry, body: Bytes, now: i64) -> Resul
     let event = Event { id: envelope.id, event_type: envelope.event_type, payload: body, received_at: now };
     let event_id = event.id.clone();
     let (fanout, reserved) = state.queue.plan(hooks, now);
-    let (store, queue, connection_id) = (state.store.clone(), state.queue.clone(), entry.connection.id.clone());
-    // Its own task, so a client that hangs up mid-commit cannot stop committed deliveries from
-    // being handed over (they would otherwise sit leased until the lease ran out).
-    let committed = tokio::spawn(async move {
-        let mut ingested = store.ingest(&connection_id, event, fanout).await?;
-        if let Ingested::Accepted { handed, .. } = &mut ingested {
+    let queue = state.queue.clone();
+    // Handed over by the store once committed, even if the client hangs up before that.
+    let hand_over = move |ingested: &mut Ingested| {
+        if let Ingested::Accepted { handed, .. } = ingested {
             queue.accepted(reserved, std::mem::take(handed));
         }
-        Ok::<_, StoreError>(ingested)
-    });
-    match committed.await.map_err(|_| StoreError::Closed)?? {
+    };
+    match state.store.ingest(&entry.connection.id, event, fanout, hand_over).await? {
         Ingested::Accepted { deliveries, .. } => {
             Ok(json(StatusCode::ACCEPTED, &Receipt { event_id: &event_id, duplicate: None, deliveries }))
         }

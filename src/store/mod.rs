@@ -389,11 +389,20 @@ impl Store {
     }
 
     /// Commits an event and one delivery for each hook of `fanout` that still exists.
+    /// `on_commit` runs with the outcome once it is committed, even if the caller has stopped
+    /// waiting by then (a client hung up mid-commit): committed deliveries are handed over
+    /// there, and skipping that would leave them leased until the lease ran out.
     ///
     /// # Errors
     /// The write failed: nothing was committed.
-    pub async fn ingest(&self, connection_id: &str, event: Event, fanout: Fanout) -> Result<Ingested, StoreError> {
-        dispatch!(self.ingest(connection_id.to_owned(), event, fanout))
+    pub async fn ingest(
+        &self,
+        connection_id: &str,
+        event: Event,
+        fanout: Fanout,
+        on_commit: impl FnOnce(&mut Ingested) + Send + 'static,
+    ) -> Result<Ingested, StoreError> {
+        dispatch!(self.ingest(connection_id.to_owned(), event, fanout, on_commit))
     }
 
     /// A connection's newest events.
@@ -478,6 +487,9 @@ mod tests {
     use super::*;
     use crate::model::IMAGE_CREATED;
 
+    /// An ingest's `on_commit` for tests that look only at what `ingest` returns.
+    fn ignore(_: &mut Ingested) {}
+
     fn connection(id: &str) -> Connection {
         Connection {
             id: id.into(),
@@ -535,7 +547,7 @@ mod tests {
         store.attach_hook(h.clone()).await.unwrap();
         let handed = vec![FanoutHook { id: h.id.clone(), url: h.url.clone() }];
         let Ingested::Accepted { handed, .. } =
-            store.ingest("a", event("e1"), Fanout { queued: vec![], handed, lease_until: 1 }).await.unwrap()
+            store.ingest("a", event("e1"), Fanout { queued: vec![], handed, lease_until: 1 }, ignore).await.unwrap()
         else {
             panic!("not accepted")
         };
@@ -576,7 +588,7 @@ mod tests {
         store.detach_hook("a", "hk_gone").await.unwrap();
         let fanout_hook = |h: &Hook| FanoutHook { id: h.id.clone(), url: h.url.clone() };
         let fanout = Fanout { queued: vec![fanout_hook(&gone)], handed: vec![fanout_hook(&kept)], lease_until: 1 };
-        match store.ingest("a", event("e1"), fanout).await.unwrap() {
+        match store.ingest("a", event("e1"), fanout, ignore).await.unwrap() {
             Ingested::Accepted { deliveries, handed } => {
                 assert_eq!(deliveries, 1);
                 assert_eq!(handed.iter().map(|d| d.hook_id.as_str()).collect::<Vec<_>>(), ["hk_kept"]);
@@ -596,7 +608,8 @@ mod tests {
             store.attach_hook(h.clone()).await.unwrap();
             let handed = vec![FanoutHook { id: h.id, url: h.url }];
             let fanout = Fanout { queued: vec![], handed, lease_until };
-            let Ingested::Accepted { handed, .. } = store.ingest("a", event(&format!("e{n}")), fanout).await.unwrap()
+            let Ingested::Accepted { handed, .. } =
+                store.ingest("a", event(&format!("e{n}")), fanout, ignore).await.unwrap()
             else {
                 panic!("not accepted")
             };
@@ -628,10 +641,10 @@ mod tests {
         for (i, at) in [5, 1, 4, 2, 3].into_iter().enumerate() {
             let event = Event { received_at: at, ..event(&format!("busy{i}")) };
             let fanout = Fanout { queued: vec![hooks[0].clone()], handed: vec![], lease_until: 0 };
-            store.ingest("a", event, fanout).await.unwrap();
+            store.ingest("a", event, fanout, ignore).await.unwrap();
         }
         let fanout = Fanout { queued: vec![hooks[1].clone()], handed: vec![], lease_until: 0 };
-        store.ingest("a", Event { received_at: 500, ..event("later") }, fanout).await.unwrap();
+        store.ingest("a", Event { received_at: 500, ..event("later") }, fanout, ignore).await.unwrap();
         let named = |limit| vec![("busy".to_owned(), limit), ("retrying".to_owned(), 5), ("idle".to_owned(), 5)];
         let claim = |limit| Claim { now: 100, lease_until: 1_000, limit: 10, per_hook: 1, hooks: Some(named(limit)) };
         let claimed = store.claim(claim(3)).await.unwrap();

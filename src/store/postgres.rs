@@ -330,7 +330,22 @@ impl PostgresStore {
         connection_id: String,
         event: Event,
         fanout: Fanout,
+        on_commit: impl FnOnce(&mut Ingested) + Send + 'static,
     ) -> Result<Ingested, StoreError> {
+        // Its own task, so that `on_commit` runs even if the caller stops waiting mid-commit.
+        let store = self.clone();
+        let committed = tokio::spawn(async move {
+            let mut ingested = store.commit_event(connection_id, event, fanout).await;
+            if let Ok(ingested) = &mut ingested {
+                on_commit(ingested);
+            }
+            ingested
+        });
+        committed.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The event and its deliveries in one statement.
+    async fn commit_event(&self, connection_id: String, event: Event, fanout: Fanout) -> Result<Ingested, StoreError> {
         let hook_ids: Vec<&String> = fanout.queued.iter().chain(&fanout.handed).map(|h| &h.id).collect();
         // One statement, so one round trip and one (implicit) transaction: the event, then a
         // delivery for each planned hook that still exists.

@@ -336,8 +336,9 @@ impl SqliteStore {
         connection_id: String,
         event: Event,
         fanout: Fanout,
+        on_commit: impl FnOnce(&mut Ingested) + Send + 'static,
     ) -> Result<Ingested, StoreError> {
-        self.write_bulk(move |db| {
+        let commit = move |db: &Db| {
             let inserted = db
                 .prepare_cached(
                     "INSERT INTO events (connection_id, id, type, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -384,8 +385,8 @@ impl SqliteStore {
                 }
             }
             Ok(Ingested::Accepted { deliveries, handed })
-        })
-        .await
+        };
+        self.writer.write_then(Lane::Bulk, commit, on_commit).await
     }
 
     pub(super) async fn waiting_by_hook(&self, now: i64) -> Result<HashMap<String, Waiting>, StoreError> {

@@ -72,7 +72,20 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
     {
-        self.enqueue(lane, op).await?.await.map_err(|_| StoreError::Closed)?
+        self.write_then(lane, op, |_: &mut T| {}).await
+    }
+
+    /// Like [`Writer::write`], and once `op`'s transaction has committed, `then` runs on the
+    /// writer thread with its result before the caller gets it. It runs even if the caller has
+    /// stopped waiting (a client hung up): what must follow a commit cannot be skipped, and no
+    /// task has to be spawned per write to guarantee that.
+    pub(super) async fn write_then<T, F, A>(&self, lane: Lane, op: F, then: A) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
+        A: FnOnce(&mut T) + Send + 'static,
+    {
+        self.enqueue_then(lane, op, then).await?.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Queues `op` and returns where its result will arrive, without waiting for the commit:
@@ -82,8 +95,18 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
     {
+        self.enqueue_then(lane, op, |_: &mut T| {}).await
+    }
+
+    /// [`Writer::enqueue`] with a `then`, which runs as in [`Writer::write_then`].
+    async fn enqueue_then<T, F, A>(&self, lane: Lane, op: F, then: A) -> Result<Reply<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
+        A: FnOnce(&mut T) + Send + 'static,
+    {
         let (reply, result) = oneshot::channel();
-        let job = Box::new(Job { op: Some(op), savepoint: lane == Lane::Api, result: None, reply });
+        let job = Box::new(Job { op: Some(op), then, savepoint: lane == Lane::Api, result: None, reply });
         match lane {
             Lane::Bulk => self.bulk.send(job).await.map_err(|_| StoreError::Closed)?,
             Lane::Api => {
@@ -109,15 +132,22 @@ trait WriteJob: Send {
     fn complete(self: Box<Self>, commit: &Result<(), StoreError>);
 }
 
-struct Job<T, F> {
+struct Job<T, F, A> {
     op: Option<F>,
+    /// Runs with the result once the batch committed, before the reply is sent.
+    then: A,
     /// Whether the job runs in a savepoint of its own (API jobs), so that it can fail alone.
     savepoint: bool,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
 
-impl<T: Send, F: FnOnce(&Db) -> Result<T, StoreError> + Send> WriteJob for Job<T, F> {
+impl<T, F, A> WriteJob for Job<T, F, A>
+where
+    T: Send,
+    F: FnOnce(&Db) -> Result<T, StoreError> + Send,
+    A: FnOnce(&mut T) + Send,
+{
     fn run(&mut self, db: &Db) -> Result<(), StoreError> {
         let op = self.op.take().expect("a job runs once");
         if !self.savepoint {
@@ -131,11 +161,14 @@ impl<T: Send, F: FnOnce(&Db) -> Result<T, StoreError> + Send> WriteJob for Job<T
     }
 
     fn complete(self: Box<Self>, commit: &Result<(), StoreError>) {
-        let result = match (commit, self.result) {
+        let mut result = match (commit, self.result) {
             (Err(e), _) => Err(e.clone()),
             (Ok(()), Some(result)) => result,
             (Ok(()), None) => Err(StoreError::Closed),
         };
+        if let Ok(value) = &mut result {
+            (self.then)(value);
+        }
         let _ = self.reply.send(result);
     }
 }
@@ -363,6 +396,30 @@ mod tests {
         api.await.unwrap().unwrap();
         bulk.await.unwrap().unwrap();
         assert_eq!(rows(&writer).await, ["api", "bulk"]);
+    }
+
+    #[tokio::test]
+    async fn what_follows_a_commit_runs_when_nobody_waits_for_it_any_more() {
+        let (writer, release, blocking) = held_writer().await;
+        let (ran, after) = tokio::sync::oneshot::channel();
+        let then = move |rows: &mut usize| ran.send(*rows).unwrap();
+        let write = writer.write_then(Lane::Bulk, |db| Ok(db.execute("INSERT INTO t VALUES ('x')", [])?), then);
+        // Polled once (the job is queued behind the held one), then given up on.
+        assert!(tokio::time::timeout(Duration::ZERO, write).await.is_err(), "the write cannot have committed");
+        release.send(()).unwrap();
+        blocking.await.unwrap().unwrap();
+        assert_eq!(after.await.expect("`then` ran"), 1, "with the job's result");
+        assert_eq!(rows(&writer).await, ["x"]);
+    }
+
+    #[tokio::test]
+    async fn what_follows_a_commit_does_not_run_when_it_fails() {
+        let (writer, release, blocking) = held_writer().await;
+        let then = |(): &mut ()| panic!("ran after a failed commit");
+        let failing = writer.write_then(Lane::Bulk, insert("failing", true), then);
+        let (failing, ()) = tokio::join!(failing, async { release.send(()).unwrap() });
+        assert!(failing.is_err() && blocking.await.unwrap().is_err());
+        writer.write(Lane::Bulk, insert("after", false)).await.expect("the writer lives on");
     }
 
     /// A writer on a fresh in-memory table `t` with a chore that adds `chore` to it, every

@@ -61,7 +61,7 @@ async fn a_batch_of_records_written_again_after_a_failure_is_applied_once() {
     store.attach_hook(hook.clone()).await.unwrap();
     let event = event("evt-1");
     let queued = fanout_to(&[&hook]);
-    store.ingest("c", event, Fanout { queued, handed: vec![], lease_until: 0 }).await.unwrap();
+    store.ingest("c", event, Fanout { queued, handed: vec![], lease_until: 0 }, |_| {}).await.unwrap();
     let claim = Claim { now: 10, lease_until: 1_000, limit: 10, per_hook: 10, hooks: None };
     let delivery = store.claim(claim).await.unwrap().due.remove(0);
     let record = |number, status, next| AttemptRecord {
@@ -92,7 +92,7 @@ async fn a_detach_deletes_the_hooks_deliveries_in_every_state_and_no_other() {
     store.attach_hook(kept.clone()).await.unwrap();
     let ingest = |id: &str, queued: Vec<FanoutHook>, handed: Vec<FanoutHook>| {
         let event = event(id);
-        store.ingest("c", event, Fanout { queued, handed, lease_until: 1_000_000 })
+        store.ingest("c", event, Fanout { queued, handed, lease_until: 1_000_000 }, |_| {})
     };
     // Attempted: one delivered to each hook, and a dead letter of the gone hook.
     ingest("e1", fanout_to(&[&gone, &kept]), vec![]).await.unwrap();
@@ -152,7 +152,7 @@ async fn ingests_that_share_a_commit_succeed_or_fail_each_on_its_own() {
         let (store, fanout) = (store.clone(), fanout.clone());
         let connection = if n % 2 == 0 { "c" } else { "deleted" };
         let event = event(&format!("e{n}"));
-        ingests.spawn(async move { (n, store.ingest(connection, event, fanout).await.unwrap()) });
+        ingests.spawn(async move { (n, store.ingest(connection, event, fanout, |_| {}).await.unwrap()) });
     }
     while let Some(done) = ingests.join_next().await {
         match done.unwrap() {
@@ -164,6 +164,6 @@ async fn ingests_that_share_a_commit_succeed_or_fail_each_on_its_own() {
         }
     }
     assert_eq!(store.pending_count().await.unwrap(), 32, "every accepted event's delivery is committed");
-    assert!(matches!(store.ingest("c", event("e0"), fanout).await.unwrap(), Ingested::Duplicate));
+    assert!(matches!(store.ingest("c", event("e0"), fanout, |_| {}).await.unwrap(), Ingested::Duplicate));
     assert_eq!(store.events("c", 100).await.unwrap().len(), 32);
 }
