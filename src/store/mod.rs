@@ -7,6 +7,7 @@ mod postgres;
 mod postgres_schema;
 mod sqlite;
 mod sqlite_checkpoint;
+mod sqlite_event_ids;
 mod sqlite_event_list;
 mod sqlite_schema;
 mod sqlite_writer;

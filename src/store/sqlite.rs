@@ -19,9 +19,10 @@ use bytes::Bytes;
 use rusqlite::{Connection as Db, OptionalExtension, Row, params};
 
 use super::sqlite_checkpoint::Checkpointer;
+use super::sqlite_event_ids::EventIds;
 use super::sqlite_event_list as event_list;
 use super::sqlite_schema::MIGRATIONS;
-use super::sqlite_writer::{Chore, Lane, Writer};
+use super::sqlite_writer::{Lane, Writer};
 use super::{
     Attached, Claim, Claimed, Created, DEAD, DELIVERED, Fanout, Ingested, PENDING, Snapshot, SnapshotBuilder,
     StoreError, Transfer, TransferDelivery, Waiting, stored_event, stored_state,
@@ -54,6 +55,8 @@ impl From<std::io::Error> for StoreError {
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: Writer,
+    /// The duplicate check's ids not yet in `event_ids`, used by writer jobs.
+    event_ids: EventIds,
     reader: Arc<Mutex<Db>>,
     _checkpointer: Arc<Checkpointer>,
 }
@@ -87,10 +90,10 @@ impl SqliteStore {
         expire_in_flight(&db, i64::MAX)?;
         let reader = Db::open(path)?;
         reader.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")?;
-        let catch_up = Chore { every: event_list::CATCH_UP_EVERY, run: event_list::catch_up };
-        let writer = Writer::spawn(db, Some(catch_up), metrics)?;
+        let event_ids = EventIds::load(&db)?;
+        let writer = Writer::spawn(db, vec![event_list::chore(), event_ids.sweep()], metrics)?;
         let checkpointer = Checkpointer::spawn(path)?;
-        Ok(Self { writer, reader: Arc::new(Mutex::new(reader)), _checkpointer: checkpointer })
+        Ok(Self { writer, event_ids, reader: Arc::new(Mutex::new(reader)), _checkpointer: checkpointer })
     }
 
     /// A write someone waits on (the hook and operator APIs): it goes ahead of the bulk.
@@ -259,10 +262,11 @@ impl SqliteStore {
     }
 
     pub(super) async fn delete_connection(&self, id: String) -> Result<bool, StoreError> {
+        let event_ids = self.event_ids.clone();
         self.write(move |db| {
-            let deleted = db.execute("DELETE FROM connections WHERE id = ?1", [id])? == 1;
+            let deleted = db.execute("DELETE FROM connections WHERE id = ?1", [&id])? == 1;
             if deleted {
-                event_list::events_deleted(db)?;
+                event_ids.forget_connection(db, &id)?;
             }
             Ok(deleted)
         })
@@ -338,16 +342,18 @@ impl SqliteStore {
         fanout: Fanout,
         on_commit: impl FnOnce(&mut Ingested) + Send + 'static,
     ) -> Result<Ingested, StoreError> {
+        let event_ids = self.event_ids.clone();
         let commit = move |db: &Db| {
+            if event_ids.seen(db, &connection_id, &event.id)? {
+                return Ok(Ingested::Duplicate);
+            }
             let inserted = db
                 .prepare_cached(
-                    "INSERT INTO events (connection_id, id, type, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (connection_id, id) DO NOTHING",
+                    "INSERT INTO events (connection_id, id, type, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
                 .execute(params![connection_id, event.id, event.event_type, event.payload.as_ref(), event.received_at]);
             match inserted {
-                Ok(0) => return Ok(Ingested::Duplicate),
-                Ok(_) => {}
+                Ok(_) => event_ids.add(connection_id.clone(), event.id.clone()),
                 Err(e) if is_foreign_key_violation(&e) => return Ok(Ingested::UnknownConnection),
                 Err(e) => return Err(e.into()),
             }
@@ -763,10 +769,10 @@ fn hook_row(r: &Row<'_>, connection_id: Arc<str>) -> Result<Hook, StoreError> {
 mod tests {
     use super::*;
 
-    /// Migration 3 rebuilds `deliveries`: the rows (and the attempts that reference them) must
-    /// survive it, and the references must hold again afterwards.
+    /// Migrations 3 and 5 rebuild `deliveries` and `events`: the rows (and the attempts that
+    /// reference them) must survive, and the references must hold again afterwards.
     #[test]
-    fn the_deliveries_rebuild_keeps_every_row_and_reference() {
+    fn the_rebuilds_keep_every_row_and_reference() {
         let mut db = Db::open_in_memory().unwrap();
         db.execute_batch("PRAGMA foreign_keys = ON").unwrap();
         for sql in &MIGRATIONS[..2] {
@@ -794,7 +800,16 @@ mod tests {
             "migration 4 lists old events"
         );
         assert_eq!(count("SELECT seq FROM connection_events_through"), 7);
+        assert_eq!(count("SELECT COUNT(*) FROM event_ids WHERE connection_id = 'c' AND id = 'e'"), 1, "migration 5");
+        assert_eq!(count("SELECT seq FROM event_ids_through"), 7);
+        assert_eq!(count("SELECT COUNT(*) FROM sqlite_master WHERE tbl_name = 'events' AND type = 'index'"), 0);
         db.execute("DELETE FROM events WHERE seq = 7", []).unwrap();
         assert_eq!(count("SELECT COUNT(*) FROM attempts"), 0, "an event's deletion still reaches its attempts");
+        db.execute(
+            "INSERT INTO events (connection_id, id, type, payload, received_at) VALUES ('c', 'f', '', x'', 0)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(db.last_insert_rowid(), 8, "the rebuilt events table hands no seq out twice");
     }
 }

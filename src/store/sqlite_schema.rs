@@ -116,4 +116,29 @@ INSERT INTO connection_events SELECT connection_id, seq FROM events;
 INSERT INTO connection_events_through SELECT COALESCE(MAX(seq), 0) FROM events;
 DROP INDEX events_by_connection;
 ",
+    // The duplicate check no longer has a unique index on `events`: each ingest paid a page at
+    // a random place for it. The ids go to `event_ids` in sorted runs instead (see
+    // `sqlite_event_ids.rs`), complete up to `event_ids_through`. The rebuilt `events` hands no
+    // `seq` out twice, so that nothing new arrives under either list's mark.
+    r"
+CREATE TABLE events_new (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    connection_id TEXT NOT NULL REFERENCES connections(id) ON DELETE CASCADE,
+    id            TEXT NOT NULL,
+    type          TEXT NOT NULL,
+    payload       BLOB NOT NULL,
+    received_at   INTEGER NOT NULL
+);
+INSERT INTO events_new SELECT * FROM events;
+DROP TABLE events;
+ALTER TABLE events_new RENAME TO events;
+CREATE TABLE event_ids (
+    connection_id TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    PRIMARY KEY (connection_id, id)
+) WITHOUT ROWID;
+CREATE TABLE event_ids_through (seq INTEGER NOT NULL);
+INSERT INTO event_ids SELECT connection_id, id FROM events;
+INSERT INTO event_ids_through SELECT COALESCE(MAX(seq), 0) FROM events;
+",
 ];

@@ -41,12 +41,21 @@ pub(super) enum Lane {
 }
 
 /// Upkeep the writer runs now and then inside a batch's transaction, sharing its commit.
-pub(super) struct Chore {
+pub(super) trait Chore: Send {
     /// How often it runs, at most (and at least as often, while batches keep coming).
-    pub(super) every: Duration,
+    fn every(&self) -> Duration;
     /// What it does, in a savepoint: if it fails, it is rolled back alone and logged, and the
     /// batch commits without it (a savepoint costs little at a chore's pace).
-    pub(super) run: fn(&Db) -> Result<(), StoreError>,
+    fn run(&mut self, db: &Db) -> Result<(), StoreError>;
+    /// A batch rolled back: whatever the chore keeps in memory about what was committed (in it,
+    /// or by the jobs it serves) may have been undone.
+    fn rolled_back(&mut self) {}
+}
+
+/// A chore and when it last ran.
+struct Scheduled {
+    chore: Box<dyn Chore>,
+    ran: Instant,
 }
 
 /// Handle to the writer thread; clones share it, and it stops once every clone is gone.
@@ -57,12 +66,13 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `db`, with a chore if one is given.
-    pub(super) fn spawn(db: Db, chore: Option<Chore>, metrics: Metrics) -> std::io::Result<Self> {
+    /// Starts the writer thread on `db`, with its chores.
+    pub(super) fn spawn(db: Db, chores: Vec<Box<dyn Chore>>, metrics: Metrics) -> std::io::Result<Self> {
         let (bulk, bulk_jobs) = mpsc::channel(QUEUE_DEPTH);
         let (api, api_jobs) = mpsc::channel(API_QUEUE_DEPTH);
         let queues = Queues { bulk: bulk_jobs, api: api_jobs, first: None };
-        std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || run(db, queues, chore, &metrics))?;
+        let chores = chores.into_iter().map(|chore| Scheduled { chore, ran: Instant::now() }).collect();
+        std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || run(db, queues, chores, &metrics))?;
         Ok(Self { bulk, api })
     }
 
@@ -224,18 +234,16 @@ impl Queues {
     }
 }
 
-fn run(db: Db, mut queues: Queues, chore: Option<Chore>, metrics: &Metrics) {
+fn run(db: Db, mut queues: Queues, mut chores: Vec<Scheduled>, metrics: &Metrics) {
     let mut done: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
-    let mut chore_done = Instant::now();
     while queues.wait() {
-        let due = chore.as_ref().filter(|c| chore_done.elapsed() >= c.every);
-        let committed = commit(&db, &mut queues, &mut done, due);
-        if due.is_some() {
-            chore_done = Instant::now();
-        }
+        let committed = commit(&db, &mut queues, &mut done, &mut chores);
         metrics.commit_batch(done.len());
         if let Err(e) = &committed {
             tracing::error!(jobs = done.len(), cause = %error_chain(e), "store commit failed");
+            for scheduled in &mut chores {
+                scheduled.chore.rolled_back();
+            }
         }
         for job in done.drain(..) {
             job.complete(&committed);
@@ -244,14 +252,14 @@ fn run(db: Db, mut queues: Queues, chore: Option<Chore>, metrics: &Metrics) {
 }
 
 /// One transaction: queued API jobs, then bulk jobs until none is left, the batch is full or an
-/// API job arrives (at least one bulk job, so bulk writes always progress), then the chore if
-/// it is due. A bulk job that fails rolls the whole transaction back, and its error becomes
+/// API job arrives (at least one bulk job, so bulk writes always progress), then the chores
+/// that are due. A bulk job that fails rolls the whole transaction back, and its error becomes
 /// every job's in it.
 fn commit(
     db: &Db,
     queues: &mut Queues,
     done: &mut Vec<Box<dyn WriteJob>>,
-    chore: Option<&Chore>,
+    chores: &mut [Scheduled],
 ) -> Result<(), StoreError> {
     if let Err(e) = run_statement(db, "BEGIN IMMEDIATE") {
         // Nothing can run: every queued job fails with this error instead of waiting on it.
@@ -280,10 +288,11 @@ fn commit(
             break;
         }
     }
-    if let Some(chore) = chore
-        && let Err(e) = alone(db, chore.run)
-    {
-        tracing::error!(cause = %error_chain(&e), "a writer chore failed; it runs again with a later batch");
+    for due in chores.iter_mut().filter(|s| s.ran.elapsed() >= s.chore.every()) {
+        if let Err(e) = alone(db, |db| due.chore.run(db)) {
+            tracing::error!(cause = %error_chain(&e), "a writer chore failed; it runs again with a later batch");
+        }
+        due.ran = Instant::now();
     }
     run_statement(db, "COMMIT").map_err(rollback)
 }
@@ -339,7 +348,7 @@ mod tests {
     async fn held_writer() -> (Writer, std::sync::mpsc::Sender<()>, Reply<()>) {
         let db = Db::open_in_memory().unwrap();
         db.execute_batch("CREATE TABLE t (v TEXT NOT NULL)").unwrap();
-        let writer = Writer::spawn(db, None, Metrics::default()).unwrap();
+        let writer = Writer::spawn(db, Vec::new(), Metrics::default()).unwrap();
         let (release, held) = std::sync::mpsc::channel::<()>();
         let (started, running) = tokio::sync::oneshot::channel::<()>();
         let blocking = writer
@@ -422,30 +431,60 @@ mod tests {
         writer.write(Lane::Bulk, insert("after", false)).await.expect("the writer lives on");
     }
 
-    /// A writer on a fresh in-memory table `t` with a chore that adds `chore` to it, every
-    /// `every`, and then fails if told to.
-    fn writer_with_chore(every: Duration, fail: bool) -> Writer {
+    /// A chore that adds `chore` to `t`, then fails if told to; it counts the rollbacks it
+    /// is told of.
+    struct Inserting {
+        every: Duration,
+        fail: bool,
+        rollbacks: Arc<Mutex<usize>>,
+    }
+
+    impl Chore for Inserting {
+        fn every(&self) -> Duration {
+            self.every
+        }
+        fn run(&mut self, db: &Db) -> Result<(), StoreError> {
+            insert("chore", self.fail)(db)
+        }
+        fn rolled_back(&mut self) {
+            *self.rollbacks.lock().unwrap() += 1;
+        }
+    }
+
+    /// A writer on a fresh in-memory table `t` with an [`Inserting`] chore; and its count of
+    /// rollbacks.
+    fn writer_with_chore(every: Duration, fail: bool) -> (Writer, Arc<Mutex<usize>>) {
         let db = Db::open_in_memory().unwrap();
         db.execute_batch("CREATE TABLE t (v TEXT NOT NULL)").unwrap();
-        let run = if fail { |db: &Db| insert("chore", true)(db) } else { |db: &Db| insert("chore", false)(db) };
-        Writer::spawn(db, Some(Chore { every, run }), Metrics::default()).unwrap()
+        let rollbacks = Arc::new(Mutex::new(0));
+        let chore = Inserting { every, fail, rollbacks: Arc::clone(&rollbacks) };
+        (Writer::spawn(db, vec![Box::new(chore)], Metrics::default()).unwrap(), rollbacks)
     }
 
     #[tokio::test]
     async fn a_failing_chore_is_rolled_back_alone() {
-        let writer = writer_with_chore(Duration::ZERO, true);
+        let (writer, rollbacks) = writer_with_chore(Duration::ZERO, true);
         writer.write(Lane::Bulk, insert("job", false)).await.expect("the batch commits");
         assert_eq!(rows(&writer).await, ["job"]);
+        assert_eq!(*rollbacks.lock().unwrap(), 0, "the batch itself committed");
     }
 
     #[tokio::test]
     async fn a_due_chore_runs_after_the_jobs_of_a_batch_and_shares_its_commit() {
-        let writer = writer_with_chore(Duration::ZERO, false);
+        let (writer, _) = writer_with_chore(Duration::ZERO, false);
         writer.write(Lane::Bulk, insert("job", false)).await.unwrap();
         assert_eq!(rows(&writer).await, ["job", "chore"]);
-        let idle = writer_with_chore(Duration::from_secs(3600), false);
+        let (idle, _) = writer_with_chore(Duration::from_secs(3600), false);
         idle.write(Lane::Bulk, insert("job", false)).await.unwrap();
         assert_eq!(rows(&idle).await, ["job"], "a chore that is not due does not run");
+    }
+
+    #[tokio::test]
+    async fn chores_are_told_when_a_batch_rolls_back() {
+        let (writer, rollbacks) = writer_with_chore(Duration::ZERO, false);
+        assert!(writer.write(Lane::Bulk, insert("failing", true)).await.is_err());
+        assert_eq!(*rollbacks.lock().unwrap(), 1);
+        assert!(rows(&writer).await.is_empty(), "nothing of the failed batch is left");
     }
 
     #[tokio::test]
