@@ -344,16 +344,16 @@ impl SqliteStore {
     ) -> Result<Ingested, StoreError> {
         let event_ids = self.event_ids.clone();
         let commit = move |db: &Db| {
-            if event_ids.seen(db, &connection_id, &event.id)? {
+            let Some(new_id) = event_ids.check(db, &connection_id, &event.id)? else {
                 return Ok(Ingested::Duplicate);
-            }
+            };
             let inserted = db
                 .prepare_cached(
                     "INSERT INTO events (connection_id, id, type, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
                 .execute(params![connection_id, event.id, event.event_type, event.payload.as_ref(), event.received_at]);
             match inserted {
-                Ok(_) => event_ids.add(connection_id.clone(), event.id.clone()),
+                Ok(_) => event_ids.add(new_id),
                 Err(e) if is_foreign_key_violation(&e) => return Ok(Ingested::UnknownConnection),
                 Err(e) => return Err(e.into()),
             }

@@ -32,8 +32,14 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// leaf a sweep rewrites, and the more ids wait in memory (and are read again at start).
 const SWEEPS_PER_PASS: usize = 16;
 
-/// An id as the table orders it: connection, then the event's id.
-type Key = (String, String);
+/// An id as one string that sorts as the table's `(connection_id, id)` key does: the
+/// connection's id, a NUL, the event's id. Connection ids never hold a NUL (they are
+/// `[A-Za-z0-9_-]`), so the first NUL splits the two again.
+type Key = String;
+
+/// An id found in neither the tail nor the table: what [`EventIds::add`] takes once its event
+/// is inserted.
+pub(super) struct NewId(Key);
 
 /// The duplicate check's state, shared by the writer's ingest jobs and its sweep chore (all on
 /// the writer thread).
@@ -67,25 +73,26 @@ impl EventIds {
         Ok(Self(Arc::new(Mutex::new(Ids::load(db)?))))
     }
 
-    /// Whether `id` was accepted for the connection before.
-    pub(super) fn seen(&self, db: &Db, connection_id: &str, id: &str) -> Result<bool, StoreError> {
+    /// `None` if `id` was accepted for the connection before.
+    pub(super) fn check(&self, db: &Db, connection_id: &str, id: &str) -> Result<Option<NewId>, StoreError> {
         let ids = self.fresh(db)?;
-        if ids.tail.contains(&(connection_id.to_owned(), id.to_owned())) {
-            return Ok(true);
+        let key = format!("{connection_id}\0{id}");
+        if ids.tail.contains(&key) {
+            return Ok(None);
         }
         let mut stmt = db.prepare_cached("SELECT 1 FROM event_ids WHERE connection_id = ?1 AND id = ?2")?;
-        Ok(stmt.exists(params![connection_id, id])?)
+        Ok((!stmt.exists(params![connection_id, id])?).then_some(NewId(key)))
     }
 
     /// Notes the id of an event just inserted in the open batch.
-    pub(super) fn add(&self, connection_id: String, id: String) {
-        self.lock().tail.insert((connection_id, id));
+    pub(super) fn add(&self, id: NewId) {
+        self.lock().tail.insert(id.0);
     }
 
     /// A connection was deleted in the open batch: its ids go too.
     pub(super) fn forget_connection(&self, db: &Db, connection_id: &str) -> Result<(), StoreError> {
         db.execute("DELETE FROM event_ids WHERE connection_id = ?1", [connection_id])?;
-        self.lock().tail.retain(|(c, _)| c != connection_id);
+        self.lock().tail.retain(|key| split(key).0 != connection_id);
         Ok(())
     }
 
@@ -112,7 +119,9 @@ impl Ids {
     fn load(db: &Db) -> Result<Self, StoreError> {
         let mut stmt =
             db.prepare_cached("SELECT connection_id, id FROM events WHERE seq > (SELECT seq FROM event_ids_through)")?;
-        let tail = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        let tail = stmt
+            .query_map([], |r| Ok(format!("{}\0{}", r.get_ref(0)?.as_str()?, r.get_ref(1)?.as_str()?)))?
+            .collect::<Result<_, _>>()?;
         Ok(Self { tail, pass: None, stale: false })
     }
 
@@ -130,7 +139,8 @@ impl Ids {
         let after = pass.cursor.clone().map_or(Bound::Unbounded, Bound::Excluded);
         let slice: Vec<Key> = self.tail.range((after, Bound::Unbounded)).take(pass.slice).cloned().collect();
         let mut insert = db.prepare_cached("INSERT OR IGNORE INTO event_ids (connection_id, id) VALUES (?1, ?2)")?;
-        for (connection_id, id) in &slice {
+        for key in &slice {
+            let (connection_id, id) = split(key);
             insert.execute(params![connection_id, id])?;
         }
         let last = slice.last().cloned();
@@ -147,6 +157,11 @@ impl Ids {
         self.pass = more.then_some(Pass { cursor: last, ..pass });
         Ok(())
     }
+}
+
+/// A key's connection id and event id.
+fn split(key: &str) -> (&str, &str) {
+    key.split_once('\0').expect("a key joins two ids with a NUL")
 }
 
 /// The writer's chore that moves the tail into the table.
@@ -188,15 +203,13 @@ mod tests {
     /// Stores event `id` for `connection` as an ingest does, unless it is a duplicate; whether
     /// it was new.
     fn ingest(db: &Db, ids: &EventIds, connection: &str, id: &str) -> bool {
-        if ids.seen(db, connection, id).unwrap() {
-            return false;
-        }
+        let Some(new) = ids.check(db, connection, id).unwrap() else { return false };
         db.execute(
             "INSERT INTO events (connection_id, id, type, payload, received_at) VALUES (?1, ?2, 'image.created', x'7b7d', 0)",
             [connection, id],
         )
         .unwrap();
-        ids.add(connection.to_owned(), id.to_owned());
+        ids.add(new);
         true
     }
 
