@@ -87,22 +87,8 @@ fn event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::sqlite_schema::MIGRATIONS;
+    use super::super::sqlite_schema::test_db as db;
     use super::*;
-
-    /// A database at the current schema with connections `a` and `b`.
-    fn db() -> Db {
-        let db = Db::open_in_memory().unwrap();
-        for sql in MIGRATIONS {
-            db.execute_batch(sql).unwrap();
-        }
-        db.execute_batch(
-            "PRAGMA foreign_keys = ON;
-             INSERT INTO connections VALUES ('a', 'a', x'01', '[]', NULL, 0), ('b', 'b', x'02', '[]', NULL, 0);",
-        )
-        .unwrap();
-        db
-    }
 
     /// Stores event `id` for `connection`; returns its `seq`.
     fn ingest(db: &Db, connection: &str, id: &str) -> i64 {

@@ -142,3 +142,19 @@ INSERT INTO event_ids SELECT connection_id, id FROM events;
 INSERT INTO event_ids_through SELECT COALESCE(MAX(seq), 0) FROM events;
 ",
 ];
+
+/// A database at the current schema with connections `a` and `b`, for unit tests of what is
+/// built on the schema.
+#[cfg(test)]
+pub(super) fn test_db() -> rusqlite::Connection {
+    let db = rusqlite::Connection::open_in_memory().unwrap();
+    for sql in MIGRATIONS {
+        db.execute_batch(sql).unwrap();
+    }
+    db.execute_batch(
+        "PRAGMA foreign_keys = ON;
+         INSERT INTO connections VALUES ('a', 'a', x'01', '[]', NULL, 0), ('b', 'b', x'02', '[]', NULL, 0);",
+    )
+    .unwrap();
+    db
+}
