@@ -21,7 +21,7 @@ use crate::model::Event;
 
 /// How often the list catches up with the events: the longest tail a listing scans, and the
 /// pause it adds to one commit (about 2 ms at 10,000 events/s).
-pub(super) const CATCH_UP_EVERY: Duration = Duration::from_millis(100);
+const CATCH_UP_EVERY: Duration = Duration::from_millis(100);
 
 /// Lists the events after the mark, ordered for the list's leaves.
 const CATCH_UP: &str = "INSERT OR IGNORE INTO connection_events (connection_id, seq)
