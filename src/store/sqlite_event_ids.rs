@@ -76,7 +76,7 @@ impl EventIds {
     /// `None` if `id` was accepted for the connection before.
     pub(super) fn check(&self, db: &Db, connection_id: &str, id: &str) -> Result<Option<NewId>, StoreError> {
         let ids = self.fresh(db)?;
-        let key = format!("{connection_id}\0{id}");
+        let key = key(connection_id, id);
         if ids.tail.contains(&key) {
             return Ok(None);
         }
@@ -120,7 +120,7 @@ impl Ids {
         let mut stmt =
             db.prepare_cached("SELECT connection_id, id FROM events WHERE seq > (SELECT seq FROM event_ids_through)")?;
         let tail = stmt
-            .query_map([], |r| Ok(format!("{}\0{}", r.get_ref(0)?.as_str()?, r.get_ref(1)?.as_str()?)))?
+            .query_map([], |r| Ok(key(r.get_ref(0)?.as_str()?, r.get_ref(1)?.as_str()?)))?
             .collect::<Result<_, _>>()?;
         Ok(Self { tail, pass: None, stale: false })
     }
@@ -131,7 +131,7 @@ impl Ids {
             Some(pass) => pass,
             None => Pass {
                 from: db.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?,
-                slice: self.tail.len().div_ceil(SWEEPS_PER_PASS),
+                slice: 0,
                 cursor: None,
             },
         };
@@ -157,6 +157,11 @@ impl Ids {
         self.pass = more.then_some(Pass { cursor: last, ..pass });
         Ok(())
     }
+}
+
+/// The key of event `id` of a connection.
+fn key(connection_id: &str, id: &str) -> Key {
+    format!("{connection_id}\0{id}")
 }
 
 /// A key's connection id and event id.
