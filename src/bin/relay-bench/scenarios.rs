@@ -25,17 +25,44 @@ const ATTACH_SPACING: Duration = Duration::from_millis(8);
 /// Hook pacing that never limits a benchmark (Make's 5/s is tested elsewhere).
 const UNPACED: u32 = 1_000_000;
 
-/// A temporary directory removed when dropped.
-struct Scratch(PathBuf);
+/// What a run's store leaves behind, removed when dropped: after the relay that uses it, so a
+/// struct holding both declares the relay first.
+enum Scratch {
+    /// A temporary directory holding the SQLite file.
+    Dir(PathBuf),
+    /// A schema in the PostgreSQL database at `url`.
+    Schema { url: String, name: String },
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        match self {
+            Scratch::Dir(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Scratch::Schema { url, name } => {
+                // Dropped inside the harness's runtime, which must not be blocked on: a thread
+                // with a runtime of its own does the work.
+                let (url, sql) = (url.clone(), format!("DROP SCHEMA IF EXISTS {name} CASCADE"));
+                let dropped = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                    rt.block_on(async {
+                        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.ok()?;
+                        tokio::spawn(connection);
+                        client.batch_execute(&sql).await.ok()
+                    })
+                })
+                .join();
+                if !matches!(dropped, Ok(Some(()))) {
+                    eprintln!("warning: the benchmark schema {name} could not be dropped");
+                }
+            }
+        }
     }
 }
 
 /// A fresh store for one relay: a temporary SQLite file, or a new schema in the PostgreSQL database.
-async fn fresh_store(bench: &Bench) -> anyhow::Result<(String, Option<Scratch>)> {
+async fn fresh_store(bench: &Bench) -> anyhow::Result<(String, Scratch)> {
     let name = stencil_relay::model::random_token("bench_", 6);
     match &bench.database_url {
         Some(url) if url.starts_with("postgres") => {
@@ -43,12 +70,13 @@ async fn fresh_store(bench: &Bench) -> anyhow::Result<(String, Option<Scratch>)>
             tokio::spawn(connection);
             client.batch_execute(&format!("CREATE SCHEMA {name}")).await?;
             let separator = if url.contains('?') { '&' } else { '?' };
-            Ok((format!("{url}{separator}options=-csearch_path%3D{name}"), None))
+            let store = format!("{url}{separator}options=-csearch_path%3D{name}");
+            Ok((store, Scratch::Schema { url: url.clone(), name }))
         }
         _ => {
             let dir = std::env::temp_dir().join(name);
             std::fs::create_dir_all(&dir)?;
-            Ok((format!("sqlite://{}", dir.join("relay.db").display()), Some(Scratch(dir))))
+            Ok((format!("sqlite://{}", dir.join("relay.db").display()), Scratch::Dir(dir)))
         }
     }
 }
@@ -59,7 +87,7 @@ struct Setup {
     sink: Arc<Sink>,
     target: Target,
     hooks_per_event: u64,
-    _scratch: Option<Scratch>,
+    _scratch: Scratch,
 }
 
 async fn setup(bench: &Bench, connections: usize, hooks: usize) -> anyhow::Result<Setup> {
