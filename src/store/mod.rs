@@ -4,6 +4,7 @@
 //! `metrics` only.
 
 mod postgres;
+mod postgres_ingest;
 mod postgres_schema;
 mod sqlite;
 mod sqlite_checkpoint;

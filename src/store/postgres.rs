@@ -13,10 +13,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::mpsc;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
+use super::postgres_ingest::IngestQueue;
 use super::postgres_schema::{CHANGES_CHANNEL, MIGRATION_LOCK, MIGRATIONS};
 use super::{
     Attached, Claim, Claimed, Created, DEAD, Fanout, Ingested, PENDING, Snapshot, SnapshotBuilder, StoreError,
@@ -43,6 +43,7 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    ingests: IngestQueue,
     config: Arc<tokio_postgres::Config>,
     /// This instance's name in `hook_leases`.
     owner: Arc<str>,
@@ -77,7 +78,9 @@ impl PostgresStore {
         let manager =
             Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(16).build().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let store = Self { pool, config: Arc::new(config), owner: Arc::from(random_token("instance_", 8)), metrics };
+        let ingests = IngestQueue::start(pool.clone(), metrics.clone());
+        let owner = Arc::from(random_token("instance_", 8));
+        let store = Self { pool, ingests, config: Arc::new(config), owner, metrics };
         store.migrate().await?;
         Ok(store)
     }
@@ -323,8 +326,7 @@ impl PostgresStore {
         .await
     }
 
-    /// Deliveries are never handed off here ([`super::Store::hands_off`]): any in
-    /// `fanout.handed` are queued like the rest.
+    /// Batched with concurrent ingests (see `postgres_ingest.rs`).
     pub(super) async fn ingest(
         &self,
         connection_id: String,
@@ -332,60 +334,7 @@ impl PostgresStore {
         fanout: Fanout,
         on_commit: impl FnOnce(&mut Ingested) + Send + 'static,
     ) -> Result<Ingested, StoreError> {
-        // Its own task, so that `on_commit` runs even if the caller stops waiting mid-commit.
-        let store = self.clone();
-        let committed = tokio::spawn(async move {
-            let mut ingested = store.commit_event(connection_id, event, fanout).await;
-            if let Ok(ingested) = &mut ingested {
-                on_commit(ingested);
-            }
-            ingested
-        });
-        committed.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// The event and its deliveries in one statement.
-    async fn commit_event(&self, connection_id: String, event: Event, fanout: Fanout) -> Result<Ingested, StoreError> {
-        let hook_ids: Vec<&String> = fanout.queued.iter().chain(&fanout.handed).map(|h| &h.id).collect();
-        // One statement, so one round trip and one (implicit) transaction: the event, then a
-        // delivery for each planned hook that still exists.
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(
-                "WITH event AS (
-                    INSERT INTO events (connection_id, id, type, payload, received_at) VALUES ($1, $2, $3, $4, $5)
-                    ON CONFLICT (connection_id, id) DO NOTHING RETURNING seq
-                 ), made AS (
-                    INSERT INTO deliveries
-                        (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
-                    SELECT event.seq, h.id, h.connection_id, h.url, $6, 0, $5, $5 FROM event, hooks h
-                    WHERE h.id = ANY($7) AND h.connection_id = $1
-                    RETURNING 1
-                 )
-                 SELECT (SELECT seq FROM event), (SELECT COUNT(*) FROM made)",
-            )
-            .await?;
-        let params: [&(dyn ToSql + Sync); 7] = [
-            &connection_id,
-            &event.id,
-            &event.event_type,
-            &event.payload.as_ref(),
-            &event.received_at,
-            &PENDING,
-            &hook_ids,
-        ];
-        let row = match client.query_one(&statement, &params).await {
-            Ok(row) => row,
-            Err(e) if is_unknown_connection(&e) => return Ok(Ingested::UnknownConnection),
-            Err(e) => return Err(e.into()),
-        };
-        self.metrics.commit_batch(1);
-        match row.get::<_, Option<i64>>(0) {
-            None => Ok(Ingested::Duplicate),
-            Some(_) => {
-                Ok(Ingested::Accepted { deliveries: row.get::<_, i64>(1).unsigned_abs() as usize, handed: Vec::new() })
-            }
-        }
+        self.ingests.ingest(connection_id, event, fanout, on_commit).await
     }
 
     pub(super) async fn events(&self, connection_id: String, limit: usize) -> Result<Vec<Event>, StoreError> {
@@ -675,12 +624,4 @@ impl<'a> RecordColumns<'a> {
         self.event_id.push(&a.event_id);
         self.duration.push(i64::try_from(a.duration_ms).unwrap_or(i64::MAX));
     }
-}
-
-/// Whether an ingest failed because its connection is gone (the event's foreign key), not
-/// because a hook went away mid-statement.
-fn is_unknown_connection(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|db| {
-        db.code() == &SqlState::FOREIGN_KEY_VIOLATION && db.constraint() == Some("events_connection_id_fkey")
-    })
 }

@@ -9,12 +9,17 @@ use stencil_relay::metrics::Metrics;
 use stencil_relay::model::{Attempt, AttemptRecord, Connection, Event, Hook, IMAGE_CREATED, NextStep};
 use stencil_relay::store::{Claim, Fanout, FanoutHook, Ingested, Store};
 
-use crate::harness::database_url;
+use crate::harness::{database_url, is_postgres};
 
 /// A store of its own holding one connection, `c`, whose API-key hash is `key` repeated.
 async fn store_with_connection(dir: &Path, key: u8) -> Store {
+    store_with_metrics(dir, key, Metrics::default()).await
+}
+
+/// [`store_with_connection`], reporting to `metrics`.
+async fn store_with_metrics(dir: &Path, key: u8, metrics: Metrics) -> Store {
     let url = DatabaseUrl::parse(&database_url(dir).await).unwrap();
-    let store = Store::open(&url, Metrics::default()).await.unwrap();
+    let store = Store::open(&url, metrics).await.unwrap();
     let connection = Connection {
         id: "c".into(),
         name: "c".into(),
@@ -141,7 +146,8 @@ async fn a_detach_deletes_the_hooks_deliveries_in_every_state_and_no_other() {
 #[tokio::test]
 async fn ingests_that_share_a_commit_succeed_or_fail_each_on_its_own() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_connection(dir.path(), 3).await;
+    let metrics = Metrics::default();
+    let store = store_with_metrics(dir.path(), 3, metrics.clone()).await;
     let (kept, never_attached) = (hook("hk_kept"), hook("hk_never_attached"));
     store.attach_hook(kept.clone()).await.unwrap();
     let fanout = Fanout { queued: fanout_to(&[&kept, &never_attached]), handed: vec![], lease_until: 0 };
@@ -166,4 +172,67 @@ async fn ingests_that_share_a_commit_succeed_or_fail_each_on_its_own() {
     assert_eq!(store.pending_count().await.unwrap(), 32, "every accepted event's delivery is committed");
     assert!(matches!(store.ingest("c", event("e0"), fanout, |_| {}).await.unwrap(), Ingested::Duplicate));
     assert_eq!(store.events("c", 100).await.unwrap().len(), 32);
+    let (writes, commits) = commit_batches(&metrics);
+    assert!(writes > commits, "some commits were shared: {writes} writes in {commits} commits");
+}
+
+#[tokio::test]
+async fn an_id_sent_several_times_at_once_is_accepted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_connection(dir.path(), 4).await;
+    let kept = hook("hk_kept");
+    store.attach_hook(kept.clone()).await.unwrap();
+    let fanout = Fanout { queued: fanout_to(&[&kept]), handed: vec![], lease_until: 0 };
+    // Sent at once, so that copies of one id meet in one batch as well as in different ones.
+    let mut ingests = tokio::task::JoinSet::new();
+    for n in 0..48 {
+        let (store, fanout) = (store.clone(), fanout.clone());
+        ingests
+            .spawn(async move { store.ingest("c", event(&format!("same{}", n % 3)), fanout, |_| {}).await.unwrap() });
+    }
+    let (mut accepted, mut duplicates) = (0, 0);
+    while let Some(done) = ingests.join_next().await {
+        match done.unwrap() {
+            Ingested::Accepted { deliveries: 1, .. } => accepted += 1,
+            Ingested::Duplicate => duplicates += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((accepted, duplicates), (3, 45), "each of the three ids is accepted once");
+    assert_eq!(store.pending_count().await.unwrap(), 3, "with one delivery each");
+    assert_eq!(store.events("c", 100).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn an_event_the_database_refuses_fails_alone_among_those_sent_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_connection(dir.path(), 5).await;
+    // PostgreSQL refuses a NUL in text (SQLite stores it): on PostgreSQL the batch holding it
+    // fails as a whole, and each of its events is committed again on its own.
+    let mut ingests = tokio::task::JoinSet::new();
+    for n in 0..32 {
+        let store = store.clone();
+        let id = if n == 16 { "nul\0id".to_owned() } else { format!("e{n}") };
+        let fanout = Fanout { queued: vec![], handed: vec![], lease_until: 0 };
+        ingests.spawn(async move { (n, store.ingest("c", event(&id), fanout, |_| {}).await) });
+    }
+    while let Some(done) = ingests.join_next().await {
+        match done.unwrap() {
+            (n, Ok(Ingested::Accepted { .. })) => assert!(n != 16 || !is_postgres(), "PostgreSQL stored a NUL"),
+            (16, Err(_)) if is_postgres() => {}
+            (n, other) => panic!("event {n}: {other:?}"),
+        }
+    }
+    let stored = store.events("c", 100).await.unwrap().len();
+    assert_eq!(stored, if is_postgres() { 31 } else { 32 });
+}
+
+/// How many writes the store's commits carried, and how many commits there were.
+fn commit_batches(metrics: &Metrics) -> (f64, f64) {
+    let text = metrics.render(0, 0, 0);
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    (value("relay_store_commit_batch_size_sum "), value("relay_store_commit_batch_size_count "))
 }

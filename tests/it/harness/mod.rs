@@ -35,10 +35,19 @@ where
 /// A store for one test: a fresh schema in `RELAY_TEST_POSTGRES_URL`'s database when that is
 /// set (so the whole suite runs on PostgreSQL), else an SQLite file in `dir`.
 pub(crate) async fn database_url(dir: &std::path::Path) -> String {
-    match std::env::var("RELAY_TEST_POSTGRES_URL") {
-        Ok(base) if !base.is_empty() => fresh_schema(&base).await,
-        _ => format!("sqlite://{}", dir.join("relay.db").display()),
+    match postgres_url() {
+        Some(base) => fresh_schema(&base).await,
+        None => format!("sqlite://{}", dir.join("relay.db").display()),
     }
+}
+
+/// Whether the suite runs on PostgreSQL, for the few facts that differ between the backends.
+pub(crate) fn is_postgres() -> bool {
+    postgres_url().is_some()
+}
+
+fn postgres_url() -> Option<String> {
+    std::env::var("RELAY_TEST_POSTGRES_URL").ok().filter(|base| !base.is_empty())
 }
 
 async fn fresh_schema(base: &str) -> String {

@@ -1,0 +1,286 @@
+//! PostgreSQL ingest, batched across concurrent requests.
+//!
+//! Each ingest is a commit that waits for the WAL flush, and PostgreSQL shares the machine's
+//! cores: one statement and one commit per event made ingest the slowest part of a
+//! PostgreSQL relay (and its commits queued behind the flushes of the delivery pipeline's).
+//! Here events queue for a few batch tasks instead: a task takes everything queued (up to
+//! [`MAX_BATCH`]) and commits it as one statement, so under load many events share a round
+//! trip and a flush, and an event that arrives alone still goes at once. As in the SQLite
+//! writer, nobody gets an answer before the commit that holds their event.
+//!
+//! An event for a connection that is gone is left out of its batch's insert and answered as
+//! such. A batch that fails as a whole (a connection deleted while the statement runs breaks
+//! its foreign key, or the database is down) is committed again one event at a time, so that
+//! each event gets its own answer.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+
+use super::{Fanout, Ingested, PENDING, StoreError};
+use crate::metrics::Metrics;
+use crate::model::Event;
+
+/// Most events committed in one statement.
+const MAX_BATCH: usize = 256;
+/// Batches committing at once: while they all wait on PostgreSQL, the next one grows.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Events waiting for a batch before senders wait (backpressure, not loss).
+const QUEUE_DEPTH: usize = 4096;
+
+/// What runs once an event's commit succeeded, before its caller hears of it.
+type OnCommit = Box<dyn FnOnce(&mut Ingested) + Send>;
+
+/// Hands events to the batch tasks; they stop once every handle is gone.
+#[derive(Clone)]
+pub(super) struct IngestQueue {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// One event waiting for its batch.
+struct Job {
+    write: Write,
+    answer: Answer,
+}
+
+/// What a job commits.
+struct Write {
+    connection_id: String,
+    event: Event,
+    fanout: Fanout,
+}
+
+/// Where a job's outcome goes.
+struct Answer {
+    on_commit: OnCommit,
+    reply: oneshot::Sender<Result<Ingested, StoreError>>,
+}
+
+impl IngestQueue {
+    /// Starts batching ingests into `pool`.
+    pub(super) fn start(pool: Pool, metrics: Metrics) -> Self {
+        let (jobs, queued) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run(pool, metrics, queued));
+        Self { jobs }
+    }
+
+    /// Commits the event and its deliveries; `on_commit` runs once that succeeded, even if
+    /// the caller has stopped waiting (a client hung up) — what must follow a commit cannot
+    /// be skipped.
+    pub(super) async fn ingest(
+        &self,
+        connection_id: String,
+        event: Event,
+        fanout: Fanout,
+        on_commit: impl FnOnce(&mut Ingested) + Send + 'static,
+    ) -> Result<Ingested, StoreError> {
+        let (reply, result) = oneshot::channel();
+        let job = Job {
+            write: Write { connection_id, event, fanout },
+            answer: Answer { on_commit: Box::new(on_commit), reply },
+        };
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        result.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Takes a batch whenever one of the [`BATCHES_IN_FLIGHT`] is free, and commits it in a task
+/// of its own.
+async fn run(pool: Pool, metrics: Metrics, mut queued: mpsc::Receiver<Job>) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    loop {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
+        let Some(first) = queued.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH
+            && let Ok(job) = queued.try_recv()
+        {
+            batch.push(job);
+        }
+        let (pool, metrics) = (pool.clone(), metrics.clone());
+        tokio::spawn(async move {
+            commit(&pool, &metrics, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Commits a batch and answers each of its events.
+async fn commit(pool: &Pool, metrics: &Metrics, batch: Vec<Job>) {
+    // An id sent twice in one batch is committed after it: it is then a duplicate, or the
+    // first one's commit failed and it gets its own chance.
+    let mut keys = HashSet::with_capacity(batch.len());
+    let (batch, repeated): (Vec<Job>, Vec<Job>) =
+        batch.into_iter().partition(|job| keys.insert((job.write.connection_id.clone(), job.write.event.id.clone())));
+    let (writes, answers): (Vec<Write>, Vec<Answer>) = batch.into_iter().map(|job| (job.write, job.answer)).unzip();
+    let results = match writes.as_slice() {
+        [write] => vec![commit_one(pool, metrics, write).await],
+        writes => match commit_many(pool, metrics, writes).await {
+            Ok(results) => results.into_iter().map(Ok).collect(),
+            Err(e) => {
+                tracing::debug!(cause = %e, events = writes.len(), "an ingest batch failed; committing its events one by one");
+                let mut results = Vec::with_capacity(writes.len());
+                for write in writes {
+                    results.push(commit_one(pool, metrics, write).await);
+                }
+                results
+            }
+        },
+    };
+    for (answer, result) in answers.into_iter().zip(results) {
+        answer.send(result);
+    }
+    for Job { write, answer } in repeated {
+        answer.send(commit_one(pool, metrics, &write).await);
+    }
+}
+
+impl Answer {
+    fn send(self, mut result: Result<Ingested, StoreError>) {
+        if let Ok(ingested) = &mut result {
+            (self.on_commit)(ingested);
+        }
+        let _ = self.reply.send(result);
+    }
+}
+
+/// One event and its deliveries in one statement: one round trip and one (implicit)
+/// transaction, the event, then a delivery for each planned hook that still exists.
+async fn commit_one(pool: &Pool, metrics: &Metrics, write: &Write) -> Result<Ingested, StoreError> {
+    let Write { connection_id, event, fanout } = write;
+    let hook_ids: Vec<&String> = planned(fanout).collect();
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "WITH event AS (
+                INSERT INTO events (connection_id, id, type, payload, received_at) VALUES ($1, $2, $3, $4, $5)
+                ON CONFLICT (connection_id, id) DO NOTHING RETURNING seq
+             ), made AS (
+                INSERT INTO deliveries
+                    (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
+                SELECT event.seq, h.id, h.connection_id, h.url, $6, 0, $5, $5 FROM event, hooks h
+                WHERE h.id = ANY($7) AND h.connection_id = $1
+                RETURNING 1
+             )
+             SELECT (SELECT seq FROM event), (SELECT COUNT(*) FROM made)",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 7] =
+        [connection_id, &event.id, &event.event_type, &event.payload.as_ref(), &event.received_at, &PENDING, &hook_ids];
+    let row = match client.query_one(&statement, &params).await {
+        Ok(row) => row,
+        Err(e) if is_unknown_connection(&e) => return Ok(Ingested::UnknownConnection),
+        Err(e) => return Err(e.into()),
+    };
+    metrics.commit_batch(1);
+    Ok(outcome(row.get(0), row.get(1)))
+}
+
+/// Several events (no two with the same id for the same connection) in one statement; their
+/// outcomes in the batch's order. Events are numbered by their place in the batch
+/// (`WITH ORDINALITY`), and each planned hook names its event by that number.
+async fn commit_many(pool: &Pool, metrics: &Metrics, writes: &[Write]) -> Result<Vec<Ingested>, StoreError> {
+    let mut columns = Columns::default();
+    for (n, write) in (1..).zip(writes) {
+        columns.push(n, write);
+    }
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "WITH input AS (
+                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[])
+                    WITH ORDINALITY AS i(connection_id, id, type, payload, received_at, n)
+             ), event AS (
+                INSERT INTO events (connection_id, id, type, payload, received_at)
+                SELECT connection_id, id, type, payload, received_at FROM input
+                WHERE connection_id IN (SELECT id FROM connections) ORDER BY n
+                ON CONFLICT (connection_id, id) DO NOTHING
+                RETURNING seq, connection_id, id
+             ), made AS (
+                INSERT INTO deliveries
+                    (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
+                SELECT e.seq, h.id, h.connection_id, h.url, $6, 0, i.received_at, i.received_at
+                FROM event e
+                JOIN input i ON i.connection_id = e.connection_id AND i.id = e.id
+                JOIN unnest($7::bigint[], $8::text[]) AS p(n, hook_id) ON p.n = i.n
+                JOIN hooks h ON h.id = p.hook_id AND h.connection_id = e.connection_id
+                RETURNING event_seq
+             ), counted AS (
+                SELECT event_seq, COUNT(*) AS deliveries FROM made GROUP BY event_seq
+             )
+             SELECT i.n, e.seq, COALESCE(c.deliveries, 0), EXISTS (SELECT 1 FROM connections k WHERE k.id = i.connection_id)
+             FROM input i
+             LEFT JOIN event e ON e.connection_id = i.connection_id AND e.id = i.id
+             LEFT JOIN counted c ON c.event_seq = e.seq",
+        )
+        .await?;
+    let c = &columns;
+    let params: [&(dyn ToSql + Sync); 8] =
+        [&c.connection_id, &c.id, &c.event_type, &c.payload, &c.received_at, &PENDING, &c.hook_event, &c.hook_id];
+    let rows = client.query(&statement, &params).await?;
+    metrics.commit_batch(writes.len());
+    let mut outcomes: Vec<Option<Ingested>> = writes.iter().map(|_| None).collect();
+    for row in rows {
+        let n = usize::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+        if let Some(slot) = n.checked_sub(1).and_then(|i| outcomes.get_mut(i)) {
+            *slot = Some(if row.get(3) { outcome(row.get(1), row.get(2)) } else { Ingested::UnknownConnection });
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.ok_or_else(|| StoreError::Corrupt("an ingest batch lost an event's outcome".into())))
+        .collect()
+}
+
+/// A batch as the statement's columns.
+#[derive(Default)]
+struct Columns<'a> {
+    connection_id: Vec<&'a str>,
+    id: Vec<&'a str>,
+    event_type: Vec<&'a str>,
+    payload: Vec<&'a [u8]>,
+    received_at: Vec<i64>,
+    /// For each planned hook, the number of its event in the batch.
+    hook_event: Vec<i64>,
+    hook_id: Vec<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, n: i64, write: &'a Write) {
+        self.connection_id.push(&write.connection_id);
+        self.id.push(&write.event.id);
+        self.event_type.push(&write.event.event_type);
+        self.payload.push(&write.event.payload);
+        self.received_at.push(write.event.received_at);
+        for hook in planned(&write.fanout) {
+            self.hook_event.push(n);
+            self.hook_id.push(hook);
+        }
+    }
+}
+
+/// The hooks an event goes to. Deliveries are never handed off on PostgreSQL
+/// ([`super::Store::hands_off`]): any in `fanout.handed` are queued like the rest.
+fn planned(fanout: &Fanout) -> impl Iterator<Item = &String> {
+    fanout.queued.iter().chain(&fanout.handed).map(|h| &h.id)
+}
+
+/// An event's outcome from its `seq` (none: it was there already) and deliveries made.
+fn outcome(seq: Option<i64>, deliveries: i64) -> Ingested {
+    match seq {
+        None => Ingested::Duplicate,
+        Some(_) => Ingested::Accepted { deliveries: deliveries.unsigned_abs() as usize, handed: Vec::new() },
+    }
+}
+
+/// Whether an ingest failed because its connection is gone (the event's foreign key), not
+/// because a hook went away mid-statement.
+fn is_unknown_connection(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        db.code() == &SqlState::FOREIGN_KEY_VIOLATION && db.constraint() == Some("events_connection_id_fkey")
+    })
+}
