@@ -182,7 +182,8 @@ async fn commit_one(pool: &Pool, metrics: &Metrics, write: &Write) -> Result<Ing
 
 /// Several events (no two with the same id for the same connection) in one statement; their
 /// outcomes in the batch's order. Events are numbered by their place in the batch
-/// (`WITH ORDINALITY`), and each planned hook names its event by that number.
+/// (`WITH ORDINALITY`), and each planned hook names its event by that number; events and
+/// deliveries are inserted in that order, so their ids follow the order the events were queued.
 async fn commit_many(pool: &Pool, metrics: &Metrics, writes: &[Write]) -> Result<Vec<Ingested>, StoreError> {
     let mut columns = Columns::default();
     for (n, write) in (1..).zip(writes) {
@@ -208,6 +209,7 @@ async fn commit_many(pool: &Pool, metrics: &Metrics, writes: &[Write]) -> Result
                 JOIN input i ON i.connection_id = e.connection_id AND i.id = e.id
                 JOIN unnest($7::bigint[], $8::text[]) AS p(n, hook_id) ON p.n = i.n
                 JOIN hooks h ON h.id = p.hook_id AND h.connection_id = e.connection_id
+                ORDER BY i.n
                 RETURNING event_seq
              ), counted AS (
                 SELECT event_seq, COUNT(*) AS deliveries FROM made GROUP BY event_seq
