@@ -114,9 +114,12 @@ async fn commit(pool: &Pool, metrics: &Metrics, batch: Vec<Job>) {
     // An id sent twice in one batch is committed after it: it is then a duplicate, or the
     // first one's commit failed and it gets its own chance.
     let mut keys = HashSet::with_capacity(batch.len());
-    let (batch, repeated): (Vec<Job>, Vec<Job>) =
-        batch.into_iter().partition(|job| keys.insert((job.write.connection_id.clone(), job.write.event.id.clone())));
-    let (writes, answers): (Vec<Write>, Vec<Answer>) = batch.into_iter().map(|job| (job.write, job.answer)).unzip();
+    let first: Vec<bool> =
+        batch.iter().map(|job| keys.insert((job.write.connection_id.as_str(), job.write.event.id.as_str()))).collect();
+    drop(keys);
+    let (batch, repeated): (Vec<_>, Vec<_>) = batch.into_iter().zip(first).partition(|&(_, first)| first);
+    let (writes, answers): (Vec<Write>, Vec<Answer>) =
+        batch.into_iter().map(|(job, _)| (job.write, job.answer)).unzip();
     let results = match writes.as_slice() {
         [write] => vec![commit_one(pool, metrics, write).await],
         writes => match commit_many(pool, metrics, writes).await {
@@ -134,7 +137,7 @@ async fn commit(pool: &Pool, metrics: &Metrics, batch: Vec<Job>) {
     for (answer, result) in answers.into_iter().zip(results) {
         answer.send(result);
     }
-    for Job { write, answer } in repeated {
+    for (Job { write, answer }, _) in repeated {
         answer.send(commit_one(pool, metrics, &write).await);
     }
 }
