@@ -9,7 +9,7 @@ mod postgres_schema;
 mod sqlite;
 mod sqlite_checkpoint;
 mod sqlite_event_ids;
-mod sqlite_event_list;
+mod sqlite_lists;
 mod sqlite_schema;
 mod sqlite_writer;
 

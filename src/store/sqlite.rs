@@ -20,7 +20,7 @@ use rusqlite::{Connection as Db, OptionalExtension, Row, params};
 
 use super::sqlite_checkpoint::Checkpointer;
 use super::sqlite_event_ids::EventIds;
-use super::sqlite_event_list as event_list;
+use super::sqlite_lists as lists;
 use super::sqlite_schema::MIGRATIONS;
 use super::sqlite_writer::{Lane, Writer};
 use super::{
@@ -91,7 +91,11 @@ impl SqliteStore {
         let reader = Db::open(path)?;
         reader.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")?;
         let event_ids = EventIds::load(&db)?;
-        let writer = Writer::spawn(db, vec![event_list::chore(), event_ids.sweep()], metrics)?;
+        let writer = Writer::spawn(
+            db,
+            vec![lists::chore(&lists::EVENTS), lists::chore(&lists::ATTEMPTS), event_ids.sweep()],
+            metrics,
+        )?;
         let checkpointer = Checkpointer::spawn(path)?;
         Ok(Self { writer, event_ids, reader: Arc::new(Mutex::new(reader)), _checkpointer: checkpointer })
     }
@@ -264,6 +268,7 @@ impl SqliteStore {
     pub(super) async fn delete_connection(&self, id: String) -> Result<bool, StoreError> {
         let event_ids = self.event_ids.clone();
         self.write(move |db| {
+            lists::forget_hooks_of(db, &id)?;
             let deleted = db.execute("DELETE FROM connections WHERE id = ?1", [&id])? == 1;
             if deleted {
                 event_ids.forget_connection(db, &id)?;
@@ -415,28 +420,11 @@ impl SqliteStore {
     }
 
     pub(super) async fn events(&self, connection_id: String, limit: usize) -> Result<Vec<Event>, StoreError> {
-        self.read(move |db| event_list::newest(db, &connection_id, limit)).await
+        self.read(move |db| lists::events(db, &connection_id, limit)).await
     }
 
     pub(super) async fn attempts(&self, hook_id: String, limit: usize) -> Result<Vec<Attempt>, StoreError> {
-        self.read(move |db| {
-            let mut stmt = db.prepare_cached(
-                "SELECT event_id, attempt, status_code, error, duration_ms, at FROM attempts
-                 WHERE hook_id = ?1 ORDER BY id DESC LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![hook_id, limit as i64], |r| {
-                Ok(Attempt {
-                    event_id: r.get(0)?,
-                    attempt: r.get(1)?,
-                    status_code: r.get(2)?,
-                    error: r.get(3)?,
-                    duration_ms: r.get(4)?,
-                    at: r.get(5)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        self.read(move |db| lists::attempts(db, &hook_id, limit)).await
     }
 
     pub(super) async fn claim(&self, claim: Claim) -> Result<Claimed, StoreError> {
@@ -673,7 +661,7 @@ fn record(db: &Db, records: &[AttemptRecord]) -> Result<(), StoreError> {
 /// those attempted through the hook's attempts, those waiting through the pending index, and
 /// those in flight through theirs (a few hundred at most).
 fn delete_deliveries_of(db: &Db, hook_id: &str) -> Result<(), StoreError> {
-    db.execute("DELETE FROM deliveries WHERE id IN (SELECT delivery_id FROM attempts WHERE hook_id = ?1)", [hook_id])?;
+    lists::delete_attempted(db, hook_id)?;
     db.execute("DELETE FROM deliveries WHERE hook_id = ?1 AND state = ?2", params![hook_id, PENDING])?;
     // A literal state, so that the partial index is known to apply when the plan is made.
     db.execute(
@@ -769,8 +757,8 @@ fn hook_row(r: &Row<'_>, connection_id: Arc<str>) -> Result<Hook, StoreError> {
 mod tests {
     use super::*;
 
-    /// Migrations 3 and 5 rebuild `deliveries` and `events`: the rows (and the attempts that
-    /// reference them) must survive, and the references must hold again afterwards.
+    /// Migrations 3, 5 and 6 rebuild `deliveries`, `events` and `attempts`: the rows must
+    /// survive, and the references must hold again afterwards.
     #[test]
     fn the_rebuilds_keep_every_row_and_reference() {
         let mut db = Db::open_in_memory().unwrap();
@@ -803,6 +791,9 @@ mod tests {
         assert_eq!(count("SELECT COUNT(*) FROM event_ids WHERE connection_id = 'c' AND id = 'e'"), 1, "migration 5");
         assert_eq!(count("SELECT seq FROM event_ids_through"), 7);
         assert_eq!(count("SELECT COUNT(*) FROM sqlite_master WHERE tbl_name = 'events' AND type = 'index'"), 0);
+        assert_eq!(count("SELECT attempt_id FROM hook_attempts WHERE hook_id = 'hk'"), 11, "migration 6");
+        assert_eq!(count("SELECT id FROM hook_attempts_through"), 11);
+        assert_eq!(count("SELECT COUNT(*) FROM sqlite_master WHERE name = 'attempts_by_hook'"), 0);
         db.execute("DELETE FROM events WHERE seq = 7", []).unwrap();
         assert_eq!(count("SELECT COUNT(*) FROM attempts"), 0, "an event's deletion still reaches its attempts");
         db.execute(

@@ -103,7 +103,7 @@ CREATE INDEX deliveries_dead ON deliveries (connection_id, id) WHERE state = 2;
 CREATE INDEX deliveries_in_flight ON deliveries (lease_until) WHERE state = 3;
 ",
     // A connection's event list is filled in bulk off the ingest commit, instead of by an index
-    // every ingest paid a page for (see `sqlite_event_list.rs`). Its rows go with their
+    // every ingest paid a page for (see `sqlite_lists.rs`). Its rows go with their
     // connection; `connection_events_through` holds the one `seq` up to which it is complete.
     r"
 CREATE TABLE connection_events (
@@ -140,6 +140,34 @@ CREATE TABLE event_ids (
 CREATE TABLE event_ids_through (seq INTEGER NOT NULL);
 INSERT INTO event_ids SELECT connection_id, id FROM events;
 INSERT INTO event_ids_through SELECT COALESCE(MAX(seq), 0) FROM events;
+",
+    // A hook's attempts are listed in bulk off the commit, instead of by an index every commit
+    // paid a page per hook for (see `sqlite_lists.rs`), complete up to `hook_attempts_through`.
+    // The rebuilt `attempts` hands no id out twice, so that nothing new arrives under the mark.
+    r"
+CREATE TABLE attempts_new (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
+    hook_id     TEXT NOT NULL,
+    event_id    TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    status_code INTEGER,
+    error       TEXT,
+    duration_ms INTEGER NOT NULL,
+    at          INTEGER NOT NULL
+);
+INSERT INTO attempts_new SELECT * FROM attempts;
+DROP TABLE attempts;
+ALTER TABLE attempts_new RENAME TO attempts;
+CREATE INDEX attempts_by_delivery ON attempts (delivery_id);
+CREATE TABLE hook_attempts (
+    hook_id    TEXT NOT NULL,
+    attempt_id INTEGER NOT NULL,
+    PRIMARY KEY (hook_id, attempt_id)
+) WITHOUT ROWID;
+CREATE TABLE hook_attempts_through (id INTEGER NOT NULL);
+INSERT INTO hook_attempts SELECT hook_id, id FROM attempts;
+INSERT INTO hook_attempts_through SELECT COALESCE(MAX(id), 0) FROM attempts;
 ",
 ];
 
