@@ -206,21 +206,26 @@ mod tests {
         db.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    fn plan(db: &Db, sql: &str) -> String {
+        let mut stmt = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let unbound = vec![rusqlite::types::Null; stmt.parameter_count()];
+        let rows = stmt.query_map(rusqlite::params_from_iter(unbound), |r| r.get(3)).unwrap();
+        rows.map(Result::unwrap).collect::<Vec<String>>().join("; ")
+    }
+
     #[test]
-    fn tails_are_read_by_their_key_range() {
+    fn tails_are_read_by_their_key_range_and_lists_by_their_key() {
         let db = db();
         for (list, source) in [(&EVENTS, "events"), (&ATTEMPTS, "attempts")] {
             for sql in [list.catch_up, list.tail] {
-                let mut stmt = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-                let unbound = vec![rusqlite::types::Null; stmt.parameter_count()];
-                let rows = stmt.query_map(rusqlite::params_from_iter(unbound), |r| r.get(3)).unwrap();
-                let plan: Vec<String> = rows.map(Result::unwrap).collect();
-                let plan = plan.join("; ");
+                let plan = plan(&db, sql);
                 assert!(
                     plan.contains(&format!("SEARCH {source} USING INTEGER PRIMARY KEY (rowid>?)")),
                     "{sql}: {plan}"
                 );
             }
+            let plan = plan(&db, list.listed);
+            assert!(plan.contains("USING PRIMARY KEY (") && !plan.contains("SCAN"), "{}: {plan}", list.listed);
         }
     }
 
