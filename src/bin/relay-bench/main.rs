@@ -46,6 +46,10 @@ struct Args {
     /// The relay binary; default: `stencil-relay` next to this program (built first when run by cargo).
     #[arg(long)]
     relay: Option<PathBuf>,
+    /// A second relay binary for the ingest scenario, run right after the first in every
+    /// round: an A/B in one command, reported as the median of the rounds' ratios.
+    #[arg(long)]
+    against: Option<PathBuf>,
     /// Seconds each timed run lasts.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -65,6 +69,8 @@ struct Args {
 /// Settings every scenario shares.
 pub(crate) struct Bench {
     pub(crate) relay: PathBuf,
+    /// A second binary the ingest scenario compares with the first.
+    pub(crate) against: Option<PathBuf>,
     pub(crate) database_url: Option<String>,
     pub(crate) duration: Duration,
     pub(crate) runs: usize,
@@ -88,6 +94,7 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<bool> {
     let bench = Bench {
         relay: relay_binary(args.relay)?,
+        against: args.against,
         backend: if args.database_url.as_deref().is_some_and(|u| u.starts_with("postgres")) {
             "postgres"
         } else {

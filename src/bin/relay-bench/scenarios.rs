@@ -193,26 +193,25 @@ pub(crate) async fn smoke(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<
 
 /// 100 connections with one hook each, 64 client connections, closed-loop and interleaved
 /// with the baseline: the medians and their ratio are the headline. With `--rate` the load is
-/// open-loop at that rate and no baseline runs (for A/Bs of CPU per event).
+/// open-loop at that rate and no baseline runs (for A/Bs of CPU per event). With `--against`
+/// a second binary runs right after the first in every round, and each round's ratio of the
+/// two is reported: back-to-back runs share the machine's mood of the moment, which drifts by
+/// more than most changes weigh.
 pub(crate) async fn ingest(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let (mut relay_rates, mut base_rates, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let mut contenders = vec![("relay", clone(bench))];
+    if let Some(against) = &bench.against {
+        contenders.push(("against", Bench { relay: against.clone(), ..clone(bench) }));
+    }
+    let mut rates = vec![Vec::new(); contenders.len()];
+    let mut cpu = vec![Vec::new(); contenders.len()];
+    let mut base_rates = Vec::new();
     for run in 0..bench.runs {
-        let setup = setup(bench, 100, 1).await?;
-        let before = (setup.relay.cpu_seconds(), setup.sink.total.load(Ordering::Relaxed));
-        let started = Instant::now();
-        let name = format!("ingest{run}");
-        let outcome = match bench.rate {
-            Some(rate) => open_loop(&setup.target, &name, rate, bench.duration).await?,
-            None => closed_loop(&setup.target, &name, 64, bench.duration).await?,
-        };
-        let mut row = relay_row(bench, "ingest", &setup, &outcome, before, started.elapsed()).await;
-        if let Some(rate) = bench.rate {
-            row.note = format!("open-loop {rate}/s {}", row.note).trim().to_owned();
+        for (i, (server, contender)) in contenders.iter().enumerate() {
+            let row = ingest_run(contender, server, run).await?;
+            rates[i].push(row.events_per_s);
+            cpu[i].push(row.cpu_us_per_event.unwrap_or(0.0));
+            rows.push(row);
         }
-        relay_rates.push(row.events_per_s);
-        cpu.push(row.cpu_us_per_event.unwrap_or(0.0));
-        rows.push(row);
-        drop(setup);
         // A closed-loop baseline says nothing about an open-loop relay run, so `--rate` has none.
         if bench.rate.is_none() {
             let base = baseline_row(bench, "ingest", 64).await?;
@@ -220,7 +219,7 @@ pub(crate) async fn ingest(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Result
             rows.push(base);
         }
     }
-    let relay = median(relay_rates);
+    let relay = median(rates[0].clone());
     let note = match bench.rate {
         Some(rate) => format!("open-loop {rate}/s, no baseline ({} runs)", bench.runs),
         None => {
@@ -232,16 +231,52 @@ pub(crate) async fn ingest(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Result
             )
         }
     };
-    rows.push(Row {
+    rows.push(ingest_median(bench, "median", relay, median(cpu[0].clone()), note));
+    if let (Some(rates_b), Some(cpu_b)) = (rates.get(1), cpu.get(1)) {
+        let note = format!(
+            "against ÷ relay, the median of the rounds' ratios: {:.2}× events/s, {:.2}× CPU per event",
+            median(ratios(rates_b, &rates[0])),
+            median(ratios(cpu_b, &cpu[0]))
+        );
+        rows.push(ingest_median(bench, "median B", median(rates_b.clone()), median(cpu_b.clone()), note));
+    }
+    Ok(())
+}
+
+/// One run of the ingest scenario on `bench.relay`, its row labelled `server`.
+async fn ingest_run(bench: &Bench, server: &str, run: usize) -> anyhow::Result<Row> {
+    let setup = setup(bench, 100, 1).await?;
+    let before = (setup.relay.cpu_seconds(), setup.sink.total.load(Ordering::Relaxed));
+    let started = Instant::now();
+    let name = format!("ingest{run}");
+    let outcome = match bench.rate {
+        Some(rate) => open_loop(&setup.target, &name, rate, bench.duration).await?,
+        None => closed_loop(&setup.target, &name, 64, bench.duration).await?,
+    };
+    let mut row = relay_row(bench, "ingest", &setup, &outcome, before, started.elapsed()).await;
+    row.server = server.to_owned();
+    if let Some(rate) = bench.rate {
+        row.note = format!("open-loop {rate}/s {}", row.note).trim().to_owned();
+    }
+    Ok(row)
+}
+
+/// The summary row of one binary's ingest runs.
+fn ingest_median(bench: &Bench, server: &str, events_per_s: f64, cpu_us_per_event: f64, note: String) -> Row {
+    Row {
         scenario: "ingest".into(),
         backend: bench.backend.clone(),
-        server: "median".into(),
-        events_per_s: relay,
-        cpu_us_per_event: Some(median(cpu)),
+        server: server.into(),
+        events_per_s,
+        cpu_us_per_event: Some(cpu_us_per_event),
         note,
         ..Row::default()
-    });
-    Ok(())
+    }
+}
+
+/// `b[i] ÷ a[i]` for each round.
+fn ratios(b: &[f64], a: &[f64]) -> Vec<f64> {
+    b.iter().zip(a).map(|(b, a)| b / a.max(f64::MIN_POSITIVE)).collect()
 }
 
 /// Open-loop 1,000 events/s, one hook per event: ingest and end-to-end latency.
@@ -376,6 +411,7 @@ enum Load {
 fn clone(bench: &Bench) -> Bench {
     Bench {
         relay: bench.relay.clone(),
+        against: bench.against.clone(),
         database_url: bench.database_url.clone(),
         duration: bench.duration,
         runs: bench.runs,
