@@ -4,6 +4,7 @@
 //! `metrics` only.
 
 mod postgres;
+mod postgres_in_flight;
 mod postgres_ingest;
 mod postgres_schema;
 mod sqlite;

@@ -1,10 +1,15 @@
 //! The PostgreSQL backend, for several relay instances sharing one database.
 //!
-//! Pooled connections (deadpool); every write is one transaction. Claims are two-level leases:
-//! an instance first takes (or renews) ownership of hooks with due work in `hook_leases`, then
-//! leases due deliveries of the hooks it owns, so each hook is paced by exactly one instance and
-//! a dead instance's hooks and deliveries are taken over once their leases expire. Registry
-//! changes are announced with `NOTIFY` in the same transaction as the write.
+//! Pooled connections (deadpool); every write is one transaction. A claim takes (or renews) the
+//! lease of hooks with due work in `hook_leases` and, in the same statement, their due
+//! deliveries; which of those are in flight the instance keeps in memory (`postgres_in_flight`).
+//! So each hook is paced by exactly one instance, and a dead instance's hooks are taken over,
+//! with their deliveries, once their leases expire. Registry changes are announced with
+//! `NOTIFY` in the same transaction as the write.
+//!
+//! Claims and attempt records are planned with each call's values (unnamed statements), not
+//! cached: a cached generic plan, made while `deliveries` was small, went on scanning the whole
+//! table for every batch as it grew, until autovacuum's next `ANALYZE` replaced it.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -16,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
+use super::postgres_in_flight::InFlight;
 use super::postgres_ingest::IngestQueue;
 use super::postgres_schema::{CHANGES_CHANNEL, MIGRATION_LOCK, MIGRATIONS};
 use super::{
@@ -47,6 +53,8 @@ pub struct PostgresStore {
     config: Arc<tokio_postgres::Config>,
     /// This instance's name in `hook_leases`.
     owner: Arc<str>,
+    /// The deliveries this instance has claimed and not yet settled.
+    in_flight: Arc<InFlight>,
     metrics: Metrics,
 }
 
@@ -76,11 +84,12 @@ impl PostgresStore {
     pub(super) async fn open(url: &str, metrics: Metrics) -> Result<Self, StoreError> {
         let config = tokio_postgres::Config::from_str(url)?;
         let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            Manager::from_config(pooled(&config), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(16).build().map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let ingests = IngestQueue::start(pool.clone(), metrics.clone());
         let owner = Arc::from(random_token("instance_", 8));
-        let store = Self { pool, ingests, config: Arc::new(config), owner, metrics };
+        let in_flight = Arc::default();
+        let store = Self { pool, ingests, config: Arc::new(config), owner, in_flight, metrics };
         store.migrate().await?;
         Ok(store)
     }
@@ -382,59 +391,50 @@ impl PostgresStore {
             .collect())
     }
 
-    /// Claims ignore named hooks: here a hook's deliveries are leased together with the hook.
+    /// Claims ignore named hooks: here a hook's deliveries are claimed together with the hook's
+    /// lease, in one statement that writes only `hook_leases`; what is in flight is this
+    /// instance's to know (`InFlight`), so no delivery row is rewritten to lease it.
     pub(super) async fn claim(&self, claim: Claim) -> Result<Claimed, StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
         let (limit, per_hook) = (claim.limit as i64, claim.per_hook as i64);
         let owner: &str = &self.owner;
-        tx.execute(
-            "INSERT INTO hook_leases (hook_id, owner, until)
-             SELECT hook_id, $1, $2 FROM deliveries
-              WHERE state = $4 AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until <= $3)
-              GROUP BY hook_id ORDER BY MIN(next_attempt_at) LIMIT $5
-             ON CONFLICT (hook_id) DO UPDATE SET owner = EXCLUDED.owner, until = EXCLUDED.until
-              WHERE hook_leases.owner = EXCLUDED.owner OR hook_leases.until <= $3",
-            &[&owner, &claim.lease_until, &claim.now, &PENDING, &limit],
-        )
-        .await?;
-        let leased = tx
+        let busy = self.in_flight.busy_hooks(claim.now);
+        let client = self.pool.get().await?;
+        let rows = client
             .query(
-                "UPDATE deliveries SET lease_until = $1 WHERE id IN (
-                    SELECT id FROM (
-                        SELECT d.id, d.next_attempt_at,
-                               ROW_NUMBER() OVER (PARTITION BY d.hook_id ORDER BY d.next_attempt_at, d.id) AS rn
-                        FROM deliveries d
-                        JOIN hook_leases l ON l.hook_id = d.hook_id AND l.owner = $6 AND l.until > $2
-                        WHERE d.state = $5 AND d.next_attempt_at <= $2
-                          AND (d.lease_until IS NULL OR d.lease_until <= $2)
-                          AND NOT EXISTS (SELECT 1 FROM deliveries x
-                                          WHERE x.hook_id = d.hook_id AND x.state = $5 AND x.lease_until > $2)
-                    ) w WHERE rn <= $3 ORDER BY next_attempt_at, id LIMIT $4)
-                 RETURNING id, connection_id, hook_id, url, attempts, event_seq",
-                &[&claim.lease_until, &claim.now, &per_hook, &limit, &PENDING, &owner],
+                "WITH leased AS (
+                    INSERT INTO hook_leases (hook_id, owner, until)
+                    SELECT hook_id, $1, $2 FROM deliveries
+                     WHERE state = $4 AND next_attempt_at <= $3 AND hook_id <> ALL($6)
+                     GROUP BY hook_id ORDER BY MIN(next_attempt_at) LIMIT $5
+                    ON CONFLICT (hook_id) DO UPDATE SET owner = EXCLUDED.owner, until = EXCLUDED.until
+                     WHERE hook_leases.owner = EXCLUDED.owner OR hook_leases.until <= $3
+                    RETURNING hook_id
+                 ), due AS (
+                    SELECT d.id, d.connection_id, d.hook_id, d.url, d.attempts, d.event_seq, d.next_attempt_at,
+                           ROW_NUMBER() OVER (PARTITION BY d.hook_id ORDER BY d.next_attempt_at, d.id) AS rn
+                    FROM deliveries d JOIN leased l ON l.hook_id = d.hook_id
+                    WHERE d.state = $4 AND d.next_attempt_at <= $3
+                 )
+                 SELECT due.id, due.connection_id, due.hook_id, due.url, due.attempts, e.id, e.payload, e.received_at
+                 FROM due JOIN events e ON e.seq = due.event_seq
+                 WHERE due.rn <= $7 ORDER BY due.next_attempt_at, due.id LIMIT $5",
+                &[&owner, &claim.lease_until, &claim.now, &PENDING, &limit, &busy, &per_hook],
             )
             .await?;
-        let seqs: Vec<i64> = leased.iter().map(|r| r.get(5)).collect();
-        let events = tx.query("SELECT seq, id, payload, received_at FROM events WHERE seq = ANY($1)", &[&seqs]).await?;
-        self.commit(tx).await?;
-        let events: std::collections::HashMap<i64, &Row> = events.iter().map(|r| (r.get(0), r)).collect();
-        let mut due: Vec<DueDelivery> = leased
+        let mut due: Vec<DueDelivery> = rows
             .iter()
-            .filter_map(|r| {
-                let event = events.get(&r.get::<_, i64>(5))?;
-                Some(DueDelivery {
-                    id: r.get(0),
-                    connection_id: r.get(1),
-                    hook_id: r.get(2),
-                    url: r.get(3),
-                    attempts: r.get::<_, i32>(4) as u32,
-                    event_id: event.get(1),
-                    payload: Bytes::from(event.get::<_, Vec<u8>>(2)),
-                    received_at: event.get(3),
-                })
+            .map(|r| DueDelivery {
+                id: r.get(0),
+                connection_id: r.get(1),
+                hook_id: r.get(2),
+                url: r.get(3),
+                attempts: r.get::<_, i32>(4) as u32,
+                event_id: r.get(5),
+                payload: Bytes::from(r.get::<_, Vec<u8>>(6)),
+                received_at: r.get(7),
             })
             .collect();
+        self.in_flight.leased(due.iter().map(|d| (d.id, d.hook_id.as_str())), claim.lease_until);
         due.sort_by_key(|d| d.id);
         Ok(Claimed { due, ..Claimed::default() })
     }
@@ -452,47 +452,50 @@ impl PostgresStore {
         Ok(row.get(0))
     }
 
-    /// One statement for the whole batch (columns as arrays): one round trip however many
+    /// One statement for the whole batch (columns as arrays): the same round trips however many
     /// attempts finished, where a statement per record made a fan-out wait on thousands.
     pub(super) async fn record(&self, records: Arc<[AttemptRecord]>) -> Result<(), StoreError> {
         let mut columns = RecordColumns::default();
         for rec in records.iter() {
             columns.push(rec);
         }
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(
+        let c = &columns;
+        let params: [&(dyn ToSql + Sync); 10] =
+            [&c.id, &c.attempt, &c.state, &c.next_at, &c.status, &c.error, &c.at, &c.hook_id, &c.event_id, &c.duration];
+        self.pool
+            .get()
+            .await?
+            .execute(
                 "WITH r AS (
                     SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::int[], $6::text[],
                                          $7::bigint[], $8::text[], $9::text[], $10::bigint[])
                         AS r(id, attempt, state, next_at, status, error, at, hook_id, event_id, duration)
                  ), updated AS (
                     UPDATE deliveries d SET attempts = r.attempt, state = r.state, next_attempt_at = r.next_at,
-                           lease_until = NULL, last_status = r.status, last_error = r.error, updated_at = r.at
+                           last_status = r.status, last_error = r.error, updated_at = r.at
                     FROM r WHERE d.id = r.id AND d.attempts < r.attempt
                     RETURNING r.*
                  )
                  INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)
                  SELECT id, hook_id, event_id, attempt, status, error, duration, at FROM updated",
+                &params,
             )
             .await?;
-        let c = &columns;
-        let params: [&(dyn ToSql + Sync); 10] =
-            [&c.id, &c.attempt, &c.state, &c.next_at, &c.status, &c.error, &c.at, &c.hook_id, &c.event_id, &c.duration];
-        client.execute(&statement, &params).await?;
+        self.in_flight.settled(records.iter().map(|r| r.delivery_id));
         self.metrics.commit_batch(1);
         Ok(())
     }
 
     pub(super) async fn waiting_by_hook(&self, now: i64) -> Result<HashMap<String, Waiting>, StoreError> {
+        let in_flight = self.in_flight.ids(now);
         let rows = self
             .pool
             .get()
             .await?
             .query(
                 "SELECT hook_id, COUNT(*), MIN(next_attempt_at) FROM deliveries
-                 WHERE state = $1 AND (lease_until IS NULL OR lease_until <= $2) GROUP BY hook_id",
-                &[&PENDING, &now],
+                 WHERE state = $1 AND id <> ALL($2) GROUP BY hook_id",
+                &[&PENDING, &in_flight],
             )
             .await?;
         Ok(rows
@@ -501,8 +504,9 @@ impl PostgresStore {
             .collect())
     }
 
+    /// Nothing to write: the leases live in this instance's memory.
     pub(super) async fn release(&self, ids: Vec<i64>) -> Result<(), StoreError> {
-        self.pool.get().await?.execute("UPDATE deliveries SET lease_until = NULL WHERE id = ANY($1)", &[&ids]).await?;
+        self.in_flight.settled(ids);
         Ok(())
     }
 
@@ -543,13 +547,26 @@ impl PostgresStore {
             .get()
             .await?
             .query_opt(
-                "UPDATE deliveries SET state = $2, attempts = 0, next_attempt_at = $3, lease_until = NULL, updated_at = $3
+                "UPDATE deliveries SET state = $2, attempts = 0, next_attempt_at = $3, updated_at = $3
                  WHERE id = $1 AND state = $4 RETURNING hook_id",
                 &[&id, &PENDING, &now, &DEAD],
             )
             .await?;
         Ok(row.map(|r| r.get(0)))
     }
+}
+
+/// The pool's sessions plan without bitmap scans. `deliveries` is a queue: every delivered row
+/// leaves dead entries in its indexes until vacuum, and a bitmap scan walks them all on every
+/// claim, while a plain index scan marks those it finds dead so the next scans skip them (at
+/// 3,000 events/s a claim's bitmap scans walked 17,000 entries for 65 live rows; without them,
+/// end-to-end latency fell by about 40 % at 4 % less PostgreSQL CPU). No query of the relay
+/// needs a bitmap scan. Options from the URL are kept.
+fn pooled(config: &tokio_postgres::Config) -> tokio_postgres::Config {
+    let mut pooled = config.clone();
+    let options = format!("{} -c enable_bitmapscan=off", config.get_options().unwrap_or_default());
+    pooled.options(options.trim_start());
+    pooled
 }
 
 const CONNECTION_COLUMNS: &str = "SELECT id, name, api_key_hash, secrets, ingest_rate, created_at FROM connections";
@@ -623,5 +640,18 @@ impl<'a> RecordColumns<'a> {
         self.hook_id.push(&rec.hook_id);
         self.event_id.push(&a.event_id);
         self.duration.push(i64::try_from(a.duration_ms).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooled_sessions_keep_the_urls_options_and_plan_without_bitmap_scans() {
+        let url = tokio_postgres::Config::from_str("postgres://u@h/db?options=-csearch_path%3Ds").unwrap();
+        assert_eq!(pooled(&url).get_options(), Some("-csearch_path=s -c enable_bitmapscan=off"));
+        let bare = tokio_postgres::Config::from_str("postgres://u@h/db").unwrap();
+        assert_eq!(pooled(&bare).get_options(), Some("-c enable_bitmapscan=off"));
     }
 }

@@ -6,7 +6,8 @@
 pub(super) const MIGRATION_LOCK: i64 = 0x5265_6c61_7953_6368;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[r"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE connections (
     id           TEXT PRIMARY KEY,
     name         TEXT NOT NULL,
@@ -71,7 +72,16 @@ CREATE TABLE hook_leases (
     owner   TEXT NOT NULL,
     until   BIGINT NOT NULL
 );
-"];
+",
+    // Leases of deliveries live in the claiming instance's memory since this version, so
+    // `lease_until` is no longer written (the column stays for instances of the previous version
+    // during a rolling upgrade, which still read it); a claim looks up a leased hook's due
+    // deliveries by time.
+    r"
+DROP INDEX deliveries_pending_by_hook;
+CREATE INDEX deliveries_due_by_hook ON deliveries (hook_id, next_attempt_at) WHERE state = 0;
+",
+];
 
 /// The channel on which registry changes are announced (payload: the connection id).
 pub(super) const CHANGES_CHANNEL: &str = "relay_changes";

@@ -20,6 +20,12 @@ async fn store_with_connection(dir: &Path, key: u8) -> Store {
 async fn store_with_metrics(dir: &Path, key: u8, metrics: Metrics) -> Store {
     let url = DatabaseUrl::parse(&database_url(dir).await).unwrap();
     let store = Store::open(&url, metrics).await.unwrap();
+    create_connection(&store, key).await;
+    store
+}
+
+/// Creates connection `c`, whose API-key hash is `key` repeated.
+async fn create_connection(store: &Store, key: u8) {
     let connection = Connection {
         id: "c".into(),
         name: "c".into(),
@@ -29,7 +35,6 @@ async fn store_with_metrics(dir: &Path, key: u8, metrics: Metrics) -> Store {
         created_at: 0,
     };
     store.create_connection(connection).await.unwrap();
-    store
 }
 
 /// A hook of connection `c` for `image.created`.
@@ -86,6 +91,43 @@ async fn a_batch_of_records_written_again_after_a_failure_is_applied_once() {
         store.attempts(&hook.id, 10).await.unwrap().iter().map(|a| (a.attempt, a.status_code)).collect();
     assert_eq!(statuses, [(2, Some(200)), (1, Some(500))], "each attempt once, newest first");
     assert_eq!(store.pending_count().await.unwrap(), 0, "and the delivery is delivered");
+}
+
+#[tokio::test]
+async fn a_hook_is_claimed_again_once_its_delivery_is_recorded_released_or_its_lease_ran_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = DatabaseUrl::parse(&database_url(dir.path()).await).unwrap();
+    let store = Store::open(&url, Metrics::default()).await.unwrap();
+    create_connection(&store, 6).await;
+    let hook = hook("hk_1");
+    store.attach_hook(hook.clone()).await.unwrap();
+    for id in ["e1", "e2", "e3"] {
+        let queued = fanout_to(&[&hook]);
+        store.ingest("c", event(id), Fanout { queued, handed: vec![], lease_until: 0 }, |_| {}).await.unwrap();
+    }
+    let first = claimed(&store, 10, 1_000).await;
+    assert_eq!(first.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>(), ["e1"], "one per hook, oldest first");
+    assert!(claimed(&store, 20, 1_000).await.is_empty(), "nothing of a hook with a delivery in flight");
+    if is_postgres() {
+        let other = Store::open(&url, Metrics::default()).await.unwrap();
+        assert!(claimed(&other, 20, 1_000).await.is_empty(), "nor by another instance while the hook is leased");
+    }
+    let record = AttemptRecord {
+        delivery_id: first[0].0,
+        hook_id: hook.id.clone(),
+        attempt: attempt(1, 200),
+        next: NextStep::Delivered,
+    };
+    store.record(Arc::from([record])).await.unwrap();
+    let second = claimed(&store, 30, 1_000).await;
+    assert_eq!(second.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>(), ["e2"], "recorded: the next one");
+    store.release(vec![second[0].0]).await.unwrap();
+    assert_eq!(claimed(&store, 40, 1_000).await, second, "released: the same one again");
+    assert_eq!(claimed(&store, 1_000, 2_000).await, second, "and once its lease ran out");
+    if is_postgres() {
+        let other = Store::open(&url, Metrics::default()).await.unwrap();
+        assert_eq!(claimed(&other, 2_000, 3_000).await, second, "by another instance once the hook's lease ran out");
+    }
 }
 
 #[tokio::test]
@@ -225,6 +267,12 @@ async fn an_event_the_database_refuses_fails_alone_among_those_sent_with_it() {
     }
     let stored = store.events("c", 100).await.unwrap().len();
     assert_eq!(stored, if is_postgres() { 31 } else { 32 });
+}
+
+/// What a claim of one delivery per hook at `now` leases until `lease_until`: (id, event id).
+async fn claimed(store: &Store, now: i64, lease_until: i64) -> Vec<(i64, String)> {
+    let claim = Claim { now, lease_until, limit: 10, per_hook: 1, hooks: None };
+    store.claim(claim).await.unwrap().due.into_iter().map(|d| (d.id, d.event_id)).collect()
 }
 
 /// How many writes the store's commits carried, and how many commits there were.
