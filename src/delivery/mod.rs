@@ -338,6 +338,7 @@ impl Shared {
             },
             next,
         };
+        self.dispatcher.store.attempted(record.delivery_id);
         // The recorder outlives every attempt (it stops once all senders are gone).
         let _ = self.records.send((record, ticket));
     }

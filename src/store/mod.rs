@@ -459,6 +459,18 @@ impl Store {
         dispatch!(self.waiting_by_hook(now))
     }
 
+    /// The attempt of leased delivery `id` is over and its record is on its way to
+    /// [`Store::record`]. PostgreSQL claims a hook's deliveries one batch at a time: from now on
+    /// the hook's next ones may be claimed, so records can wait to share a commit without
+    /// holding the hook back; the delivery itself stays leased until recorded. SQLite's claims
+    /// are bounded per hook by the dispatcher's own counts instead, so there it changes nothing.
+    pub fn attempted(&self, id: i64) {
+        match self {
+            Store::Sqlite(_) => {}
+            Store::Postgres(s) => s.attempted(id),
+        }
+    }
+
     /// Gives leased deliveries back without an attempt (shutdown).
     ///
     /// # Errors

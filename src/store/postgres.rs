@@ -397,14 +397,14 @@ impl PostgresStore {
     pub(super) async fn claim(&self, claim: Claim) -> Result<Claimed, StoreError> {
         let (limit, per_hook) = (claim.limit as i64, claim.per_hook as i64);
         let owner: &str = &self.owner;
-        let busy = self.in_flight.busy_hooks(claim.now);
+        let excluded = self.in_flight.excluded(claim.now);
         let client = self.pool.get().await?;
         let rows = client
             .query(
                 "WITH leased AS (
                     INSERT INTO hook_leases (hook_id, owner, until)
                     SELECT hook_id, $1, $2 FROM deliveries
-                     WHERE state = $4 AND next_attempt_at <= $3 AND hook_id <> ALL($6)
+                     WHERE state = $4 AND next_attempt_at <= $3 AND hook_id <> ALL($6) AND id <> ALL($8)
                      GROUP BY hook_id ORDER BY MIN(next_attempt_at) LIMIT $5
                     ON CONFLICT (hook_id) DO UPDATE SET owner = EXCLUDED.owner, until = EXCLUDED.until
                      WHERE hook_leases.owner = EXCLUDED.owner OR hook_leases.until <= $3
@@ -413,12 +413,21 @@ impl PostgresStore {
                     SELECT d.id, d.connection_id, d.hook_id, d.url, d.attempts, d.event_seq, d.next_attempt_at,
                            ROW_NUMBER() OVER (PARTITION BY d.hook_id ORDER BY d.next_attempt_at, d.id) AS rn
                     FROM deliveries d JOIN leased l ON l.hook_id = d.hook_id
-                    WHERE d.state = $4 AND d.next_attempt_at <= $3
+                    WHERE d.state = $4 AND d.next_attempt_at <= $3 AND d.id <> ALL($8)
                  )
                  SELECT due.id, due.connection_id, due.hook_id, due.url, due.attempts, e.id, e.payload, e.received_at
                  FROM due JOIN events e ON e.seq = due.event_seq
                  WHERE due.rn <= $7 ORDER BY due.next_attempt_at, due.id LIMIT $5",
-                &[&owner, &claim.lease_until, &claim.now, &PENDING, &limit, &busy, &per_hook],
+                &[
+                    &owner,
+                    &claim.lease_until,
+                    &claim.now,
+                    &PENDING,
+                    &limit,
+                    &excluded.hooks,
+                    &per_hook,
+                    &excluded.deliveries,
+                ],
             )
             .await?;
         let mut due: Vec<DueDelivery> = rows
@@ -502,6 +511,12 @@ impl PostgresStore {
             .iter()
             .map(|r| (r.get(0), Waiting { count: r.get::<_, i64>(1).unsigned_abs(), due_at: r.get(2) }))
             .collect())
+    }
+
+    /// The attempt of delivery `id` is over and its record on its way: the hook may be claimed
+    /// again before the record is written.
+    pub(super) fn attempted(&self, id: i64) {
+        self.in_flight.attempted(id);
     }
 
     /// Nothing to write: the leases live in this instance's memory.

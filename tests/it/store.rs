@@ -131,6 +131,32 @@ async fn a_hook_is_claimed_again_once_its_delivery_is_recorded_released_or_its_l
 }
 
 #[tokio::test]
+async fn an_attempted_delivery_frees_its_hook_on_postgresql_and_stays_leased_until_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_connection(dir.path(), 7).await;
+    let hook = hook("hk_1");
+    store.attach_hook(hook.clone()).await.unwrap();
+    for id in ["e1", "e2"] {
+        let queued = fanout_to(&[&hook]);
+        store.ingest("c", event(id), Fanout { queued, handed: vec![], lease_until: 0 }, |_| {}).await.unwrap();
+    }
+    let first = claimed(&store, 10, 1_000).await;
+    store.attempted(first[0].0);
+    let events = |claimed: &[(i64, String)]| claimed.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>();
+    let next = claimed(&store, 20, 1_000).await;
+    if is_postgres() {
+        assert_eq!(events(&next), ["e2"], "the hook's next one, while e1's record is on its way");
+    } else {
+        assert!(next.is_empty(), "SQLite's dispatcher bounds each hook itself: {next:?}");
+        return;
+    }
+    store.attempted(next[0].0);
+    assert!(claimed(&store, 30, 1_000).await.is_empty(), "attempted deliveries stay leased until recorded");
+    store.attempted(-1); // not in flight: changes nothing
+    assert_eq!(events(&claimed(&store, 1_000, 2_000).await), ["e1"], "unless their leases run out unrecorded");
+}
+
+#[tokio::test]
 async fn a_detach_deletes_the_hooks_deliveries_in_every_state_and_no_other() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_connection(dir.path(), 2).await;
