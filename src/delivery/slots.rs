@@ -58,8 +58,8 @@ impl HookSlot {
 /// One attempt's claim on its hook's room, and on a global permit while its request runs;
 /// dropping it gives both back.
 ///
-/// The permit bounds requests in flight, so it is taken just before sending ([`Ticket::permit`])
-/// and goes back as soon as the request is over ([`Ticket::sent`]); the hook's room is held until
+/// The permit bounds requests in flight, so it is taken just before sending (`Ticket::permit`)
+/// and goes back as soon as the request is over (`Ticket::sent`); the hook's room is held until
 /// the outcome is recorded, because until then the delivery is still leased.
 pub struct Ticket {
     slots: Arc<Slots>,

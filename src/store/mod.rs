@@ -231,7 +231,8 @@ pub struct Claim {
     pub lease_until: i64,
     /// At most this many deliveries in all.
     pub limit: usize,
-    /// At most this many per hook, and none for a hook that already has leased deliveries.
+    /// At most this many per hook, and none for a hook with leased deliveries not yet recorded
+    /// (on PostgreSQL: not yet attempted, [`Store::attempted`]).
     pub per_hook: usize,
     /// Only these hooks, each with at most its own number of deliveries (instead of `per_hook`
     /// and the leased check). Where one instance owns every hook, its workers know which hooks
