@@ -69,9 +69,7 @@ async fn a_batch_of_records_written_again_after_a_failure_is_applied_once() {
     let store = store_with_connection(dir.path(), 1).await;
     let hook = hook("hk_1");
     store.attach_hook(hook.clone()).await.unwrap();
-    let event = event("evt-1");
-    let queued = fanout_to(&[&hook]);
-    store.ingest("c", event, Fanout { queued, handed: vec![], lease_until: 0 }, |_| {}).await.unwrap();
+    queue_to(&store, &hook, &["evt-1"]).await;
     let claim = Claim { now: 10, lease_until: 1_000, limit: 10, per_hook: 10, hooks: None };
     let delivery = store.claim(claim).await.unwrap().due.remove(0);
     let record = |number, status, next| AttemptRecord {
@@ -101,12 +99,9 @@ async fn a_hook_is_claimed_again_once_its_delivery_is_recorded_released_or_its_l
     create_connection(&store, 6).await;
     let hook = hook("hk_1");
     store.attach_hook(hook.clone()).await.unwrap();
-    for id in ["e1", "e2", "e3"] {
-        let queued = fanout_to(&[&hook]);
-        store.ingest("c", event(id), Fanout { queued, handed: vec![], lease_until: 0 }, |_| {}).await.unwrap();
-    }
+    queue_to(&store, &hook, &["e1", "e2", "e3"]).await;
     let first = claimed(&store, 10, 1_000).await;
-    assert_eq!(first.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>(), ["e1"], "one per hook, oldest first");
+    assert_eq!(event_ids(&first), ["e1"], "one per hook, oldest first");
     assert!(claimed(&store, 20, 1_000).await.is_empty(), "nothing of a hook with a delivery in flight");
     if is_postgres() {
         let other = Store::open(&url, Metrics::default()).await.unwrap();
@@ -120,7 +115,7 @@ async fn a_hook_is_claimed_again_once_its_delivery_is_recorded_released_or_its_l
     };
     store.record(Arc::from([record])).await.unwrap();
     let second = claimed(&store, 30, 1_000).await;
-    assert_eq!(second.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>(), ["e2"], "recorded: the next one");
+    assert_eq!(event_ids(&second), ["e2"], "recorded: the next one");
     store.release(vec![second[0].0]).await.unwrap();
     assert_eq!(claimed(&store, 40, 1_000).await, second, "released: the same one again");
     assert_eq!(claimed(&store, 1_000, 2_000).await, second, "and once its lease ran out");
@@ -136,16 +131,12 @@ async fn an_attempted_delivery_frees_its_hook_on_postgresql_and_stays_leased_unt
     let store = store_with_connection(dir.path(), 7).await;
     let hook = hook("hk_1");
     store.attach_hook(hook.clone()).await.unwrap();
-    for id in ["e1", "e2"] {
-        let queued = fanout_to(&[&hook]);
-        store.ingest("c", event(id), Fanout { queued, handed: vec![], lease_until: 0 }, |_| {}).await.unwrap();
-    }
+    queue_to(&store, &hook, &["e1", "e2"]).await;
     let first = claimed(&store, 10, 1_000).await;
     store.attempted(first[0].0);
-    let events = |claimed: &[(i64, String)]| claimed.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>();
     let next = claimed(&store, 20, 1_000).await;
     if is_postgres() {
-        assert_eq!(events(&next), ["e2"], "the hook's next one, while e1's record is on its way");
+        assert_eq!(event_ids(&next), ["e2"], "the hook's next one, while e1's record is on its way");
     } else {
         assert!(next.is_empty(), "SQLite's dispatcher bounds each hook itself: {next:?}");
         return;
@@ -153,7 +144,7 @@ async fn an_attempted_delivery_frees_its_hook_on_postgresql_and_stays_leased_unt
     store.attempted(next[0].0);
     assert!(claimed(&store, 30, 1_000).await.is_empty(), "attempted deliveries stay leased until recorded");
     store.attempted(-1); // not in flight: changes nothing
-    assert_eq!(events(&claimed(&store, 1_000, 2_000).await), ["e1"], "unless their leases run out unrecorded");
+    assert_eq!(event_ids(&claimed(&store, 1_000, 2_000).await), ["e1"], "unless their leases run out unrecorded");
 }
 
 #[tokio::test]
@@ -293,6 +284,19 @@ async fn an_event_the_database_refuses_fails_alone_among_those_sent_with_it() {
     }
     let stored = store.events("c", 100).await.unwrap().len();
     assert_eq!(stored, if is_postgres() { 31 } else { 32 });
+}
+
+/// Ingests these events, each with a delivery waiting for `hook`.
+async fn queue_to(store: &Store, hook: &Hook, ids: &[&str]) {
+    for id in ids {
+        let queued = fanout_to(&[hook]);
+        store.ingest("c", event(id), Fanout { queued, handed: vec![], lease_until: 0 }, |_| {}).await.unwrap();
+    }
+}
+
+/// The event ids of what [`claimed`] returned, in its order.
+fn event_ids(claimed: &[(i64, String)]) -> Vec<&str> {
+    claimed.iter().map(|(_, e)| e.as_str()).collect()
 }
 
 /// What a claim of one delivery per hook at `now` leases until `lease_until`: (id, event id).
