@@ -1,15 +1,17 @@
 //! Fan-out workers: attempt deliveries, pace them per hook, and record what happened.
 //!
 //! Deliveries reach the workers two ways. The fast path: when a hook has room and nothing
-//! waiting, the ingest commit stores its delivery in flight, leased to this instance, and hands it
-//! straight over ([`DeliveryQueue::plan`], [`DeliveryQueue::accepted`]), so a first attempt costs
-//! no claim. The store-backed path: everything else waits in the store and is claimed under a
-//! lease — at most `hook_rate` deliveries of one hook per claim and none of a hook with deliveries
-//! in flight, so one busy hook cannot starve the others. On SQLite the claims name the hooks
-//! the workers know to have deliveries due (see `slots`), so their cost follows the hooks served,
-//! not the size of the backlog; the store's counts replace the workers' every minute. On
-//! PostgreSQL a claim finds the due hooks itself, so a lost wake-up costs at most the
-//! one-second poll. Imports `store`, `registry`, `model`, `target`, `metrics`.
+//! waiting, the ingest commit stores its delivery leased to this instance and hands it straight
+//! over ([`DeliveryQueue::plan`], [`DeliveryQueue::accepted`]), so a first attempt costs no
+//! claim. On PostgreSQL, where instances share the store, that also needs this instance to hold
+//! the hook's lease and a claim to have lately found nothing else of it due (see `slots`). The
+//! store-backed path: everything else waits in the store and is claimed under a lease — at most
+//! `hook_rate` deliveries of one hook per claim and none of a hook with deliveries in flight, so
+//! one busy hook cannot starve the others. On SQLite the claims name the hooks the workers know
+//! to have deliveries due, so their cost follows the hooks served, not the size of the backlog.
+//! On PostgreSQL a claim finds the due hooks itself, so a lost wake-up costs at most the
+//! one-second poll. The store's counts replace the workers' every minute. Imports `store`,
+//! `registry`, `model`, `target`, `metrics`.
 
 mod client;
 mod recorder;
@@ -28,8 +30,8 @@ use tracing::Instrument;
 
 pub use client::{ClientError, DeliveryClient, MAX_RESPONSE_BYTES, USER_AGENT};
 use retry::Decision;
-use slots::Slots;
 pub use slots::Ticket;
+use slots::{CLEAR_FOR, HandOffs, Slots};
 
 use crate::metrics::{DeliveryOutcome, Metrics};
 use crate::model::{Attempt, AttemptRecord, DueDelivery, NextStep, now_ms};
@@ -69,11 +71,11 @@ pub struct Reserved {
 }
 
 impl DeliveryQueue {
-    /// A queue for `store`: hand-offs only where one instance owns every hook (SQLite);
-    /// `lease` is how long a delivery stays leased to its attempt.
+    /// A queue for `store`; `lease` is how long a delivery stays leased to its attempt.
     pub fn new(store: &Store, hook_rate: u32, lease: Duration) -> (Self, HandedOff) {
         let (handed, receiver) = mpsc::unbounded_channel();
-        let slots = Slots::new(MAX_IN_FLIGHT, hook_rate.max(1), store.hands_off());
+        let hand_offs = if store.owns_every_hook() { HandOffs::Owner } else { HandOffs::Leased };
+        let slots = Slots::new(MAX_IN_FLIGHT, hook_rate.max(1), hand_offs);
         (Self { shared: Arc::new(QueueShared { wake: Notify::new(), slots, handed, lease }) }, HandedOff(receiver))
     }
 
@@ -88,10 +90,11 @@ impl DeliveryQueue {
         let mut fanout = Fanout { queued: Vec::new(), handed: Vec::new(), lease_until: self.lease_until(now) };
         let mut tickets = Vec::new();
         for hook in hooks {
-            match self.shared.slots.try_hand_off(&hook.id) {
-                Some(ticket) => {
+            match self.shared.slots.try_hand_off(&hook.id, now) {
+                Some((ticket, lease_until)) => {
                     tickets.push(ticket);
                     fanout.handed.push(hook);
+                    fanout.lease_until = fanout.lease_until.min(lease_until);
                 }
                 None => fanout.queued.push(hook),
             }
@@ -127,6 +130,14 @@ impl DeliveryQueue {
     /// When a delivery leased at `now` (ms) may be taken over by a claim.
     fn lease_until(&self, now: i64) -> i64 {
         now.saturating_add(i64::try_from(self.shared.lease.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// Until when a hook a claim at `now` found drained may have its deliveries handed off:
+    /// [`CLEAR_FOR`], and no later than half the lease before the hook's lease runs out, so a
+    /// handed delivery's lease (which ends with the hook's) always has half a lease to run.
+    fn clear_until(&self, now: i64) -> i64 {
+        let clear = CLEAR_FOR.min(self.shared.lease / 2);
+        now.saturating_add(i64::try_from(clear.as_millis()).unwrap_or(i64::MAX))
     }
 
     fn slots(&self) -> &Arc<Slots> {
@@ -226,10 +237,12 @@ impl Shared {
         let now = now_ms();
         // Where this instance owns every hook, the claim looks only at the hooks known to have
         // deliveries due (still a store call when there are none: it takes back expired hand-offs).
-        let asked = self.dispatcher.store.hands_off().then(|| slots.claimable(now, room));
+        let asked = self.dispatcher.store.owns_every_hook().then(|| slots.claimable(now, room));
+        let since = slots.latest_news();
+        let claim_lease_until = self.dispatcher.queue.lease_until(now);
         let claim = Claim {
             now,
-            lease_until: self.dispatcher.queue.lease_until(now),
+            lease_until: claim_lease_until,
             limit: room,
             per_hook: self.dispatcher.hook_rate.max(1) as usize,
             hooks: asked.as_ref().map(|asked| asked.iter().map(|a| (a.hook_id.clone(), a.limit)).collect()),
@@ -253,15 +266,14 @@ impl Shared {
         if let Some(asked) = asked {
             slots.after_claim(&asked, &claimed.next_due);
         }
+        let queue = &self.dispatcher.queue;
+        slots.after_leased_claim(&claimed.leased_hooks, since, queue.clear_until(now), claim_lease_until);
         full || !claimed.taken_back.is_empty()
     }
 
     /// Re-reads how many deliveries wait in the store per hook, and forgets idle pacers.
     async fn resync(&self) {
         self.pacer.retain_recent();
-        if !self.dispatcher.store.hands_off() {
-            return;
-        }
         match self.dispatcher.store.waiting_by_hook(now_ms()).await {
             Ok(waiting) => self.dispatcher.queue.slots().resync(&waiting),
             Err(e) => tracing::warn!(cause = %e, "reading waiting deliveries failed"),

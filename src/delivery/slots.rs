@@ -2,33 +2,61 @@
 //!
 //! A delivery is *handed off* — leased in the ingest commit and attempted at once — only while
 //! its hook has room (fewer than `per_hook` attempts in flight), nothing waits in the store for
-//! it (so a backlog or a scheduled retry is never overtaken forever), and a global permit is
-//! free. Permits bound the requests in flight: an attempt holds one only while its request
-//! runs. When none is free the relay is behind, and new deliveries wait in the store rather
-//! than in memory.
-//! Everything else goes through the claim queue. Where hand-offs happen (one instance owns
-//! every hook), the waiting counts also name the hooks a claim looks at ([`Slots::claimable`]),
-//! so a claim costs a lookup per hook with work due instead of a pass over the whole backlog.
-//! Every way a delivery starts waiting reports here (queued at ingest, a retry scheduled, a
-//! dead letter replayed, a hand-off taken back), each claim reports what it saw of the hooks
-//! it named, and [`Slots::resync`] replaces everything with the store's counts now and then:
-//! drift delays a delivery until the next resync at worst, and never loses or duplicates one.
+//! it (so a backlog or a scheduled retry is not overtaken), and a global permit is free.
+//! Permits bound the requests in flight: an attempt holds one only while its request runs.
+//! When none is free the relay is behind, and new deliveries wait in the store rather than in
+//! memory. Everything else goes through the claim queue.
+//!
+//! Where one instance owns every hook ([`HandOffs::Owner`], SQLite), it knows everything that
+//! waits: the waiting counts also name the hooks a claim looks at ([`Slots::claimable`]), so a
+//! claim costs a lookup per hook with work due instead of a pass over the whole backlog. Where
+//! instances share the store ([`HandOffs::Leased`], PostgreSQL), a hook's deliveries are handed
+//! off only while this instance holds the hook's lease and a claim has just found nothing else
+//! of it due ([`Slots::after_leased_claim`]), and only for [`CLEAR_FOR`]: other instances may
+//! queue deliveries for the hook meanwhile, and the next claim of it, at the latest a second
+//! later, takes them in order. Every way this instance sees a delivery start waiting reports
+//! here (queued at ingest, a retry scheduled, a dead letter replayed, a hand-off taken back),
+//! each claim reports what it saw of its hooks, and [`Slots::resync`] replaces the counts with the
+//! store's now and then: drift delays a delivery until the next resync at worst, and never
+//! loses or duplicates one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::model::now_ms;
 use crate::store::Waiting;
+
+/// How long after a claim found nothing else of a leased hook due its new deliveries may be
+/// handed off ([`HandOffs::Leased`]): what other instances queue for the hook waits at most this
+/// long for a claim, as long as a lost wake-up costs (the dispatcher's idle poll).
+pub(super) const CLEAR_FOR: Duration = super::IDLE_POLL;
+
+/// When deliveries may skip the claim queue.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum HandOffs {
+    /// One instance owns every hook and knows all that waits: whenever a hook has room and
+    /// nothing waiting.
+    Owner,
+    /// Hooks are leased to one of several instances: also only while this one holds the hook's
+    /// lease and a claim has lately found nothing else of it due.
+    Leased,
+}
 
 /// In-flight and waiting deliveries per hook, and the global in-flight permits.
 pub(super) struct Slots {
     hooks: DashMap<String, HookSlot>,
     permits: Arc<Semaphore>,
     per_hook: u32,
-    hand_off: bool,
+    hand_offs: HandOffs,
+    /// Stamps each delivery that starts waiting, so that what a claim saw of a hook does not
+    /// overwrite news that arrived while it ran.
+    stamps: AtomicU64,
 }
 
 #[derive(Default)]
@@ -37,9 +65,13 @@ struct HookSlot {
     waiting: u64,
     /// When the earliest waiting delivery is due, as far as known (`i64::MAX`: none is known).
     due_at: i64,
-    /// Counts the deliveries that started waiting, so that what a claim saw of the hook does not
-    /// overwrite news that arrived while it ran.
+    /// The stamp of the last delivery that started waiting.
     news: u64,
+    /// [`HandOffs::Leased`]: new deliveries may be handed off until then (ms; 0: not at all).
+    clear_until: i64,
+    /// [`HandOffs::Leased`]: when this instance's lease of the hook runs out (ms), and with it
+    /// the lease of its handed deliveries.
+    lease_until: i64,
 }
 
 /// A hook a claim is asked to look at, and how many of its deliveries it may take.
@@ -50,8 +82,9 @@ pub(super) struct Asked {
 }
 
 impl HookSlot {
+    /// Nothing in flight, waiting or cleared for hand-offs: the entry can go.
     fn is_idle(&self) -> bool {
-        self.in_flight == 0 && self.waiting == 0
+        self.in_flight == 0 && self.waiting == 0 && (self.clear_until == 0 || self.clear_until <= now_ms())
     }
 }
 
@@ -101,10 +134,15 @@ impl Drop for Ticket {
 }
 
 impl Slots {
-    /// `hand_off` is off for stores several instances share, where a hook's deliveries are only
-    /// leased together with the hook itself.
-    pub(super) fn new(permits: usize, per_hook: u32, hand_off: bool) -> Arc<Self> {
-        Arc::new(Self { hooks: DashMap::new(), permits: Arc::new(Semaphore::new(permits)), per_hook, hand_off })
+    /// Room for `permits` requests in flight, `per_hook` attempts of one hook at once.
+    pub(super) fn new(permits: usize, per_hook: u32, hand_offs: HandOffs) -> Arc<Self> {
+        Arc::new(Self {
+            hooks: DashMap::new(),
+            permits: Arc::new(Semaphore::new(permits)),
+            per_hook,
+            hand_offs,
+            stamps: AtomicU64::new(0),
+        })
     }
 
     /// Global permits free right now.
@@ -117,19 +155,28 @@ impl Slots {
         Arc::clone(&self.permits).acquire_owned().await.ok()
     }
 
-    /// A ticket for a delivery handed off at ingest, if its hook has room and nothing waiting
-    /// and a permit is free (the attempt takes one when it is about to send).
-    pub(super) fn try_hand_off(self: &Arc<Self>, hook_id: &str) -> Option<Ticket> {
-        if !self.hand_off || self.permits.available_permits() == 0 {
+    /// A ticket for a delivery handed off at `now` (ms), if its hook has room and nothing
+    /// waiting, a permit is free (the attempt takes one when it is about to send) and, on a
+    /// shared store, the hook is cleared for hand-offs; with it, when the delivery's lease must
+    /// end at the latest (the hook's own lease).
+    pub(super) fn try_hand_off(self: &Arc<Self>, hook_id: &str, now: i64) -> Option<(Ticket, i64)> {
+        if self.permits.available_permits() == 0 {
             return None;
         }
-        let mut slot = self.hooks.entry(hook_id.to_owned()).or_default();
+        let mut slot = match self.hand_offs {
+            HandOffs::Owner => self.hooks.entry(hook_id.to_owned()).or_default(),
+            HandOffs::Leased => self.hooks.get_mut(hook_id).filter(|s| now < s.clear_until)?,
+        };
         if slot.waiting > 0 || slot.in_flight >= self.per_hook {
             return None;
         }
         slot.in_flight += 1;
+        let lease_until = match self.hand_offs {
+            HandOffs::Owner => i64::MAX,
+            HandOffs::Leased => slot.lease_until,
+        };
         drop(slot);
-        Some(Ticket { slots: Arc::clone(self), hook_id: hook_id.to_owned(), permit: None })
+        Some((Ticket { slots: Arc::clone(self), hook_id: hook_id.to_owned(), permit: None }, lease_until))
     }
 
     /// A ticket for a delivery the claim queue gave out: it waited in the store until now.
@@ -144,12 +191,15 @@ impl Slots {
     /// A delivery of this hook now waits in the store, due at `due_at` (ms): queued at ingest,
     /// a retry scheduled, a dead letter replayed, a hand-off taken back.
     pub(super) fn waiting(&self, hook_id: &str, due_at: i64) {
-        if self.hand_off {
-            let mut slot = self.hooks.entry(hook_id.to_owned()).or_default();
-            slot.due_at = if slot.waiting == 0 { due_at } else { slot.due_at.min(due_at) };
-            slot.waiting += 1;
-            slot.news += 1;
-        }
+        let mut slot = self.hooks.entry(hook_id.to_owned()).or_default();
+        slot.due_at = if slot.waiting == 0 { due_at } else { slot.due_at.min(due_at) };
+        slot.waiting += 1;
+        slot.news = self.stamps.fetch_add(1, Ordering::Relaxed) + 1;
+    }
+
+    /// The stamp of the latest news, to hand to [`Slots::after_leased_claim`] from before the claim.
+    pub(super) fn latest_news(&self) -> u64 {
+        self.stamps.load(Ordering::Relaxed)
     }
 
     /// The hooks a claim at `now` should look at, earliest due first, with room for at most
@@ -200,10 +250,26 @@ impl Slots {
         }
     }
 
-    /// Whether deliveries may wait in the store for room to free up: always on stores whose
-    /// waiting deliveries are not counted here.
+    /// What a claim that started when the news stamp was `since` saw of the hooks it leased
+    /// ([`HandOffs::Leased`]): each hook with whether the claim took everything of it then due.
+    /// A hook it drained is cleared for hand-offs until `clear_until` (ms), under a lease that
+    /// runs until `lease_until`, unless a delivery of it started waiting while the claim ran; a
+    /// hook it left deliveries of waits for the next claim.
+    pub(super) fn after_leased_claim(&self, leased: &[(String, bool)], since: u64, clear_until: i64, lease_until: i64) {
+        for (hook_id, drained) in leased {
+            let mut slot = self.hooks.entry(hook_id.clone()).or_default();
+            if !drained {
+                slot.clear_until = 0;
+                slot.waiting = slot.waiting.max(1);
+            } else if slot.news <= since {
+                (slot.waiting, slot.clear_until, slot.lease_until) = (0, clear_until, lease_until);
+            }
+        }
+    }
+
+    /// Whether deliveries this instance knows of wait in the store for room to free up.
     pub(super) fn may_have_waiting(&self) -> bool {
-        !self.hand_off || self.hooks.iter().any(|s| s.waiting > 0)
+        self.hooks.iter().any(|s| s.waiting > 0)
     }
 
     #[cfg(test)]
@@ -211,11 +277,9 @@ impl Slots {
         self.hooks.get(hook_id).is_some_and(|s| s.waiting > 0)
     }
 
-    /// Replaces the waiting counts with the store's (at start, and now and then against drift).
+    /// Replaces the waiting counts with the store's (at start, and now and then against drift),
+    /// and forgets hooks whose hand-off clearance ran out.
     pub(super) fn resync(&self, waiting: &HashMap<String, Waiting>) {
-        if !self.hand_off {
-            return;
-        }
         self.hooks.retain(|hook, slot| {
             let w = waiting.get(hook).copied().unwrap_or(Waiting { count: 0, due_at: i64::MAX });
             (slot.waiting, slot.due_at) = (w.count, w.due_at);
@@ -232,31 +296,36 @@ impl Slots {
 mod tests {
     use super::*;
 
+    /// A hand-off at time 0, where only its ticket matters.
+    fn hand_off(slots: &Arc<Slots>, hook_id: &str) -> Option<Ticket> {
+        slots.try_hand_off(hook_id, 0).map(|(ticket, _)| ticket)
+    }
+
     #[test]
     fn hand_off_needs_room_and_an_empty_queue() {
-        let slots = Slots::new(10, 2, true);
-        let first = slots.try_hand_off("h").expect("room");
-        let second = slots.try_hand_off("h").expect("room");
-        assert!(slots.try_hand_off("h").is_none(), "two in flight is the cap");
+        let slots = Slots::new(10, 2, HandOffs::Owner);
+        let first = hand_off(&slots, "h").expect("room");
+        let second = hand_off(&slots, "h").expect("room");
+        assert!(hand_off(&slots, "h").is_none(), "two in flight is the cap");
         drop(first);
-        let third = slots.try_hand_off("h").expect("room again");
+        let third = hand_off(&slots, "h").expect("room again");
         drop((second, third));
         slots.waiting("h", 0);
-        assert!(slots.try_hand_off("h").is_none(), "a waiting delivery goes first");
+        assert!(hand_off(&slots, "h").is_none(), "a waiting delivery goes first");
         let permit = slots.permits.clone().try_acquire_owned().unwrap();
         drop(slots.claimed("h", permit));
-        assert!(slots.try_hand_off("h").is_some(), "the queue drained");
+        assert!(hand_off(&slots, "h").is_some(), "the queue drained");
         assert!(slots.hooks.is_empty(), "idle hooks leave no entry");
     }
 
     #[tokio::test]
     async fn permits_are_held_only_while_a_request_runs() {
-        let slots = Slots::new(1, 5, true);
-        let mut a = slots.try_hand_off("a").unwrap();
-        let mut b = slots.try_hand_off("b").expect("a hand-off takes its permit only to send");
+        let slots = Slots::new(1, 5, HandOffs::Owner);
+        let mut a = hand_off(&slots, "a").unwrap();
+        let mut b = hand_off(&slots, "b").expect("a hand-off takes its permit only to send");
         assert!(a.permit().await);
         assert_eq!(slots.available(), 0);
-        assert!(slots.try_hand_off("c").is_none(), "with every permit taken, new work waits in the store");
+        assert!(hand_off(&slots, "c").is_none(), "with every permit taken, new work waits in the store");
         let b_sends = tokio::spawn(async move { b.permit().await.then_some(b) });
         tokio::task::yield_now().await;
         assert!(!b_sends.is_finished(), "the second request waits for the permit");
@@ -265,14 +334,37 @@ mod tests {
         assert!(slots.hooks.contains_key("a"), "a's room stays taken until it is recorded");
         drop((a, b));
         assert!(slots.hooks.is_empty());
-        let shared = Slots::new(10, 5, false);
-        assert!(shared.try_hand_off("a").is_none(), "no hand-offs on a shared store");
+    }
+
+    #[test]
+    fn on_a_shared_store_hand_offs_wait_for_a_claim_that_drained_the_hook_and_last_a_while() {
+        let slots = Slots::new(10, 5, HandOffs::Leased);
+        let now = now_ms();
+        let (clear_until, lease_until) = (now + 1_000, now + 5_000);
+        assert!(slots.try_hand_off("a", now).is_none(), "no claim has leased the hook yet");
+        let since = slots.latest_news();
+        slots.waiting("b", now); // queued while the claim ran
+        let leased = [("a".to_owned(), true), ("b".to_owned(), true), ("c".to_owned(), false)];
+        slots.after_leased_claim(&leased, since, clear_until, lease_until);
+        let (ticket, lease) = slots.try_hand_off("a", clear_until - 1).expect("drained and cleared");
+        assert_eq!(lease, lease_until, "a handed delivery's lease ends with the hook's");
+        assert!(slots.try_hand_off("a", clear_until).is_none(), "the clearance ran out");
+        assert!(slots.try_hand_off("b", now).is_none(), "news since the claim started waits for the next one");
+        assert!(slots.try_hand_off("c", now).is_none(), "deliveries of it were left waiting");
+        assert!(slots.may_have_waiting(), "so the next record wakes a claim for them");
+        slots.after_leased_claim(&[("c".to_owned(), true)], slots.latest_news(), clear_until, lease_until);
+        assert!(slots.try_hand_off("c", now).is_some(), "drained by a later claim");
+        drop(ticket);
+        assert!(slots.hooks.contains_key("a"), "a cleared hook is remembered while it is cleared");
+        slots.after_leased_claim(&[("a".to_owned(), true)], slots.latest_news(), now - 1, lease_until);
+        slots.resync(&HashMap::new());
+        assert!(!slots.hooks.contains_key("a"), "and forgotten once its clearance ran out");
     }
 
     #[test]
     fn claims_name_idle_hooks_with_work_due_earliest_first() {
-        let slots = Slots::new(10, 2, true);
-        let _in_flight = slots.try_hand_off("busy");
+        let slots = Slots::new(10, 2, HandOffs::Owner);
+        let _in_flight = hand_off(&slots, "busy");
         slots.waiting("late", 50);
         slots.waiting("early", 10);
         slots.waiting("future", 1_000);
@@ -289,13 +381,13 @@ mod tests {
 
     #[test]
     fn resync_replaces_drifted_counts() {
-        let slots = Slots::new(10, 5, true);
+        let slots = Slots::new(10, 5, HandOffs::Owner);
         slots.waiting("a", 0);
         slots.waiting("a", 0);
-        let _in_flight = slots.try_hand_off("b").unwrap();
+        let _in_flight = hand_off(&slots, "b").unwrap();
         slots.resync(&HashMap::from([("c".to_owned(), Waiting { count: 3, due_at: 0 })]));
         assert!(!slots.has_waiting("a") && !slots.has_waiting("b") && slots.has_waiting("c"));
-        assert!(slots.try_hand_off("a").is_some());
+        assert!(hand_off(&slots, "a").is_some());
         assert!(slots.hooks.contains_key("b"), "in-flight attempts are kept");
     }
 }

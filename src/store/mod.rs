@@ -80,7 +80,7 @@ pub enum Attached {
 pub struct Fanout {
     /// Hooks whose deliveries wait in the store until claimed.
     pub queued: Vec<FanoutHook>,
-    /// Hooks whose deliveries are stored in flight, leased to this instance until `lease_until`
+    /// Hooks whose deliveries are leased to this instance in the commit, until `lease_until`
     /// (a claim takes them back after that), and come back in [`Ingested::Accepted`], to be
     /// attempted at once.
     pub handed: Vec<FanoutHook>,
@@ -252,6 +252,10 @@ pub struct Claimed {
     pub next_due: Vec<Option<i64>>,
     /// Hand-offs whose lease ran out, back in the queue: their hook and when they are due.
     pub taken_back: Vec<(String, i64)>,
+    /// PostgreSQL: each hook the claim leased deliveries of, with whether it took every
+    /// delivery of the hook then due; the hook is leased to this instance until the claim's
+    /// `lease_until`. A drained hook's next deliveries may be handed off at ingest for a while.
+    pub leased_hooks: Vec<(String, bool)>,
 }
 
 /// Deliveries of one hook waiting in the store (pending and not leased).
@@ -385,10 +389,11 @@ impl Store {
         dispatch!(self.detach_hook(connection_id.to_owned(), hook_id.to_owned()))
     }
 
-    /// Whether ingest may lease deliveries straight to this instance ([`Fanout::handed`]): only
-    /// where one instance owns every hook. Shared stores lease a hook's deliveries only together
-    /// with the hook, so they take every delivery through claims.
-    pub fn hands_off(&self) -> bool {
+    /// Whether this instance owns every hook (SQLite), so that everything waiting in the store
+    /// is known to it. Shared stores lease each hook to one instance at a time instead: a
+    /// delivery is handed off at ingest ([`Fanout::handed`]) only while this instance holds its
+    /// hook's lease, and claims find the due hooks themselves.
+    pub fn owns_every_hook(&self) -> bool {
         matches!(self, Store::Sqlite(_))
     }
 

@@ -8,6 +8,10 @@
 //! trip and a flush, and an event that arrives alone still goes at once. As in the SQLite
 //! writer, nobody gets an answer before the commit that holds their event.
 //!
+//! Deliveries handed off ([`Fanout::handed`]) are stored waiting like the others; the statement
+//! returns their ids, and they are entered in flight (`postgres_in_flight`) before anyone hears
+//! of the commit.
+//!
 //! An event for a connection that is gone is left out of its batch's insert and answered as
 //! such. A batch that fails as a whole (a connection deleted while the statement runs breaks
 //! its foreign key, or the database is down) is committed again one event at a time, so that
@@ -21,9 +25,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
+use super::postgres_in_flight::InFlight;
 use super::{Fanout, Ingested, PENDING, StoreError};
 use crate::metrics::Metrics;
-use crate::model::Event;
+use crate::model::{DueDelivery, Event};
 
 /// Most events committed in one statement.
 const MAX_BATCH: usize = 256;
@@ -61,10 +66,10 @@ struct Answer {
 }
 
 impl IngestQueue {
-    /// Starts batching ingests into `pool`.
-    pub(super) fn start(pool: Pool, metrics: Metrics) -> Self {
+    /// Starts batching ingests into `pool`; handed-off deliveries are entered in `in_flight`.
+    pub(super) fn start(pool: Pool, metrics: Metrics, in_flight: Arc<InFlight>) -> Self {
         let (jobs, queued) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(pool, metrics, queued));
+        tokio::spawn(run(Batches { pool, metrics, in_flight }, queued));
         Self { jobs }
     }
 
@@ -88,9 +93,17 @@ impl IngestQueue {
     }
 }
 
+/// What the batch tasks share.
+#[derive(Clone)]
+struct Batches {
+    pool: Pool,
+    metrics: Metrics,
+    in_flight: Arc<InFlight>,
+}
+
 /// Takes a batch whenever one of the [`BATCHES_IN_FLIGHT`] is free, and commits it in a task
 /// of its own.
-async fn run(pool: Pool, metrics: Metrics, mut queued: mpsc::Receiver<Job>) {
+async fn run(batches: Batches, mut queued: mpsc::Receiver<Job>) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     loop {
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
@@ -101,44 +114,182 @@ async fn run(pool: Pool, metrics: Metrics, mut queued: mpsc::Receiver<Job>) {
         {
             batch.push(job);
         }
-        let (pool, metrics) = (pool.clone(), metrics.clone());
+        let batches = batches.clone();
         tokio::spawn(async move {
-            commit(&pool, &metrics, batch).await;
+            batches.commit(batch).await;
             drop(permit);
         });
     }
 }
 
-/// Commits a batch and answers each of its events.
-async fn commit(pool: &Pool, metrics: &Metrics, batch: Vec<Job>) {
-    // An id sent twice in one batch is committed after it: it is then a duplicate, or the
-    // first one's commit failed and it gets its own chance.
-    let mut keys = HashSet::with_capacity(batch.len());
-    let first: Vec<bool> =
-        batch.iter().map(|job| keys.insert((job.write.connection_id.as_str(), job.write.event.id.as_str()))).collect();
-    drop(keys);
-    let (batch, repeated): (Vec<_>, Vec<_>) = batch.into_iter().zip(first).partition(|&(_, first)| first);
-    let (writes, answers): (Vec<Write>, Vec<Answer>) =
-        batch.into_iter().map(|(job, _)| (job.write, job.answer)).unzip();
-    let results = match writes.as_slice() {
-        [write] => vec![commit_one(pool, metrics, write).await],
-        writes => match commit_many(pool, metrics, writes).await {
-            Ok(results) => results.into_iter().map(Ok).collect(),
-            Err(e) => {
-                tracing::debug!(cause = %e, events = writes.len(), "an ingest batch failed; committing its events one by one");
-                let mut results = Vec::with_capacity(writes.len());
-                for write in writes {
-                    results.push(commit_one(pool, metrics, write).await);
+impl Batches {
+    /// Commits a batch and answers each of its events.
+    async fn commit(&self, batch: Vec<Job>) {
+        // An id sent twice in one batch is committed after it: it is then a duplicate, or the
+        // first one's commit failed and it gets its own chance.
+        let mut keys = HashSet::with_capacity(batch.len());
+        let first: Vec<bool> = batch
+            .iter()
+            .map(|job| keys.insert((job.write.connection_id.as_str(), job.write.event.id.as_str())))
+            .collect();
+        drop(keys);
+        let (batch, repeated): (Vec<_>, Vec<_>) = batch.into_iter().zip(first).partition(|&(_, first)| first);
+        let (writes, answers): (Vec<Write>, Vec<Answer>) =
+            batch.into_iter().map(|(job, _)| (job.write, job.answer)).unzip();
+        let results = match writes.as_slice() {
+            [write] => vec![self.commit_one(write).await],
+            writes => match self.commit_many(writes).await {
+                Ok(results) => results.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    tracing::debug!(cause = %e, events = writes.len(), "an ingest batch failed; committing its events one by one");
+                    let mut results = Vec::with_capacity(writes.len());
+                    for write in writes {
+                        results.push(self.commit_one(write).await);
+                    }
+                    results
                 }
-                results
-            }
-        },
-    };
-    for (answer, result) in answers.into_iter().zip(results) {
-        answer.send(result);
+            },
+        };
+        for (answer, result) in answers.into_iter().zip(results) {
+            answer.send(result);
+        }
+        for (Job { write, answer }, _) in repeated {
+            answer.send(self.commit_one(&write).await);
+        }
     }
-    for (Job { write, answer }, _) in repeated {
-        answer.send(commit_one(pool, metrics, &write).await);
+
+    /// One event and its deliveries in one statement: one round trip and one (implicit)
+    /// transaction, the event, then a delivery for each planned hook that still exists.
+    async fn commit_one(&self, write: &Write) -> Result<Ingested, StoreError> {
+        let Write { connection_id, event, fanout } = write;
+        let hook_ids: Vec<&String> = planned(fanout).collect();
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "WITH event AS (
+                    INSERT INTO events (connection_id, id, type, payload, received_at) VALUES ($1, $2, $3, $4, $5)
+                    ON CONFLICT (connection_id, id) DO NOTHING RETURNING seq
+                 ), made AS (
+                    INSERT INTO deliveries
+                        (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
+                    SELECT event.seq, h.id, h.connection_id, h.url, $6, 0, $5, $5 FROM event, hooks h
+                    WHERE h.id = ANY($7) AND h.connection_id = $1
+                    RETURNING id, hook_id
+                 )
+                 SELECT (SELECT seq FROM event), ARRAY(SELECT id FROM made ORDER BY id),
+                        ARRAY(SELECT hook_id FROM made ORDER BY id)",
+            )
+            .await?;
+        let params: [&(dyn ToSql + Sync); 7] = [
+            connection_id,
+            &event.id,
+            &event.event_type,
+            &event.payload.as_ref(),
+            &event.received_at,
+            &PENDING,
+            &hook_ids,
+        ];
+        let row = match client.query_one(&statement, &params).await {
+            Ok(row) => row,
+            Err(e) if is_unknown_connection(&e) => return Ok(Ingested::UnknownConnection),
+            Err(e) => return Err(e.into()),
+        };
+        self.metrics.commit_batch(1);
+        Ok(self.outcome(write, row.get(0), row.get(1), row.get(2)))
+    }
+
+    /// Several events (no two with the same id for the same connection) in one statement; their
+    /// outcomes in the batch's order. Events are numbered by their place in the batch
+    /// (`WITH ORDINALITY`), and each planned hook names its event by that number; events and
+    /// deliveries are inserted in that order, so their ids follow the order the events were
+    /// queued.
+    async fn commit_many(&self, writes: &[Write]) -> Result<Vec<Ingested>, StoreError> {
+        let mut columns = Columns::default();
+        for (n, write) in (1..).zip(writes) {
+            columns.push(n, write);
+        }
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "WITH input AS (
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[])
+                        WITH ORDINALITY AS i(connection_id, id, type, payload, received_at, n)
+                 ), event AS (
+                    INSERT INTO events (connection_id, id, type, payload, received_at)
+                    SELECT connection_id, id, type, payload, received_at FROM input
+                    WHERE connection_id IN (SELECT id FROM connections) ORDER BY n
+                    ON CONFLICT (connection_id, id) DO NOTHING
+                    RETURNING seq, connection_id, id
+                 ), made AS (
+                    INSERT INTO deliveries
+                        (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
+                    SELECT e.seq, h.id, h.connection_id, h.url, $6, 0, i.received_at, i.received_at
+                    FROM event e
+                    JOIN input i ON i.connection_id = e.connection_id AND i.id = e.id
+                    JOIN unnest($7::bigint[], $8::text[]) AS p(n, hook_id) ON p.n = i.n
+                    JOIN hooks h ON h.id = p.hook_id AND h.connection_id = e.connection_id
+                    ORDER BY i.n
+                    RETURNING event_seq, id, hook_id
+                 ), made_by_event AS (
+                    SELECT event_seq, array_agg(id ORDER BY id) AS ids, array_agg(hook_id ORDER BY id) AS hooks
+                    FROM made GROUP BY event_seq
+                 )
+                 SELECT i.n, e.seq, COALESCE(m.ids, '{}'), COALESCE(m.hooks, '{}'),
+                        EXISTS (SELECT 1 FROM connections k WHERE k.id = i.connection_id)
+                 FROM input i
+                 LEFT JOIN event e ON e.connection_id = i.connection_id AND e.id = i.id
+                 LEFT JOIN made_by_event m ON m.event_seq = e.seq",
+            )
+            .await?;
+        let c = &columns;
+        let params: [&(dyn ToSql + Sync); 8] =
+            [&c.connection_id, &c.id, &c.event_type, &c.payload, &c.received_at, &PENDING, &c.hook_event, &c.hook_id];
+        let rows = client.query(&statement, &params).await?;
+        self.metrics.commit_batch(writes.len());
+        let mut outcomes: Vec<Option<Ingested>> = writes.iter().map(|_| None).collect();
+        for row in rows {
+            let n = usize::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+            if let Some((slot, write)) = n.checked_sub(1).and_then(|i| outcomes.get_mut(i).zip(writes.get(i))) {
+                *slot = Some(if row.get(4) {
+                    self.outcome(write, row.get(1), row.get(2), row.get(3))
+                } else {
+                    Ingested::UnknownConnection
+                });
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.ok_or_else(|| StoreError::Corrupt("an ingest batch lost an event's outcome".into())))
+            .collect()
+    }
+
+    /// An event's outcome from its `seq` (none: it was there already) and the deliveries made
+    /// (ids and hooks); those of handed hooks are entered in flight and handed over.
+    fn outcome(&self, write: &Write, seq: Option<i64>, ids: Vec<i64>, hooks: Vec<String>) -> Ingested {
+        if seq.is_none() {
+            return Ingested::Duplicate;
+        }
+        let Write { connection_id, event, fanout } = write;
+        let deliveries = ids.len();
+        let mut handed: Vec<DueDelivery> = ids
+            .into_iter()
+            .zip(hooks)
+            .filter_map(|(id, hook_id)| {
+                let hook = fanout.handed.iter().find(|h| h.id == hook_id)?;
+                Some(DueDelivery {
+                    id,
+                    connection_id: connection_id.clone(),
+                    url: hook.url.clone(),
+                    hook_id,
+                    event_id: event.id.clone(),
+                    payload: event.payload.clone(),
+                    attempts: 0,
+                    received_at: event.received_at,
+                })
+            })
+            .collect();
+        self.in_flight.handed(&mut handed, fanout.lease_until);
+        Ingested::Accepted { deliveries, handed }
     }
 }
 
@@ -149,96 +300,6 @@ impl Answer {
         }
         let _ = self.reply.send(result);
     }
-}
-
-/// One event and its deliveries in one statement: one round trip and one (implicit)
-/// transaction, the event, then a delivery for each planned hook that still exists.
-async fn commit_one(pool: &Pool, metrics: &Metrics, write: &Write) -> Result<Ingested, StoreError> {
-    let Write { connection_id, event, fanout } = write;
-    let hook_ids: Vec<&String> = planned(fanout).collect();
-    let client = pool.get().await?;
-    let statement = client
-        .prepare_cached(
-            "WITH event AS (
-                INSERT INTO events (connection_id, id, type, payload, received_at) VALUES ($1, $2, $3, $4, $5)
-                ON CONFLICT (connection_id, id) DO NOTHING RETURNING seq
-             ), made AS (
-                INSERT INTO deliveries
-                    (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
-                SELECT event.seq, h.id, h.connection_id, h.url, $6, 0, $5, $5 FROM event, hooks h
-                WHERE h.id = ANY($7) AND h.connection_id = $1
-                RETURNING 1
-             )
-             SELECT (SELECT seq FROM event), (SELECT COUNT(*) FROM made)",
-        )
-        .await?;
-    let params: [&(dyn ToSql + Sync); 7] =
-        [connection_id, &event.id, &event.event_type, &event.payload.as_ref(), &event.received_at, &PENDING, &hook_ids];
-    let row = match client.query_one(&statement, &params).await {
-        Ok(row) => row,
-        Err(e) if is_unknown_connection(&e) => return Ok(Ingested::UnknownConnection),
-        Err(e) => return Err(e.into()),
-    };
-    metrics.commit_batch(1);
-    Ok(outcome(row.get(0), row.get(1)))
-}
-
-/// Several events (no two with the same id for the same connection) in one statement; their
-/// outcomes in the batch's order. Events are numbered by their place in the batch
-/// (`WITH ORDINALITY`), and each planned hook names its event by that number; events and
-/// deliveries are inserted in that order, so their ids follow the order the events were queued.
-async fn commit_many(pool: &Pool, metrics: &Metrics, writes: &[Write]) -> Result<Vec<Ingested>, StoreError> {
-    let mut columns = Columns::default();
-    for (n, write) in (1..).zip(writes) {
-        columns.push(n, write);
-    }
-    let client = pool.get().await?;
-    let statement = client
-        .prepare_cached(
-            "WITH input AS (
-                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[])
-                    WITH ORDINALITY AS i(connection_id, id, type, payload, received_at, n)
-             ), event AS (
-                INSERT INTO events (connection_id, id, type, payload, received_at)
-                SELECT connection_id, id, type, payload, received_at FROM input
-                WHERE connection_id IN (SELECT id FROM connections) ORDER BY n
-                ON CONFLICT (connection_id, id) DO NOTHING
-                RETURNING seq, connection_id, id
-             ), made AS (
-                INSERT INTO deliveries
-                    (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
-                SELECT e.seq, h.id, h.connection_id, h.url, $6, 0, i.received_at, i.received_at
-                FROM event e
-                JOIN input i ON i.connection_id = e.connection_id AND i.id = e.id
-                JOIN unnest($7::bigint[], $8::text[]) AS p(n, hook_id) ON p.n = i.n
-                JOIN hooks h ON h.id = p.hook_id AND h.connection_id = e.connection_id
-                ORDER BY i.n
-                RETURNING event_seq
-             ), counted AS (
-                SELECT event_seq, COUNT(*) AS deliveries FROM made GROUP BY event_seq
-             )
-             SELECT i.n, e.seq, COALESCE(c.deliveries, 0), EXISTS (SELECT 1 FROM connections k WHERE k.id = i.connection_id)
-             FROM input i
-             LEFT JOIN event e ON e.connection_id = i.connection_id AND e.id = i.id
-             LEFT JOIN counted c ON c.event_seq = e.seq",
-        )
-        .await?;
-    let c = &columns;
-    let params: [&(dyn ToSql + Sync); 8] =
-        [&c.connection_id, &c.id, &c.event_type, &c.payload, &c.received_at, &PENDING, &c.hook_event, &c.hook_id];
-    let rows = client.query(&statement, &params).await?;
-    metrics.commit_batch(writes.len());
-    let mut outcomes: Vec<Option<Ingested>> = writes.iter().map(|_| None).collect();
-    for row in rows {
-        let n = usize::try_from(row.get::<_, i64>(0)).unwrap_or(0);
-        if let Some(slot) = n.checked_sub(1).and_then(|i| outcomes.get_mut(i)) {
-            *slot = Some(if row.get(3) { outcome(row.get(1), row.get(2)) } else { Ingested::UnknownConnection });
-        }
-    }
-    outcomes
-        .into_iter()
-        .map(|o| o.ok_or_else(|| StoreError::Corrupt("an ingest batch lost an event's outcome".into())))
-        .collect()
 }
 
 /// A batch as the statement's columns.
@@ -268,18 +329,9 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// The hooks an event goes to. Deliveries are never handed off on PostgreSQL
-/// ([`super::Store::hands_off`]): any in `fanout.handed` are queued like the rest.
+/// The hooks an event goes to, queued or handed off alike.
 fn planned(fanout: &Fanout) -> impl Iterator<Item = &String> {
     fanout.queued.iter().chain(&fanout.handed).map(|h| &h.id)
-}
-
-/// An event's outcome from its `seq` (none: it was there already) and deliveries made.
-fn outcome(seq: Option<i64>, deliveries: i64) -> Ingested {
-    match seq {
-        None => Ingested::Duplicate,
-        Some(_) => Ingested::Accepted { deliveries: deliveries.unsigned_abs() as usize, handed: Vec::new() },
-    }
 }
 
 /// Whether an ingest failed because its connection is gone (the event's foreign key), not

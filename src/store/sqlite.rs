@@ -455,7 +455,7 @@ impl SqliteStore {
                 });
             }
             due.sort_by_key(|d| d.id);
-            Ok(Claimed { due, next_due, taken_back })
+            Ok(Claimed { due, next_due, taken_back, ..Claimed::default() })
         })
         .await
     }

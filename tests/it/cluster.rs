@@ -37,6 +37,35 @@ async fn attach_through_one_ingest_through_the_other_delivers_once() {
 }
 
 #[tokio::test]
+async fn events_through_both_instances_reach_a_hook_one_holds_each_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(env) = cluster_env(dir.path()).await else { return };
+    let (a, b) = (RelayProcess::spawn(&env), RelayProcess::spawn(&env));
+    let sink = Sink::start().await;
+    let conn = a.connection("acme").await;
+    let hook = a.attach(&conn, &sink.url, None).await;
+    eventually("instance b to know the hook", || async {
+        let reply = b.api(&conn, Method::GET, &format!("/hooks/{hook}"), None).await;
+        (reply.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    // The first event makes a claim lease the hook to a; its next ones are handed off at a's
+    // ingest, while b's wait in the store for a's next claim of the hook.
+    let ids: Vec<String> = (0..12).map(|n| format!("evt-{n}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let through = if n % 3 == 2 { &b } else { &a };
+        assert_eq!(through.ingest(&conn, &event(id, None)).await.status, StatusCode::ACCEPTED);
+    }
+    let mut delivered: Vec<String> =
+        sink.recv_n(ids.len()).await.iter().map(|got| got.header("webhook-id").to_owned()).collect();
+    sink.assert_silent(Duration::from_millis(1500)).await;
+    delivered.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(delivered, expected, "each event once");
+}
+
+#[tokio::test]
 async fn a_key_rotated_through_one_is_refused_by_the_other_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let Some(env) = cluster_env(dir.path()).await else { return };

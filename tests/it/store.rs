@@ -148,6 +148,56 @@ async fn an_attempted_delivery_frees_its_hook_on_postgresql_and_stays_leased_unt
 }
 
 #[tokio::test]
+async fn a_delivery_handed_off_at_ingest_comes_back_leased_and_is_claimed_only_once_its_lease_ran_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_connection(dir.path(), 8).await;
+    let (handed_hook, queued_hook) = (hook("hk_handed"), hook("hk_queued"));
+    store.attach_hook(handed_hook.clone()).await.unwrap();
+    store.attach_hook(queued_hook.clone()).await.unwrap();
+    let fanout = Fanout { queued: fanout_to(&[&queued_hook]), handed: fanout_to(&[&handed_hook]), lease_until: 1_000 };
+    let Ingested::Accepted { deliveries: 2, handed } = store.ingest("c", event("e1"), fanout, |_| {}).await.unwrap()
+    else {
+        panic!("accepted with two deliveries")
+    };
+    let handed: Vec<_> = handed.into_iter().map(|d| (d.id, d.hook_id, d.url, d.event_id, d.attempts)).collect();
+    let [(id, hook_id, url, event_id, 0)] = handed.as_slice() else { panic!("one handed delivery: {handed:?}") };
+    assert_eq!((hook_id, url, event_id.as_str()), (&handed_hook.id, &handed_hook.url, "e1"));
+    let claimed_now = claimed(&store, 10, 5_000).await;
+    assert_eq!(event_ids(&claimed_now), ["e1"], "only the queued one: the handed one is in flight");
+    assert_ne!(claimed_now[0].0, *id);
+    assert_eq!(claimed(&store, 1_000, 5_000).await, [(*id, "e1".to_owned())], "until its lease ran out");
+}
+
+#[tokio::test]
+async fn claims_on_postgresql_say_which_hooks_they_left_nothing_due_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_connection(dir.path(), 9).await;
+    let (busy, quiet, later) = (hook("hk_busy"), hook("hk_quiet"), hook("hk_later"));
+    for hook in [&busy, &quiet, &later] {
+        store.attach_hook(hook.clone()).await.unwrap();
+    }
+    queue_to(&store, &busy, &["e1", "e2"]).await;
+    queue_to(&store, &quiet, &["e3"]).await;
+    let claim = Claim { now: 10, lease_until: 1_000, limit: 10, per_hook: 1, hooks: None };
+    let mut leased = store.claim(claim).await.unwrap().leased_hooks;
+    leased.sort();
+    if !is_postgres() {
+        assert!(leased.is_empty(), "SQLite's dispatcher knows what waits without being told");
+        return;
+    }
+    assert_eq!(leased, [(busy.id.clone(), false), (quiet.id.clone(), true)], "e2 was left waiting");
+    let (early, late) = (hook("hk_early"), hook("hk_late"));
+    store.attach_hook(early.clone()).await.unwrap();
+    store.attach_hook(late.clone()).await.unwrap();
+    queue_to(&store, &early, &["e4", "e5"]).await;
+    queue_to(&store, &late, &["e6"]).await;
+    let claim = Claim { now: 20, lease_until: 1_000, limit: 2, per_hook: 2, hooks: None };
+    let claimed = store.claim(claim).await.unwrap();
+    assert_eq!(event_ids(&claimed.due.iter().map(|d| (d.id, d.event_id.clone())).collect::<Vec<_>>()), ["e4", "e5"]);
+    assert_eq!(claimed.leased_hooks, [(early.id.clone(), true)], "the late hook's delivery did not fit: not drained");
+}
+
+#[tokio::test]
 async fn a_detach_deletes_the_hooks_deliveries_in_every_state_and_no_other() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_connection(dir.path(), 2).await;
