@@ -136,7 +136,12 @@ pub(crate) async fn open_loop(
         let (target, outcome, pool, run) = (target.clone(), Arc::clone(&outcome), Arc::clone(&pool), run.to_owned());
         tasks.push(tokio::spawn(async move {
             let (id, request) = request(&target, &run, n);
-            let pooled = pool.lock().expect("not poisoned").pop();
+            // A connection that idled in the pool past the relay's keep-alive timeout is closed
+            // by now: a client opens a new one rather than fail the request.
+            let pooled = {
+                let mut pool = pool.lock().expect("not poisoned");
+                std::iter::from_fn(|| pool.pop()).find(|sender| !sender.is_closed())
+            };
             let mut sender = match pooled {
                 Some(sender) => sender,
                 None => match connect(target.addr).await {
