@@ -26,7 +26,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::postgres_in_flight::InFlight;
-use super::{Fanout, Ingested, PENDING, StoreError};
+use super::{Fanout, FanoutHook, Ingested, PENDING, StoreError};
 use crate::metrics::Metrics;
 use crate::model::{DueDelivery, Event};
 
@@ -271,11 +271,15 @@ impl Batches {
         }
         let Write { connection_id, event, fanout } = write;
         let deliveries = ids.len();
+        // Sorted once, so that a fan-out to many hooks costs no pass over them per delivery.
+        let mut handed_hooks: Vec<&FanoutHook> = fanout.handed.iter().collect();
+        handed_hooks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         let mut handed: Vec<DueDelivery> = ids
             .into_iter()
             .zip(hooks)
             .filter_map(|(id, hook_id)| {
-                let hook = fanout.handed.iter().find(|h| h.id == hook_id)?;
+                let at = handed_hooks.binary_search_by(|h| h.id.as_str().cmp(&hook_id)).ok()?;
+                let hook = handed_hooks[at];
                 Some(DueDelivery {
                     id,
                     connection_id: connection_id.clone(),

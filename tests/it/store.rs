@@ -151,21 +151,29 @@ async fn an_attempted_delivery_frees_its_hook_on_postgresql_and_stays_leased_unt
 async fn a_delivery_handed_off_at_ingest_comes_back_leased_and_is_claimed_only_once_its_lease_ran_out() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_connection(dir.path(), 8).await;
-    let (handed_hook, queued_hook) = (hook("hk_handed"), hook("hk_queued"));
-    store.attach_hook(handed_hook.clone()).await.unwrap();
-    store.attach_hook(queued_hook.clone()).await.unwrap();
-    let fanout = Fanout { queued: fanout_to(&[&queued_hook]), handed: fanout_to(&[&handed_hook]), lease_until: 1_000 };
-    let Ingested::Accepted { deliveries: 2, handed } = store.ingest("c", event("e1"), fanout, |_| {}).await.unwrap()
+    let (handed_z, queued, handed_a) = (hook("hk_z_handed"), hook("hk_queued"), hook("hk_a_handed"));
+    for hook in [&handed_z, &queued, &handed_a] {
+        store.attach_hook(hook.clone()).await.unwrap();
+    }
+    let fanout =
+        Fanout { queued: fanout_to(&[&queued]), handed: fanout_to(&[&handed_z, &handed_a]), lease_until: 1_000 };
+    let Ingested::Accepted { deliveries: 3, handed } = store.ingest("c", event("e1"), fanout, |_| {}).await.unwrap()
     else {
-        panic!("accepted with two deliveries")
+        panic!("accepted with three deliveries")
     };
-    let handed: Vec<_> = handed.into_iter().map(|d| (d.id, d.hook_id, d.url, d.event_id, d.attempts)).collect();
-    let [(id, hook_id, url, event_id, 0)] = handed.as_slice() else { panic!("one handed delivery: {handed:?}") };
-    assert_eq!((hook_id, url, event_id.as_str()), (&handed_hook.id, &handed_hook.url, "e1"));
+    let mut handed: Vec<_> = handed.into_iter().map(|d| (d.hook_id, d.url, d.event_id, d.attempts, d.id)).collect();
+    handed.sort();
+    let urls: Vec<_> =
+        handed.iter().map(|(hook, url, event, attempts, _)| (hook, url, event.as_str(), *attempts)).collect();
+    assert_eq!(urls, [(&handed_a.id, &handed_a.url, "e1", 0), (&handed_z.id, &handed_z.url, "e1", 0)]);
     let claimed_now = claimed(&store, 10, 5_000).await;
-    assert_eq!(event_ids(&claimed_now), ["e1"], "only the queued one: the handed one is in flight");
-    assert_ne!(claimed_now[0].0, *id);
-    assert_eq!(claimed(&store, 1_000, 5_000).await, [(*id, "e1".to_owned())], "until its lease ran out");
+    assert_eq!(event_ids(&claimed_now), ["e1"], "only the queued one: the handed ones are in flight");
+    assert!(handed.iter().all(|h| h.4 != claimed_now[0].0));
+    let mut taken_back: Vec<i64> = claimed(&store, 1_000, 5_000).await.into_iter().map(|(id, _)| id).collect();
+    taken_back.sort_unstable();
+    let mut handed_ids: Vec<i64> = handed.iter().map(|h| h.4).collect();
+    handed_ids.sort_unstable();
+    assert_eq!(taken_back, handed_ids, "until their lease ran out");
 }
 
 #[tokio::test]
