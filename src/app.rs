@@ -94,11 +94,12 @@ impl App {
         self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, starts no new attempts, and waits
-    /// up to the shutdown grace for in-flight requests and attempts.
+    /// Serves until `shutdown` resolves, then stops accepting, starts no new attempts, waits up
+    /// to the shutdown grace for in-flight requests and attempts, and gives back the hook leases
+    /// it no longer needs (PostgreSQL), for the other instances to take over at once.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Self { listener, metrics_listener, state, dispatcher, handed } = self;
-        let grace = state.config.shutdown_grace;
+        let (grace, store) = (state.config.shutdown_grace, state.store.clone());
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -123,6 +124,11 @@ impl App {
         });
         if drained.await.is_err() {
             tracing::warn!("work still running after the shutdown grace; pending deliveries resume at next start");
+        }
+        match store.give_back_hooks().await {
+            Ok(0) => {}
+            Ok(hooks) => tracing::info!(hooks, "gave back hook leases to the other instances"),
+            Err(e) => tracing::warn!(cause = %e, "giving back hook leases failed; they run out as usual"),
         }
         tracing::info!("stopped");
     }

@@ -477,6 +477,20 @@ impl Store {
         }
     }
 
+    /// At shutdown, once attempts are over: gives back the hooks this instance leased
+    /// (PostgreSQL) and has nothing in flight for, so that other instances take them over at
+    /// once rather than when their leases run out — a rolling deploy does not pause their
+    /// deliveries. SQLite has no leases of hooks. Returns how many were given back.
+    ///
+    /// # Errors
+    /// The write failed; the leases run out as usual.
+    pub async fn give_back_hooks(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(0),
+            Store::Postgres(s) => s.give_back_hooks().await,
+        }
+    }
+
     /// Gives leased deliveries back without an attempt (shutdown).
     ///
     /// # Errors

@@ -532,6 +532,14 @@ impl PostgresStore {
         self.in_flight.attempted(id);
     }
 
+    /// Deletes this instance's hook leases but those of hooks with a delivery still in flight
+    /// here; returns how many were given back.
+    pub(super) async fn give_back_hooks(&self) -> Result<u64, StoreError> {
+        let (owner, keep): (&str, Vec<String>) = (&self.owner, self.in_flight.hooks());
+        let client = self.pool.get().await?;
+        Ok(client.execute("DELETE FROM hook_leases WHERE owner = $1 AND hook_id <> ALL($2)", &[&owner, &keep]).await?)
+    }
+
     /// Nothing to write: the leases live in this instance's memory.
     pub(super) async fn release(&self, ids: Vec<i64>) -> Result<(), StoreError> {
         self.in_flight.settled(ids);

@@ -104,6 +104,13 @@ impl InFlight {
         }
     }
 
+    /// The hooks with a delivery in flight, leased or not: their hook leases must stay.
+    pub(super) fn hooks(&self) -> Vec<String> {
+        let leases = self.lock();
+        let hooks: HashSet<&str> = leases.by_id.values().map(|lease| lease.hook_id.as_str()).collect();
+        hooks.into_iter().map(str::to_owned).collect()
+    }
+
     /// The ids of the deliveries in flight at `now`.
     pub(super) fn ids(&self, now: i64) -> Vec<i64> {
         self.lock().by_id.iter().filter(|(_, lease)| lease.until > now).map(|(id, _)| *id).collect()

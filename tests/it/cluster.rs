@@ -66,6 +66,30 @@ async fn events_through_both_instances_reach_a_hook_one_holds_each_exactly_once(
 }
 
 #[tokio::test]
+async fn an_instance_stopped_gracefully_gives_its_hooks_to_the_others_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut env) = cluster_env(dir.path()).await else { return };
+    env.retain(|(k, _)| k != "RELAY_LEASE");
+    env.push(("RELAY_LEASE".to_owned(), "120s".to_owned())); // far beyond the sink's patience
+    let (a, b) = (RelayProcess::spawn(&env), RelayProcess::spawn(&env));
+    let sink = Sink::start().await;
+    let conn = a.connection("acme").await;
+    let hook = a.attach(&conn, &sink.url, None).await;
+    assert_eq!(a.ingest(&conn, &event("evt-a", None)).await.status, StatusCode::ACCEPTED);
+    assert_eq!(sink.recv().await.header("webhook-id"), "evt-a", "a claimed the hook: it is a's for two minutes");
+    eventually("instance b to know the hook", || async {
+        let reply = b.api(&conn, Method::GET, &format!("/hooks/{hook}"), None).await;
+        (reply.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    let (status, log) = a.terminate();
+    assert!(status.success());
+    assert!(log.iter().any(|l| l.contains("gave back hook leases")), "{log:?}");
+    assert_eq!(b.ingest(&conn, &event("evt-b", None)).await.status, StatusCode::ACCEPTED);
+    assert_eq!(sink.recv().await.header("webhook-id"), "evt-b", "b delivers it without waiting out a's lease");
+}
+
+#[tokio::test]
 async fn a_key_rotated_through_one_is_refused_by_the_other_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let Some(env) = cluster_env(dir.path()).await else { return };

@@ -16,6 +16,14 @@ async fn store_with_connection(dir: &Path, key: u8) -> Store {
     store_with_metrics(dir, key, Metrics::default()).await
 }
 
+/// [`store_with_connection`], and its URL, for a second instance of the store to open.
+async fn shared_store_with_connection(dir: &Path, key: u8) -> (Store, DatabaseUrl) {
+    let url = DatabaseUrl::parse(&database_url(dir).await).unwrap();
+    let store = Store::open(&url, Metrics::default()).await.unwrap();
+    create_connection(&store, key).await;
+    (store, url)
+}
+
 /// [`store_with_connection`], reporting to `metrics`.
 async fn store_with_metrics(dir: &Path, key: u8, metrics: Metrics) -> Store {
     let url = DatabaseUrl::parse(&database_url(dir).await).unwrap();
@@ -94,9 +102,7 @@ async fn a_batch_of_records_written_again_after_a_failure_is_applied_once() {
 #[tokio::test]
 async fn a_hook_is_claimed_again_once_its_delivery_is_recorded_released_or_its_lease_ran_out() {
     let dir = tempfile::tempdir().unwrap();
-    let url = DatabaseUrl::parse(&database_url(dir.path()).await).unwrap();
-    let store = Store::open(&url, Metrics::default()).await.unwrap();
-    create_connection(&store, 6).await;
+    let (store, url) = shared_store_with_connection(dir.path(), 6).await;
     let hook = hook("hk_1");
     store.attach_hook(hook.clone()).await.unwrap();
     queue_to(&store, &hook, &["e1", "e2", "e3"]).await;
@@ -107,13 +113,7 @@ async fn a_hook_is_claimed_again_once_its_delivery_is_recorded_released_or_its_l
         let other = Store::open(&url, Metrics::default()).await.unwrap();
         assert!(claimed(&other, 20, 1_000).await.is_empty(), "nor by another instance while the hook is leased");
     }
-    let record = AttemptRecord {
-        delivery_id: first[0].0,
-        hook_id: hook.id.clone(),
-        attempt: attempt(1, 200),
-        next: NextStep::Delivered,
-    };
-    store.record(Arc::from([record])).await.unwrap();
+    delivered(&store, first[0].0, &hook).await;
     let second = claimed(&store, 30, 1_000).await;
     assert_eq!(event_ids(&second), ["e2"], "recorded: the next one");
     store.release(vec![second[0].0]).await.unwrap();
@@ -203,6 +203,28 @@ async fn claims_on_postgresql_say_which_hooks_they_left_nothing_due_of() {
     let claimed = store.claim(claim).await.unwrap();
     assert_eq!(event_ids(&claimed.due.iter().map(|d| (d.id, d.event_id.clone())).collect::<Vec<_>>()), ["e4", "e5"]);
     assert_eq!(claimed.leased_hooks, [(early.id.clone(), true)], "the late hook's delivery did not fit: not drained");
+}
+
+#[tokio::test]
+async fn hooks_given_back_at_shutdown_are_claimed_by_another_instance_at_once_but_not_those_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, url) = shared_store_with_connection(dir.path(), 10).await;
+    let (done, busy) = (hook("hk_done"), hook("hk_busy"));
+    store.attach_hook(done.clone()).await.unwrap();
+    store.attach_hook(busy.clone()).await.unwrap();
+    queue_to(&store, &done, &["e1", "e2"]).await;
+    queue_to(&store, &busy, &["e3", "e4"]).await;
+    let first = claimed(&store, 10, 1_000).await;
+    assert_eq!(event_ids(&first), ["e1", "e3"]);
+    delivered(&store, first[0].0, &done).await;
+    let given_back = store.give_back_hooks().await.unwrap();
+    if !is_postgres() {
+        assert_eq!(given_back, 0, "SQLite leases no hooks");
+        return;
+    }
+    assert_eq!(given_back, 1, "the hook with e3 still in flight stays leased");
+    let other = Store::open(&url, Metrics::default()).await.unwrap();
+    assert_eq!(event_ids(&claimed(&other, 20, 1_000).await), ["e2"], "long before the lease ran out");
 }
 
 #[tokio::test]
@@ -350,6 +372,17 @@ async fn queue_to(store: &Store, hook: &Hook, ids: &[&str]) {
         let queued = fanout_to(&[hook]);
         store.ingest("c", event(id), Fanout { queued, handed: vec![], lease_until: 0 }, |_| {}).await.unwrap();
     }
+}
+
+/// Records delivery `id` of `hook` as delivered at its first attempt.
+async fn delivered(store: &Store, id: i64, hook: &Hook) {
+    let record = AttemptRecord {
+        delivery_id: id,
+        hook_id: hook.id.clone(),
+        attempt: attempt(1, 200),
+        next: NextStep::Delivered,
+    };
+    store.record(Arc::from([record])).await.unwrap();
 }
 
 /// The event ids of what [`claimed`] returned, in its order.
