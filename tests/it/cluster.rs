@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 
 use crate::harness::process::test_env;
-use crate::harness::{RelayProcess, Sink, SinkReply, event, eventually};
+use crate::harness::{Conn, RelayProcess, Sink, SinkReply, event, eventually};
 
 /// The shared-database settings, or `None` (with a note) when PostgreSQL is not configured.
 async fn cluster_env(dir: &std::path::Path) -> Option<Vec<(String, String)>> {
@@ -18,6 +18,16 @@ async fn cluster_env(dir: &std::path::Path) -> Option<Vec<(String, String)>> {
     Some(test_env(dir).await)
 }
 
+/// Waits until `instance` serves `hook` of `conn` (it learns of an attach through another
+/// instance by `NOTIFY`).
+async fn knows_hook(instance: &RelayProcess, conn: &Conn, hook: &str) {
+    eventually("the other instance to know the hook", || async {
+        let reply = instance.api(conn, Method::GET, &format!("/hooks/{hook}"), None).await;
+        (reply.status == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn attach_through_one_ingest_through_the_other_delivers_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -26,11 +36,7 @@ async fn attach_through_one_ingest_through_the_other_delivers_once() {
     let sink = Sink::start().await;
     let conn = a.connection("acme").await;
     let hook = a.attach(&conn, &sink.url, None).await;
-    eventually("instance b to know the hook", || async {
-        let reply = b.api(&conn, Method::GET, &format!("/hooks/{hook}"), None).await;
-        (reply.status == StatusCode::OK).then_some(())
-    })
-    .await;
+    knows_hook(&b, &conn, &hook).await;
     assert_eq!(b.ingest(&conn, &event("evt-shared", None)).await.body["deliveries"], 1);
     assert_eq!(sink.recv().await.header("webhook-id"), "evt-shared");
     sink.assert_silent(Duration::from_millis(1500)).await; // both instances poll; one delivery
@@ -44,11 +50,7 @@ async fn events_through_both_instances_reach_a_hook_one_holds_each_exactly_once(
     let sink = Sink::start().await;
     let conn = a.connection("acme").await;
     let hook = a.attach(&conn, &sink.url, None).await;
-    eventually("instance b to know the hook", || async {
-        let reply = b.api(&conn, Method::GET, &format!("/hooks/{hook}"), None).await;
-        (reply.status == StatusCode::OK).then_some(())
-    })
-    .await;
+    knows_hook(&b, &conn, &hook).await;
     // The first event makes a claim lease the hook to a; its next ones are handed off at a's
     // ingest, while b's wait in the store for a's next claim of the hook.
     let ids: Vec<String> = (0..12).map(|n| format!("evt-{n}")).collect();
@@ -77,11 +79,7 @@ async fn an_instance_stopped_gracefully_gives_its_hooks_to_the_others_at_once() 
     let hook = a.attach(&conn, &sink.url, None).await;
     assert_eq!(a.ingest(&conn, &event("evt-a", None)).await.status, StatusCode::ACCEPTED);
     assert_eq!(sink.recv().await.header("webhook-id"), "evt-a", "a claimed the hook: it is a's for two minutes");
-    eventually("instance b to know the hook", || async {
-        let reply = b.api(&conn, Method::GET, &format!("/hooks/{hook}"), None).await;
-        (reply.status == StatusCode::OK).then_some(())
-    })
-    .await;
+    knows_hook(&b, &conn, &hook).await;
     let (status, log) = a.terminate();
     assert!(status.success());
     assert!(log.iter().any(|l| l.contains("gave back hook leases")), "{log:?}");

@@ -57,6 +57,13 @@ fn hook(id: &str) -> Hook {
     }
 }
 
+/// Attaches these hooks.
+async fn attach_all(store: &Store, hooks: &[&Hook]) {
+    for hook in hooks {
+        store.attach_hook((*hook).clone()).await.unwrap();
+    }
+}
+
 /// The fan-out entries of these hooks.
 fn fanout_to(hooks: &[&Hook]) -> Vec<FanoutHook> {
     hooks.iter().map(|h| FanoutHook { id: h.id.clone(), url: h.url.clone() }).collect()
@@ -152,9 +159,7 @@ async fn a_delivery_handed_off_at_ingest_comes_back_leased_and_is_claimed_only_o
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_connection(dir.path(), 8).await;
     let (handed_z, queued, handed_a) = (hook("hk_z_handed"), hook("hk_queued"), hook("hk_a_handed"));
-    for hook in [&handed_z, &queued, &handed_a] {
-        store.attach_hook(hook.clone()).await.unwrap();
-    }
+    attach_all(&store, &[&handed_z, &queued, &handed_a]).await;
     let fanout =
         Fanout { queued: fanout_to(&[&queued]), handed: fanout_to(&[&handed_z, &handed_a]), lease_until: 1_000 };
     let Ingested::Accepted { deliveries: 3, handed } = store.ingest("c", event("e1"), fanout, |_| {}).await.unwrap()
@@ -180,10 +185,8 @@ async fn a_delivery_handed_off_at_ingest_comes_back_leased_and_is_claimed_only_o
 async fn claims_on_postgresql_say_which_hooks_they_left_nothing_due_of() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_connection(dir.path(), 9).await;
-    let (busy, quiet, later) = (hook("hk_busy"), hook("hk_quiet"), hook("hk_later"));
-    for hook in [&busy, &quiet, &later] {
-        store.attach_hook(hook.clone()).await.unwrap();
-    }
+    let (busy, quiet) = (hook("hk_busy"), hook("hk_quiet"));
+    attach_all(&store, &[&busy, &quiet]).await;
     queue_to(&store, &busy, &["e1", "e2"]).await;
     queue_to(&store, &quiet, &["e3"]).await;
     let claim = Claim { now: 10, lease_until: 1_000, limit: 10, per_hook: 1, hooks: None };
@@ -195,8 +198,7 @@ async fn claims_on_postgresql_say_which_hooks_they_left_nothing_due_of() {
     }
     assert_eq!(leased, [(busy.id.clone(), false), (quiet.id.clone(), true)], "e2 was left waiting");
     let (early, late) = (hook("hk_early"), hook("hk_late"));
-    store.attach_hook(early.clone()).await.unwrap();
-    store.attach_hook(late.clone()).await.unwrap();
+    attach_all(&store, &[&early, &late]).await;
     queue_to(&store, &early, &["e4", "e5"]).await;
     queue_to(&store, &late, &["e6"]).await;
     let claim = Claim { now: 20, lease_until: 1_000, limit: 2, per_hook: 2, hooks: None };
@@ -210,8 +212,7 @@ async fn hooks_given_back_at_shutdown_are_claimed_by_another_instance_at_once_bu
     let dir = tempfile::tempdir().unwrap();
     let (store, url) = shared_store_with_connection(dir.path(), 10).await;
     let (done, busy) = (hook("hk_done"), hook("hk_busy"));
-    store.attach_hook(done.clone()).await.unwrap();
-    store.attach_hook(busy.clone()).await.unwrap();
+    attach_all(&store, &[&done, &busy]).await;
     queue_to(&store, &done, &["e1", "e2"]).await;
     queue_to(&store, &busy, &["e3", "e4"]).await;
     let first = claimed(&store, 10, 1_000).await;
@@ -232,8 +233,7 @@ async fn a_detach_deletes_the_hooks_deliveries_in_every_state_and_no_other() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_connection(dir.path(), 2).await;
     let (gone, kept) = (hook("hk_gone"), hook("hk_kept"));
-    store.attach_hook(gone.clone()).await.unwrap();
-    store.attach_hook(kept.clone()).await.unwrap();
+    attach_all(&store, &[&gone, &kept]).await;
     let ingest = |id: &str, queued: Vec<FanoutHook>, handed: Vec<FanoutHook>| {
         let event = event(id);
         store.ingest("c", event, Fanout { queued, handed, lease_until: 1_000_000 }, |_| {})
