@@ -17,7 +17,7 @@ use crate::delivery::{DeliveryClient, DeliveryQueue, Dispatcher, HandedOff};
 use crate::http::{self, AppState, Surface};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::{Store, StoreError};
+use crate::store::{ChangeFeed, Store, StoreError};
 
 /// Why an instance could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,8 @@ pub struct App {
     state: Arc<AppState>,
     dispatcher: Dispatcher,
     handed: HandedOff,
+    /// Registry changes announced since before the registry was loaded (PostgreSQL).
+    changes: Option<ChangeFeed>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -60,6 +62,13 @@ impl App {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let metrics = Metrics::default();
         let store = Store::open(&config.database, metrics.clone()).await?;
+        // Listening first: a change another instance makes while the registry loads is then
+        // either in what is loaded or announced on this feed. Without a feed, `sync::follow`
+        // keeps trying, and resyncs once it listens.
+        let changes = store.listen().await.unwrap_or_else(|e| {
+            tracing::warn!(cause = %e, "cannot listen for registry changes yet");
+            None
+        });
         let registry = Registry::load(&store, config.ingest_rate).await?;
         let listener = bind(config.listen).await?;
         let metrics_listener = match config.metrics_listen {
@@ -78,7 +87,7 @@ impl App {
             metrics: metrics.clone(),
         };
         let state = Arc::new(AppState::new(config, store, registry, queue, metrics));
-        Ok(Self { listener, metrics_listener, state, dispatcher, handed })
+        Ok(Self { listener, metrics_listener, state, dispatcher, handed, changes })
     }
 
     /// The bound API address (useful after asking for port 0).
@@ -98,7 +107,7 @@ impl App {
     /// to the shutdown grace for in-flight requests and attempts, and gives back the hook leases
     /// it no longer needs (PostgreSQL), for the other instances to take over at once.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Self { listener, metrics_listener, state, dispatcher, handed } = self;
+        let Self { listener, metrics_listener, state, dispatcher, handed, changes } = self;
         let (grace, store) = (state.config.shutdown_grace, state.store.clone());
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -106,7 +115,7 @@ impl App {
         tracing::info!(addr = %addr, metrics_addr = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()), "listening");
         tracker.spawn(dispatcher.run(handed, tracker.clone(), token.clone()));
         tracker.spawn(prune_auth_failures(Arc::clone(&state), token.clone()));
-        tracker.spawn(crate::sync::follow(state.store.clone(), state.registry.clone(), token.clone()));
+        tracker.spawn(crate::sync::follow(state.store.clone(), state.registry.clone(), changes, token.clone()));
         let mut servers =
             vec![tokio::spawn(http::serve(listener, Surface::Api, Arc::clone(&state), token.clone(), grace))];
         if let Some(listener) = metrics_listener {

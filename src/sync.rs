@@ -8,28 +8,35 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::{ChangeFeed, Store};
 
 /// How often the whole registry is reloaded even without notices.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
 /// Pause before listening again after the listening connection broke.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
-/// Follows the store's change feed until `shutdown`.
-pub async fn follow(store: Store, registry: Registry, shutdown: CancellationToken) {
+/// Follows the store's change feed until `shutdown`. `first` is the feed that was already
+/// listening when the registry was loaded: nothing it could have missed needs a resync, so the
+/// first full one waits for [`RESYNC_EVERY`] (reading a million hooks twice at start took the
+/// relay's peak memory from 290 to 495 MB). Every later feed starts with a resync.
+pub async fn follow(store: Store, registry: Registry, first: Option<ChangeFeed>, shutdown: CancellationToken) {
+    let mut next = first.map(|feed| (feed, Instant::now() + RESYNC_EVERY));
     loop {
-        let mut feed = match store.listen().await {
-            Ok(Some(feed)) => feed,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(cause = %e, "cannot listen for registry changes; retrying");
-                if pause(&shutdown, RECONNECT_AFTER).await {
-                    return;
+        let (mut feed, first_resync) = match next.take() {
+            Some(listening) => listening,
+            None => match store.listen().await {
+                Ok(Some(feed)) => (feed, Instant::now()),
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "cannot listen for registry changes; retrying");
+                    if pause(&shutdown, RECONNECT_AFTER).await {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
-            }
+            },
         };
-        let mut resync = tokio::time::interval(RESYNC_EVERY);
+        let mut resync = tokio::time::interval_at(first_resync.into(), RESYNC_EVERY);
         loop {
             tokio::select! {
                 change = feed.next() => match change {

@@ -34,15 +34,19 @@ async fn store_with_metrics(dir: &Path, key: u8, metrics: Metrics) -> Store {
 
 /// Creates connection `c`, whose API-key hash is `key` repeated.
 async fn create_connection(store: &Store, key: u8) {
-    let connection = Connection {
-        id: "c".into(),
-        name: "c".into(),
+    store.create_connection(connection("c", key)).await.unwrap();
+}
+
+/// Connection `id`, whose API-key hash is `key` repeated.
+fn connection(id: &str, key: u8) -> Connection {
+    Connection {
+        id: id.into(),
+        name: id.into(),
         api_key_hash: [key; 32],
         secrets: Vec::new(),
         ingest_rate: None,
         created_at: 0,
-    };
-    store.create_connection(connection).await.unwrap();
+    }
 }
 
 /// A hook of connection `c` for `image.created`.
@@ -383,6 +387,48 @@ async fn delivered(store: &Store, id: i64, hook: &Hook) {
         next: NextStep::Delivered,
     };
     store.record(Arc::from([record])).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_registry_of_many_pages_loads_whole_grouped_and_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, url) = shared_store_with_connection(dir.path(), 1).await;
+    store.create_connection(connection("d", 2)).await.unwrap();
+    // More hooks than two of PostgreSQL's snapshot pages (10,000 rows), their ids in the
+    // opposite order of their age, and the other connection's hooks after them.
+    bulk_load(
+        &url,
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 25000)
+         INSERT INTO hooks (id, connection_id, url, event, template_id, created_at)
+         SELECT 'hk_' || (100000 + i), 'c', 'https://example.com/c/' || i, 'image.created', '', 25000 - i FROM n
+         UNION ALL
+         SELECT 'hk_d' || i, 'd', 'https://example.com/d/' || i, 'image.created', '', 0 FROM n WHERE i < 3",
+    )
+    .await;
+    let snapshot = store.snapshot().await.unwrap();
+    let hooks_of = |id: &str| Arc::clone(&snapshot.connections.iter().find(|(c, _)| c.id == id).unwrap().1);
+    let c = hooks_of("c");
+    assert_eq!(c.len(), 25_001, "every hook, across pages");
+    assert!(c.iter().all(|h| &*h.connection_id == "c"));
+    assert!(c.windows(2).all(|w| (w[0].created_at, &w[0].id) < (w[1].created_at, &w[1].id)), "oldest first");
+    assert_eq!(hooks_of("d").len(), 3);
+}
+
+/// Runs `sql` on the store at `url` from a connection of its own, as an operator's bulk load
+/// would.
+async fn bulk_load(url: &DatabaseUrl, sql: &str) {
+    match url {
+        DatabaseUrl::Sqlite(path) => {
+            let db = rusqlite::Connection::open(path).unwrap();
+            db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+            db.execute_batch(sql).unwrap();
+        }
+        DatabaseUrl::Postgres(url) => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            client.batch_execute(sql).await.unwrap();
+        }
+    }
 }
 
 /// The event ids of what [`claimed`] returned, in its order.
