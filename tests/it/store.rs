@@ -7,7 +7,7 @@ use std::sync::Arc;
 use stencil_relay::config::DatabaseUrl;
 use stencil_relay::metrics::Metrics;
 use stencil_relay::model::{Attempt, AttemptRecord, Connection, Event, Hook, IMAGE_CREATED, NextStep};
-use stencil_relay::store::{Claim, Fanout, FanoutHook, Ingested, Store};
+use stencil_relay::store::{Attached, Claim, Fanout, FanoutHook, Ingested, Store};
 
 use crate::harness::{database_url, is_postgres};
 
@@ -412,6 +412,33 @@ async fn a_registry_of_many_pages_loads_whole_grouped_and_oldest_first() {
     assert!(c.iter().all(|h| &*h.connection_id == "c"));
     assert!(c.windows(2).all(|w| (w[0].created_at, &w[0].id) < (w[1].created_at, &w[1].id)), "oldest first");
     assert_eq!(hooks_of("d").len(), 3);
+}
+
+#[tokio::test]
+async fn registry_writes_are_announced_to_other_instances_when_they_change_something() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, url) = shared_store_with_connection(dir.path(), 1).await;
+    let Some(mut feed) = store.listen().await.unwrap() else {
+        assert!(!is_postgres(), "only a store one instance uses has nothing to announce");
+        return;
+    };
+    let other = Store::open(&url, Metrics::default()).await.unwrap();
+    let h = hook("hk_1");
+    assert!(matches!(other.attach_hook(h.clone()).await.unwrap(), Attached::Created(_)));
+    assert!(matches!(other.attach_hook(h.clone()).await.unwrap(), Attached::Existing(_)));
+    assert!(other.set_api_key_hash("c", [3; 32]).await.unwrap());
+    assert!(!other.set_api_key_hash("nobody", [4; 32]).await.unwrap());
+    assert!(other.set_secrets("c", Vec::new()).await.unwrap());
+    assert!(other.detach_hook("c", "hk_1").await.unwrap());
+    assert!(!other.detach_hook("c", "hk_1").await.unwrap());
+    assert!(other.delete_connection("c").await.unwrap());
+    // Five changes, five announcements; the writes that changed nothing announce nothing.
+    for change in 1..=5 {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), feed.next()).await;
+        assert_eq!(next.expect("announced").as_deref(), Some("c"), "announcement {change}");
+    }
+    let more = tokio::time::timeout(std::time::Duration::from_millis(300), feed.next()).await;
+    assert!(more.is_err(), "nothing else announced: {more:?}");
 }
 
 /// Runs `sql` on the store at `url` from a connection of its own, as an operator's bulk load
