@@ -124,7 +124,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if all || args.scenario == Scenario::Sustained {
         scenarios::sustained(&bench, &mut rows).await?;
     }
-    if (all && bench.backend == "sqlite") || args.scenario == Scenario::Registry {
+    if all || args.scenario == Scenario::Registry {
         scenarios::registry(&bench, &mut rows).await?;
     }
     println!("{}", report::table(&rows));
