@@ -46,9 +46,8 @@ pub async fn follow(store: Store, registry: Registry, first: Option<ChangeFeed>,
                     },
                     None => break,
                 },
-                _ = resync.tick() => match (Instant::now(), store.snapshot().await) {
-                    (read_at, Ok(snapshot)) => registry.resync(snapshot, read_at),
-                    (_, Err(e)) => tracing::warn!(cause = %e, "registry resync failed"),
+                _ = resync.tick() => if let Err(e) = registry.resync(&store).await {
+                    tracing::warn!(cause = %e, "registry resync failed");
                 },
                 () = shutdown.cancelled() => return,
             }

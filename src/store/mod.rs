@@ -114,12 +114,11 @@ pub enum Ingested {
     UnknownConnection,
 }
 
-/// Everything the registry is built from at start: every connection with its hooks, oldest
-/// first.
+/// Every connection with its hooks (oldest first), as SQLite reads them for the registry and for
+/// `migrate-store`'s export.
 #[derive(Debug, Default)]
-pub struct Snapshot {
-    /// All connections, each with its hooks.
-    pub connections: Vec<(Connection, Arc<[Hook]>)>,
+struct Snapshot {
+    connections: Vec<(Connection, Arc<[Hook]>)>,
 }
 
 impl Snapshot {
@@ -130,22 +129,23 @@ impl Snapshot {
     }
 }
 
-/// Builds a [`Snapshot`] from hook rows that arrive grouped by connection. Each group is moved
-/// into its final, exactly sized slice as soon as it ends, and each hook shares its connection's
-/// id instead of owning a copy: a million hooks never sit in a second, temporary list, so a
-/// large registry's start-up peak stays near its steady size.
-struct SnapshotBuilder {
-    connections: Vec<(Connection, Arc<[Hook]>)>,
+/// Turns hook rows that arrive grouped by connection (ordered by connection id) into each
+/// connection with its hooks, handed to `emit` as soon as its group ends, then the connections
+/// without hooks. Each group is moved into its final, exactly sized slice, and each hook shares
+/// its connection's id instead of owning a copy; a reader that keeps what it is handed (the
+/// start) holds the registry once, and one that compares it (a resync) holds only a page.
+struct SnapshotBuilder<F> {
+    connections: Vec<Option<Connection>>,
     index: HashMap<Arc<str>, usize>,
     group: Option<usize>,
     buffer: Vec<Hook>,
+    emit: F,
 }
 
-impl SnapshotBuilder {
-    fn new(connections: Vec<Connection>) -> Self {
+impl<F: FnMut(Connection, Arc<[Hook]>)> SnapshotBuilder<F> {
+    fn new(connections: Vec<Connection>, emit: F) -> Self {
         let index = connections.iter().enumerate().map(|(i, c)| (Arc::from(c.id.as_str()), i)).collect();
-        let connections = connections.into_iter().map(|c| (c, Arc::from([]))).collect();
-        Self { connections, index, group: None, buffer: Vec::new() }
+        Self { connections: connections.into_iter().map(Some).collect(), index, group: None, buffer: Vec::new(), emit }
     }
 
     /// Adds the hook that `hook` builds from its connection's shared id (skipped when the
@@ -159,6 +159,9 @@ impl SnapshotBuilder {
         let hook = hook(Arc::clone(shared))?;
         if self.group != Some(i) {
             self.end_group();
+            if self.connections[i].is_none() {
+                return Err(StoreError::Corrupt(format!("the hooks of {connection_id} were not read in one run")));
+            }
             self.group = Some(i);
         }
         self.buffer.push(hook);
@@ -166,15 +169,17 @@ impl SnapshotBuilder {
     }
 
     fn end_group(&mut self) {
-        if let Some(i) = self.group.take() {
-            let hooks = &mut self.connections[i].1;
-            *hooks = hooks.iter().cloned().chain(self.buffer.drain(..)).collect();
+        if let Some(connection) = self.group.take().and_then(|i| self.connections[i].take()) {
+            (self.emit)(connection, self.buffer.drain(..).collect());
         }
     }
 
-    fn finish(mut self) -> Snapshot {
+    /// Hands over the last group, then every connection that had no hooks.
+    fn finish(mut self) {
         self.end_group();
-        Snapshot { connections: self.connections }
+        for connection in self.connections.into_iter().flatten() {
+            (self.emit)(connection, Arc::from([]));
+        }
     }
 }
 
@@ -313,12 +318,25 @@ impl Store {
         dispatch!(self.pending_count())
     }
 
-    /// Reads every connection and hook, to build the registry.
+    /// Reads every connection with its hooks, handing each to `each` as it is read, to build or
+    /// resync the registry: a resync that compares what it is handed never holds a second copy
+    /// of a large registry (PostgreSQL reads it a page at a time).
     ///
     /// # Errors
     /// The read failed or stored data is invalid.
-    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        dispatch!(self.snapshot())
+    pub async fn each_connection(
+        &self,
+        mut each: impl FnMut(Connection, Arc<[Hook]>) + Send,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                for (connection, hooks) in s.snapshot().await?.connections {
+                    each(connection, hooks);
+                }
+                Ok(())
+            }
+            Store::Postgres(s) => s.each_connection(each).await,
+        }
     }
 
     /// One connection and its hooks, to refresh the registry after a change elsewhere.
@@ -551,15 +569,20 @@ mod tests {
     }
 
     #[test]
-    fn snapshots_group_hooks_in_order_and_share_the_connection_id() {
-        let mut builder = SnapshotBuilder::new(vec![connection("a"), connection("b"), connection("c")]);
-        for (connection, id) in [("b", "h1"), ("b", "h2"), ("gone", "h3"), ("a", "h4"), ("b", "h5")] {
+    fn snapshots_hand_over_each_group_as_it_ends_sharing_the_connection_id() {
+        let mut emitted: Vec<(String, Vec<String>, Arc<[Hook]>)> = Vec::new();
+        let mut builder = SnapshotBuilder::new(vec![connection("a"), connection("b"), connection("c")], |c, h| {
+            emitted.push((c.id, h.iter().map(|h| h.id.clone()).collect(), h));
+        });
+        for (connection, id) in [("a", "h1"), ("gone", "h2"), ("b", "h3"), ("b", "h4")] {
             builder.add(connection, hook(id)).unwrap();
         }
-        let snapshot = builder.finish();
-        let ids = |i: usize| snapshot.connections[i].1.iter().map(|h| h.id.as_str()).collect::<Vec<_>>();
-        assert_eq!((ids(0), ids(1), ids(2)), (vec!["h4"], vec!["h1", "h2", "h5"], vec![]));
-        let b = &snapshot.connections[1].1;
+        assert!(builder.add("a", hook("h5")).is_err(), "a group in two runs is refused, not split");
+        builder.finish();
+        let groups: Vec<(&str, Vec<&str>)> =
+            emitted.iter().map(|(c, ids, _)| (c.as_str(), ids.iter().map(String::as_str).collect())).collect();
+        assert_eq!(groups, [("a", vec!["h1"]), ("b", vec!["h3", "h4"]), ("c", vec![])]);
+        let b = &emitted[1].2;
         assert!(Arc::ptr_eq(&b[0].connection_id, &b[1].connection_id), "one id per connection");
         assert_eq!(&*b[0].connection_id, "b");
     }

@@ -27,8 +27,8 @@ use super::postgres_in_flight::InFlight;
 use super::postgres_ingest::IngestQueue;
 use super::postgres_schema::{CHANGES_CHANNEL, MIGRATION_LOCK, MIGRATIONS};
 use super::{
-    Attached, Claim, Claimed, Created, DEAD, Fanout, Ingested, PENDING, Snapshot, SnapshotBuilder, StoreError,
-    Transfer, Waiting, stored_event, stored_state,
+    Attached, Claim, Claimed, Created, DEAD, Fanout, Ingested, PENDING, SnapshotBuilder, StoreError, Transfer, Waiting,
+    stored_event, stored_state,
 };
 use crate::metrics::Metrics;
 use crate::model::{
@@ -230,7 +230,10 @@ impl PostgresStore {
     /// The whole registry, read in one snapshot of the database. Hooks come through a portal a
     /// page at a time: read as one answer, a million of them held every row's buffer at once,
     /// which raised the relay's peak memory at start from 495 to 862 MB.
-    pub(super) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+    pub(super) async fn each_connection(
+        &self,
+        each: impl FnMut(Connection, Arc<[Hook]>) + Send,
+    ) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client
             .build_transaction()
@@ -241,19 +244,20 @@ impl PostgresStore {
         let rows = tx.query(CONNECTION_COLUMNS, &[]).await?;
         let connections = rows.iter().map(connection_row).collect::<Result<Vec<_>, _>>()?;
         drop(rows);
-        let mut snapshot = SnapshotBuilder::new(connections);
+        let mut builder = SnapshotBuilder::new(connections, each);
         let hooks = tx.bind(&format!("{HOOK_COLUMNS} ORDER BY connection_id, created_at, id"), &[]).await?;
         loop {
             let page = tx.query_portal(&hooks, SNAPSHOT_PAGE).await?;
             for row in &page {
-                snapshot.add(row.get(1), |shared| hook_row(row, shared))?;
+                builder.add(row.get(1), |shared| hook_row(row, shared))?;
             }
             if page.len() < usize::try_from(SNAPSHOT_PAGE).unwrap_or(usize::MAX) {
                 break;
             }
         }
+        builder.finish();
         tx.commit().await?;
-        Ok(snapshot.finish())
+        Ok(())
     }
 
     pub(super) async fn connection(&self, id: String) -> Result<Option<(Connection, Vec<Hook>)>, StoreError> {

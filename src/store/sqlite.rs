@@ -154,7 +154,8 @@ impl SqliteStore {
                 .query_map([], connection_row)?
                 .map(|row| row.map_err(StoreError::from).and_then(|r| r))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut snapshot = SnapshotBuilder::new(connections);
+            let mut snapshot = Snapshot::default();
+            let mut builder = SnapshotBuilder::new(connections, |c, hooks| snapshot.connections.push((c, hooks)));
             let mut stmt = db.prepare(
                 "SELECT id, connection_id, url, event, template_id, created_at FROM hooks
                  ORDER BY connection_id, created_at, id",
@@ -162,9 +163,10 @@ impl SqliteStore {
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 let connection_id: String = row.get(1)?;
-                snapshot.add(&connection_id, |shared| hook_row(row, shared))?;
+                builder.add(&connection_id, |shared| hook_row(row, shared))?;
             }
-            Ok(snapshot.finish())
+            builder.finish();
+            Ok(snapshot)
         })
         .await
     }

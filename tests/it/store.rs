@@ -405,8 +405,9 @@ async fn a_registry_of_many_pages_loads_whole_grouped_and_oldest_first() {
          SELECT 'hk_d' || i, 'd', 'https://example.com/d/' || i, 'image.created', '', 0 FROM n WHERE i < 3",
     )
     .await;
-    let snapshot = store.snapshot().await.unwrap();
-    let hooks_of = |id: &str| Arc::clone(&snapshot.connections.iter().find(|(c, _)| c.id == id).unwrap().1);
+    let mut read = Vec::new();
+    store.each_connection(|connection, hooks| read.push((connection.id, hooks))).await.unwrap();
+    let hooks_of = |id: &str| Arc::clone(&read.iter().find(|(c, _)| c == id).unwrap().1);
     let c = hooks_of("c");
     assert_eq!(c.len(), 25_001, "every hook, across pages");
     assert!(c.iter().all(|h| &*h.connection_id == "c"));
