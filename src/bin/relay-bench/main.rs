@@ -129,8 +129,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     println!("{}", report::table(&rows));
     if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&rows)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, report::json(&rows)?).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ok)
 }

@@ -19,6 +19,24 @@ pub(crate) struct Row {
     pub(crate) note: String,
 }
 
+/// A row as JSON: its fields, and its CPU also in the unit, seconds per 1,000 events
+/// (µs per event ÷ 1,000).
+#[derive(Serialize)]
+struct JsonRow<'a> {
+    #[serde(flatten)]
+    row: &'a Row,
+    cpu_s_per_1000_events: Option<f64>,
+}
+
+/// `rows` as pretty-printed JSON.
+pub(crate) fn json(rows: &[Row]) -> serde_json::Result<Vec<u8>> {
+    let rows: Vec<JsonRow<'_>> = rows
+        .iter()
+        .map(|row| JsonRow { row, cpu_s_per_1000_events: row.cpu_us_per_event.map(|us| us / 1000.0) })
+        .collect();
+    serde_json::to_vec_pretty(&rows)
+}
+
 /// p50, p99 and p99.9 in milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub(crate) struct Percentiles {
