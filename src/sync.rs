@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::registry::Registry;
 use crate::store::{ChangeFeed, Store};
 
-/// How often the whole registry is reloaded even without notices.
+/// How often the whole registry is compared with the store even without notices.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
 /// Pause before listening again after the listening connection broke.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
