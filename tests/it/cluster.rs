@@ -28,15 +28,22 @@ async fn knows_hook(instance: &RelayProcess, conn: &Conn, hook: &str) {
     .await;
 }
 
-#[tokio::test]
-async fn attach_through_one_ingest_through_the_other_delivers_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(env) = cluster_env(dir.path()).await else { return };
-    let (a, b) = (RelayProcess::spawn(&env), RelayProcess::spawn(&env));
+/// Two instances, and connection `acme` with a hook on a sink, attached through the first and
+/// known to the second.
+async fn two_instances_one_hook(env: &[(String, String)]) -> (RelayProcess, RelayProcess, Sink, Conn) {
+    let (a, b) = (RelayProcess::spawn(env), RelayProcess::spawn(env));
     let sink = Sink::start().await;
     let conn = a.connection("acme").await;
     let hook = a.attach(&conn, &sink.url, None).await;
     knows_hook(&b, &conn, &hook).await;
+    (a, b, sink, conn)
+}
+
+#[tokio::test]
+async fn attach_through_one_ingest_through_the_other_delivers_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(env) = cluster_env(dir.path()).await else { return };
+    let (_a, b, sink, conn) = two_instances_one_hook(&env).await; // `_a` keeps the first one running
     assert_eq!(b.ingest(&conn, &event("evt-shared", None)).await.body["deliveries"], 1);
     assert_eq!(sink.recv().await.header("webhook-id"), "evt-shared");
     sink.assert_silent(Duration::from_millis(1500)).await; // both instances poll; one delivery
@@ -46,11 +53,7 @@ async fn attach_through_one_ingest_through_the_other_delivers_once() {
 async fn events_through_both_instances_reach_a_hook_one_holds_each_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let Some(env) = cluster_env(dir.path()).await else { return };
-    let (a, b) = (RelayProcess::spawn(&env), RelayProcess::spawn(&env));
-    let sink = Sink::start().await;
-    let conn = a.connection("acme").await;
-    let hook = a.attach(&conn, &sink.url, None).await;
-    knows_hook(&b, &conn, &hook).await;
+    let (a, b, sink, conn) = two_instances_one_hook(&env).await;
     // The first event makes a claim lease the hook to a; its next ones are handed off at a's
     // ingest, while b's wait in the store for a's next claim of the hook.
     let ids: Vec<String> = (0..12).map(|n| format!("evt-{n}")).collect();
