@@ -82,6 +82,7 @@ impl App {
             registry: registry.clone(),
             client: DeliveryClient::new(config.targets.clone(), config.delivery_timeout)?,
             schedule: config.retry_schedule.clone(),
+            make_hosts: config.make_hosts.clone(),
             hook_rate: config.hook_rate,
             queue: queue.clone(),
             metrics: metrics.clone(),

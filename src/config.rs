@@ -10,7 +10,7 @@ use clap::Args;
 use hyper::header::HeaderName;
 use url::Url;
 
-use crate::target::{DEFAULT_HOSTS, TargetPolicy};
+use crate::target::{DEFAULT_HOSTS, HostPattern, MAKE_HOSTS, TargetPolicy};
 
 /// Raw settings exactly as given; [`Config::from_args`] validates them.
 #[derive(Debug, Clone, Default, Args)]
@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// Comma-separated allowed target host patterns (`*` = one label; `*` alone = any host).
     #[arg(long, env = "RELAY_TARGET_HOSTS")]
     pub target_hosts: Option<String>,
+    /// Comma-separated host patterns of Make's webhooks, where a 410 answer means "no scenario
+    /// is listening right now" and is retried; from any other host 410 detaches the hook.
+    #[arg(long, env = "RELAY_MAKE_HOSTS")]
+    pub make_hosts: Option<String>,
     /// Allow http and loopback/private targets (local development and tests only).
     #[arg(long, env = "RELAY_ALLOW_PRIVATE_TARGETS")]
     pub allow_private_targets: Option<String>,
@@ -119,6 +123,8 @@ pub struct Config {
     pub max_body: usize,
     /// Target-URL rules.
     pub targets: TargetPolicy,
+    /// Hosts whose 410 does not detach (Make's).
+    pub make_hosts: Vec<HostPattern>,
     /// Log filter directive.
     pub log: String,
     /// Log format.
@@ -193,6 +199,7 @@ impl Config {
                 hosts: setting(&a.target_hosts, "RELAY_TARGET_HOSTS", DEFAULT_HOSTS, TargetPolicy::parse_hosts)?,
                 allow_private: setting(&a.allow_private_targets, "RELAY_ALLOW_PRIVATE_TARGETS", "false", parse_bool)?,
             },
+            make_hosts: setting(&a.make_hosts, "RELAY_MAKE_HOSTS", MAKE_HOSTS, TargetPolicy::parse_hosts)?,
             log: setting(&a.log, "RELAY_LOG", "info", |v| {
                 tracing_subscriber::EnvFilter::try_new(v)
                     .map(|_| v.to_owned())
@@ -346,12 +353,17 @@ mod tests {
         assert_eq!(c.retry_schedule[9], Duration::from_secs(86_400));
         assert_eq!(c.delivery_timeout, Duration::from_secs(10));
         assert!(c.admin_token.is_none() && !c.targets.allow_private);
+        assert!(c.targets.check("https://hooks.zapier.com/hooks/standard/1/abc/").is_ok(), "Zapier is allowed");
+        assert!(c.targets.check("https://hook.eu2.make.com/abc").is_ok());
+        assert!(crate::target::host_matches("https://hook.eu2.make.com/abc", &c.make_hosts));
+        assert!(!crate::target::host_matches("https://hooks.zapier.com/hooks/standard/1/", &c.make_hosts));
     }
 
     #[test]
     fn bad_values_name_their_variable() {
         type Setter = fn(&mut ServeArgs, String);
-        let cases: [(Setter, &str, &str); 8] = [
+        let cases: [(Setter, &str, &str); 9] = [
+            (|a, v| a.make_hosts = Some(v), "hook..make.com", "RELAY_MAKE_HOSTS"),
             (|a, v| a.ingest_rate = Some(v), "abc", "RELAY_INGEST_RATE"),
             (|a, v| a.hook_rate = Some(v), "0", "RELAY_HOOK_RATE"),
             (|a, v| a.retry_schedule = Some(v), "5s,soon", "RELAY_RETRY_SCHEDULE"),

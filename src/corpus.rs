@@ -3,10 +3,12 @@
 
 use proptest::prelude::*;
 
-const FIXTURES: [&[u8]; 3] = [
-    include_bytes!("../fixtures/payloads/image-created.json"),
-    include_bytes!("../fixtures/payloads/image-created-minimal.json"),
-    include_bytes!("../fixtures/payloads/image-created-other-template.json"),
+const FIXTURES: [&[u8]; 5] = [
+    include_bytes!("../fixtures/payloads/stencil-image-created.json"),
+    include_bytes!("../fixtures/payloads/stencil-image-created-templated.json"),
+    include_bytes!("../fixtures/payloads/legacy-image-created-with-id.json"),
+    include_bytes!("../fixtures/payloads/legacy-image-created-minimal.json"),
+    include_bytes!("../fixtures/payloads/legacy-image-created-other-template.json"),
 ];
 
 /// A fixture payload as it is.

@@ -9,8 +9,9 @@
 //! - [`http`]: the server and the route table; thin handlers for ingest, hooks and admin.
 //! - [`delivery`]: workers that claim due deliveries, pace them per hook, send and record them.
 //! - [`registry`]: the in-memory index of connections and hooks (no database reads on hot paths).
-//! - [`store`]: durable state behind one interface (embedded SQLite today).
-//! - [`signature`], [`target`], [`ratelimit`], [`model`]: pure building blocks.
+//! - [`store`]: durable state behind one interface (embedded SQLite, or PostgreSQL for several
+//!   instances).
+//! - [`signature`], [`target`], [`ratelimit`], [`rejections`], [`model`]: pure building blocks.
 //!
 //! Dependency rule: `cli → app → {http, delivery, registry, store, …}`; nothing imports `app`,
 //! `cli` or `http`; `store` and the pure modules import only `model` (and `config` for URLs).
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod ratelimit;
 pub mod registry;
+pub mod rejections;
 pub mod shutdown;
 pub mod signature;
 pub mod store;

@@ -27,6 +27,77 @@ pub const HOOK_ID_PREFIX: &str = "hk_";
 /// Prefix of delivery ids as the admin API shows them.
 pub const DELIVERY_ID_PREFIX: &str = "dlv_";
 
+/// Prefix of the keys that sign deliveries, as Standard Webhooks spells them: the rest is the
+/// base64 of the HMAC key.
+pub const HOOK_SECRET_PREFIX: &str = "whsec_";
+
+/// Random bytes in a hook's signing key (Standard Webhooks suggests 24 to 64).
+const HOOK_KEY_BYTES: usize = 32;
+
+/// Longest template id, in the payload or the ingest URL's `template_id` parameter.
+pub const MAX_TEMPLATE_ID_LEN: usize = 128;
+
+/// Whether `id` is a template id the relay takes: 1–128 characters of `[A-Za-z0-9._-]`. Stencil's
+/// template ids are UUIDs; the rule keeps filters, URLs and terminal output free of surprises.
+pub fn is_valid_template_id(id: &str) -> bool {
+    (1..=MAX_TEMPLATE_ID_LEN).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A fresh hook signing key: `whsec_` and the base64 of 32 random bytes.
+pub fn new_hook_secret() -> String {
+    use base64::Engine as _;
+    let mut key = [0u8; HOOK_KEY_BYTES];
+    getrandom::fill(&mut key).expect("the OS random source is unavailable");
+    format!("{HOOK_SECRET_PREFIX}{}", base64::engine::general_purpose::STANDARD.encode(key))
+}
+
+/// How Stencil proves that an ingest request is its own, per connection.
+///
+/// Stencil's dashboard offers custom headers on every webhook (the documented way to
+/// authenticate is `Authorization: Bearer …`) and names `X-UseStencil-Signature` for webhooks
+/// with a secret; which one a user can set up depends on their Stencil plan and habits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestAuth {
+    /// `X-UseStencil-Signature`: HMAC-SHA256 of the body keyed by a signing secret.
+    #[default]
+    Signature,
+    /// `Authorization: Bearer <signing secret>`.
+    Token,
+    /// Either of the two.
+    Either,
+}
+
+impl IngestAuth {
+    /// Every mode, as the API names them.
+    pub const ALL: [IngestAuth; 3] = [IngestAuth::Signature, IngestAuth::Token, IngestAuth::Either];
+
+    /// The name used in the API, the CLI and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngestAuth::Signature => "signature",
+            IngestAuth::Token => "token",
+            IngestAuth::Either => "either",
+        }
+    }
+
+    /// The mode named `name`, if there is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|mode| mode.as_str() == name)
+    }
+
+    /// Whether a valid signature is enough.
+    pub fn takes_signature(self) -> bool {
+        self != IngestAuth::Token
+    }
+
+    /// Whether a valid bearer token is enough.
+    pub fn takes_token(self) -> bool {
+        self != IngestAuth::Signature
+    }
+}
+
 /// The current time in Unix milliseconds.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -67,6 +138,8 @@ pub struct Connection {
     pub secrets: Vec<SigningSecret>,
     /// Events per second override; `None` means the configured default.
     pub ingest_rate: Option<u32>,
+    /// What an ingest request must carry to be taken as Stencil's.
+    pub ingest_auth: IngestAuth,
     /// Creation time (ms).
     pub created_at: i64,
 }
@@ -98,8 +171,11 @@ pub struct Hook {
     pub url: String,
     /// The event type it subscribes to (one of [`EVENT_TYPES`]).
     pub event: &'static str,
-    /// When set, only events whose payload `template_id` equals it.
+    /// When set, only events of this template.
     pub template_id: Option<String>,
+    /// The `whsec_` keys that sign its deliveries, newest first; a rotated-out key keeps
+    /// signing (beside the new one) until it expires.
+    pub secrets: Vec<SigningSecret>,
     /// Creation time (ms).
     pub created_at: i64,
 }
@@ -118,6 +194,8 @@ pub struct Event {
     pub id: String,
     /// `image.created` unless the payload names another type.
     pub event_type: String,
+    /// The template it was made from: the payload's `template_id`, else the ingest URL's.
+    pub template_id: Option<String>,
     /// The exact bytes received.
     pub payload: Bytes,
     /// Acceptance time (ms).
@@ -218,6 +296,7 @@ mod tests {
             url: "https://hook.make.com/x".into(),
             event: IMAGE_CREATED,
             template_id: template_id.map(Into::into),
+            secrets: Vec::new(),
             created_at: 0,
         }
     }
@@ -245,6 +324,34 @@ mod tests {
         let a = random_token("hk_", 32);
         assert!(a.starts_with("hk_") && a.len() == 67);
         assert_ne!(a, random_token("hk_", 32));
+    }
+
+    #[test]
+    fn hook_secrets_are_standard_webhooks_keys() {
+        use base64::Engine as _;
+        let secret = new_hook_secret();
+        let key = secret.strip_prefix(HOOK_SECRET_PREFIX).unwrap();
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(key).unwrap().len(), HOOK_KEY_BYTES);
+        assert_ne!(secret, new_hook_secret());
+    }
+
+    #[test]
+    fn template_ids_are_short_and_plain() {
+        for ok in ["2b6c4e8a-1d3f-4a5b-8c7d-9e0f1a2b3c4d", "a", "T_1.v2", &"x".repeat(128)] {
+            assert!(is_valid_template_id(ok), "{ok}");
+        }
+        for bad in ["", "a b", "t/1", "\u{1b}[1A", &"x".repeat(129), "é"] {
+            assert!(!is_valid_template_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ingest_auth_names_round_trip() {
+        for mode in IngestAuth::ALL {
+            assert_eq!(IngestAuth::parse(mode.as_str()), Some(mode));
+        }
+        assert_eq!(IngestAuth::parse("hmac"), None);
+        assert_eq!(IngestAuth::default(), IngestAuth::Signature);
     }
 
     #[test]

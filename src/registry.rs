@@ -14,6 +14,7 @@ use dashmap::DashMap;
 
 use crate::model::{Connection, Hook, SigningSecret, api_key_hash};
 use crate::ratelimit::IngestLimiter;
+use crate::rejections::Rejections;
 use crate::signature::Verifier;
 use crate::store::{Store, StoreError};
 
@@ -26,6 +27,8 @@ pub struct Entry {
     pub verifier: Verifier,
     /// The connection's ingest limiter; shared across entry updates so its state survives them.
     pub limiter: Arc<IngestLimiter>,
+    /// The connection's rejected ingests; shared across entry updates like the limiter.
+    pub rejections: Arc<Rejections>,
     /// The connection's hooks, oldest first.
     pub hooks: Arc<[Hook]>,
     /// When this entry was written, so that a reload which started earlier cannot undo it.
@@ -93,12 +96,14 @@ impl Registry {
             Some(old) if old.limiter.rate() == rate => Arc::clone(&old.limiter),
             _ => Arc::new(IngestLimiter::new(rate)),
         };
+        let rejections = old.as_ref().map_or_else(Arc::default, |old| Arc::clone(&old.rejections));
         if let Some(old) = old.filter(|o| o.connection.api_key_hash != connection.api_key_hash) {
             self.inner.by_key.remove_if(&old.connection.api_key_hash, |_, owner| *owner == connection.id);
         }
         let entry = Entry {
             verifier: Verifier::new(&connection.secrets),
             limiter,
+            rejections,
             hooks,
             connection,
             written_at: Instant::now(),
@@ -163,6 +168,24 @@ impl Registry {
         self.update(id, |e| {
             e.verifier = Verifier::new(&secrets);
             e.connection.secrets = secrets;
+        });
+    }
+
+    /// Replaces a connection's settings (name, rate, `ingest_auth`) just stored, keeping its
+    /// hooks; a changed rate gets a fresh limiter.
+    pub fn replace_connection(&self, connection: Connection) {
+        let hooks = self.get(&connection.id).map_or_else(|| Arc::from([]), |e| Arc::clone(&e.hooks));
+        self.put(connection, hooks);
+    }
+
+    /// Replaces the signing keys of a hook just stored.
+    pub fn set_hook_secrets(&self, connection_id: &str, hook_id: &str, secrets: Vec<SigningSecret>) {
+        self.update(connection_id, |e| {
+            e.hooks = e
+                .hooks
+                .iter()
+                .map(|h| if h.id == hook_id { Hook { secrets: secrets.clone(), ..h.clone() } } else { h.clone() })
+                .collect();
         });
     }
 
@@ -270,6 +293,7 @@ mod tests {
             api_key_hash: api_key_hash(key),
             secrets: vec![SigningSecret { secret: "s".into(), expires_at: None }],
             ingest_rate: None,
+            ingest_auth: Default::default(),
             created_at: 0,
         }
     }
@@ -281,6 +305,7 @@ mod tests {
             url: "https://hook.make.com/x".into(),
             event: IMAGE_CREATED,
             template_id: None,
+            secrets: Vec::new(),
             created_at: 0,
         }
     }

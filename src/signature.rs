@@ -1,10 +1,15 @@
-//! `X-UseStencil-Signature`: HMAC-SHA256 over the raw body, keyed by the connection's signing
-//! secret. Pure functions and a prepared verifier; no IO. Imports `model` only.
+//! How an ingest request proves it is Stencil's: `X-UseStencil-Signature` (HMAC-SHA256 over the
+//! raw body, keyed by the connection's signing secret) or `Authorization: Bearer <secret>`, as
+//! the connection's [`IngestAuth`] allows. Pure functions and a prepared verifier; no IO.
+//! Imports `model` only.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
-use crate::model::SigningSecret;
+use crate::model::{IngestAuth, SigningSecret};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -22,7 +27,10 @@ fn keyed(secret: &str) -> HmacSha256 {
     HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length")
 }
 
-/// Decodes a header value: 64 hex digits in either case, optionally behind `sha256=`.
+/// Decodes a header value, optionally behind `sha256=`: 64 hex digits in either case, or the
+/// 32 bytes in standard or URL-safe base64, padded or not. Stencil does not document its
+/// encoding, so every common one is taken; they cannot be confused (64 characters against 43
+/// or 44).
 pub fn parse_header(value: &[u8]) -> Option<[u8; 32]> {
     let value = value.trim_ascii();
     let digits = match value.get(..7) {
@@ -30,21 +38,142 @@ pub fn parse_header(value: &[u8]) -> Option<[u8; 32]> {
         _ => value,
     };
     let mut out = [0u8; 32];
-    hex::decode_to_slice(digits, &mut out).ok()?;
+    if digits.len() == 64 {
+        hex::decode_to_slice(digits, &mut out).ok()?;
+        return Some(out);
+    }
+    let unpadded = match digits {
+        [rest @ .., b'='] if digits.len() == 44 => rest,
+        _ => digits,
+    };
+    if unpadded.len() != 43 {
+        return None;
+    }
+    let engine = if unpadded.iter().any(|b| matches!(b, b'-' | b'_')) { URL_SAFE_NO_PAD } else { STANDARD_NO_PAD };
+    let decoded = engine.decode(unpadded).ok()?;
+    out.copy_from_slice(decoded.get(..32).filter(|_| decoded.len() == 32)?);
     Some(out)
 }
 
-/// HMAC keys prepared once per secret, so a request only clones a keyed state.
+/// Why an ingest request was not taken as Stencil's. Shown to the connection's owner and
+/// operator (counted per connection), never to the sender, which gets one `401` for all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// Neither a signature nor a bearer token.
+    MissingCredentials,
+    /// A signature that does not verify (or cannot be read).
+    InvalidSignature,
+    /// An `Authorization` header that is not `Bearer` and a live signing secret.
+    InvalidToken,
+    /// Only a signature, but the connection takes tokens only.
+    SignatureNotAccepted,
+    /// Only a bearer token, but the connection takes signatures only.
+    TokenNotAccepted,
+}
+
+impl Rejection {
+    /// Every reason, in a stable order.
+    pub const ALL: [Rejection; 5] = [
+        Rejection::MissingCredentials,
+        Rejection::InvalidSignature,
+        Rejection::InvalidToken,
+        Rejection::SignatureNotAccepted,
+        Rejection::TokenNotAccepted,
+    ];
+
+    /// The reason's code, as the API and metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::MissingCredentials => "missing_credentials",
+            Rejection::InvalidSignature => "invalid_signature",
+            Rejection::InvalidToken => "invalid_token",
+            Rejection::SignatureNotAccepted => "signature_not_accepted",
+            Rejection::TokenNotAccepted => "token_not_accepted",
+        }
+    }
+
+    /// What a person should do about it.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Rejection::MissingCredentials => {
+                "the request had neither X-UseStencil-Signature nor Authorization: add the custom header \
+                 `Authorization: Bearer <signing secret>` to the Stencil webhook (ingest_auth token or either)"
+            }
+            Rejection::InvalidSignature => {
+                "X-UseStencil-Signature did not verify: the webhook's secret in Stencil is not this connection's signing secret"
+            }
+            Rejection::InvalidToken => {
+                "the Authorization header is not `Bearer <this connection's signing secret>` (rotated out, copied wrongly, or without `Bearer `)"
+            }
+            Rejection::SignatureNotAccepted => {
+                "a signature was sent but ingest_auth is token: set ingest_auth to either, or add the Authorization header"
+            }
+            Rejection::TokenNotAccepted => {
+                "a bearer token was sent but ingest_auth is signature: set ingest_auth to token or either"
+            }
+        }
+    }
+}
+
+/// A secret as a bearer token is compared: its SHA-256, so every comparison has the same length
+/// and is constant-time whatever the token's length.
+type TokenDigest = [u8; 32];
+
+/// A connection's secrets, prepared once: HMAC keys for signatures, digests for tokens.
 #[derive(Clone)]
 pub struct Verifier {
-    keys: Vec<(HmacSha256, Option<i64>)>,
+    keys: Vec<(HmacSha256, TokenDigest, Option<i64>)>,
 }
 
 impl Verifier {
     /// Prepares a verifier for every secret of a connection.
     pub fn new(secrets: &[SigningSecret]) -> Self {
-        let keys = secrets.iter().map(|s| (keyed(&s.secret), s.expires_at)).collect();
+        let keys = secrets
+            .iter()
+            .map(|s| (keyed(&s.secret), Sha256::digest(s.secret.as_bytes()).into(), s.expires_at))
+            .collect();
         Self { keys }
+    }
+
+    /// Checks an ingest request's credentials as `mode` allows: `signature` is the
+    /// `X-UseStencil-Signature` value, `authorization` the `Authorization` value.
+    ///
+    /// # Errors
+    /// Why the request is not taken as Stencil's.
+    pub fn check(
+        &self,
+        mode: IngestAuth,
+        signature: Option<&[u8]>,
+        authorization: Option<&[u8]>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), Rejection> {
+        let token = authorization.and_then(bearer_token);
+        let signed = mode.takes_signature() && signature.is_some() && self.verify(signature, body, now);
+        let tokened = mode.takes_token() && token.is_some_and(|t| self.verify_token(t, now));
+        if signed || tokened {
+            return Ok(());
+        }
+        Err(match (signature.is_some(), authorization.is_some()) {
+            (false, false) => Rejection::MissingCredentials,
+            (true, _) if mode.takes_signature() => Rejection::InvalidSignature,
+            (_, true) if mode.takes_token() => Rejection::InvalidToken,
+            (true, _) => Rejection::SignatureNotAccepted,
+            (false, true) => Rejection::TokenNotAccepted,
+        })
+    }
+
+    /// Whether `token` is a secret still live at `now` (ms), compared in constant time.
+    pub fn verify_token(&self, token: &[u8], now: i64) -> bool {
+        let given: TokenDigest = Sha256::digest(token).into();
+        let mut valid = false;
+        for (_, digest, expires_at) in &self.keys {
+            if expires_at.is_some_and(|at| now >= at) {
+                continue;
+            }
+            valid |= bool::from(given.ct_eq(digest));
+        }
+        valid
     }
 
     /// Whether `header` is a valid signature of `body` by a secret still live at `now` (ms).
@@ -56,7 +185,7 @@ impl Verifier {
             return false;
         };
         let mut valid = false;
-        for (key, expires_at) in &self.keys {
+        for (key, _, expires_at) in &self.keys {
             if expires_at.is_some_and(|at| now >= at) {
                 continue;
             }
@@ -68,6 +197,13 @@ impl Verifier {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any case).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let (scheme, token) = value.split_at_checked(7)?;
+    (scheme.eq_ignore_ascii_case(b"bearer ") && !token.trim_ascii().is_empty()).then(|| token.trim_ascii())
+}
+
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier").field("keys", &self.keys.len()).finish()
@@ -76,6 +212,7 @@ impl std::fmt::Debug for Verifier {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
     use proptest::prelude::*;
 
     use super::*;
@@ -113,6 +250,72 @@ mod tests {
         for header in [sig.clone(), sig.to_uppercase(), format!("sha256={sig}"), format!("SHA256={sig}")] {
             assert!(check.verify(Some(header.as_bytes()), b"{}", 0), "{header}");
         }
+    }
+
+    #[test]
+    fn accepts_base64_in_every_spelling() {
+        let tag = parse_header(sign("secret", b"{}").as_bytes()).unwrap();
+        let check = verifier(&[("secret", None)]);
+        let engines = [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::STANDARD_NO_PAD,
+            base64::engine::general_purpose::URL_SAFE,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ];
+        for engine in engines {
+            let header = engine.encode(tag);
+            assert!(check.verify(Some(header.as_bytes()), b"{}", 0), "{header}");
+            assert!(check.verify(Some(format!("sha256={header}").as_bytes()), b"{}", 0), "{header}");
+        }
+        assert_eq!(parse_header(b"AAAA"), None);
+        assert_eq!(parse_header(&[b'A'; 44]), None, "44 characters need padding");
+    }
+
+    #[test]
+    fn each_mode_takes_what_it_says_and_names_what_was_wrong() {
+        let check = verifier(&[("secret", None)]);
+        let sig = sign("secret", b"{}");
+        let good_sig = Some(sig.as_bytes());
+        let bad_sig = Some(&b"00"[..]);
+        let good_token = Some(&b"Bearer secret"[..]);
+        let bad_token = Some(&b"Bearer other"[..]);
+        use IngestAuth::*;
+        use Rejection::*;
+        type Case<'a> = (IngestAuth, Option<&'a [u8]>, Option<&'a [u8]>, Result<(), Rejection>);
+        let cases: [Case<'_>; 14] = [
+            (Signature, good_sig, None, Ok(())),
+            (Signature, None, good_token, Err(TokenNotAccepted)),
+            (Signature, bad_sig, good_token, Err(InvalidSignature)),
+            (Signature, None, None, Err(MissingCredentials)),
+            (Token, None, good_token, Ok(())),
+            (Token, bad_sig, good_token, Ok(())),
+            (Token, good_sig, None, Err(SignatureNotAccepted)),
+            (Token, None, bad_token, Err(InvalidToken)),
+            (Token, None, Some(b"secret"), Err(InvalidToken)),
+            (Either, good_sig, None, Ok(())),
+            (Either, None, Some(b"bearer   secret "), Ok(())),
+            (Either, bad_sig, bad_token, Err(InvalidSignature)),
+            (Either, None, bad_token, Err(InvalidToken)),
+            (Either, None, None, Err(MissingCredentials)),
+        ];
+        for (mode, signature, authorization, expected) in cases {
+            assert_eq!(
+                check.check(mode, signature, authorization, b"{}", 0),
+                expected,
+                "{mode:?} {:?} {:?}",
+                signature.map(String::from_utf8_lossy),
+                authorization.map(String::from_utf8_lossy)
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_follow_rotation_like_signatures() {
+        let check = verifier(&[("new", None), ("old", Some(1_000))]);
+        assert!(check.verify_token(b"old", 999));
+        assert!(!check.verify_token(b"old", 1_000));
+        assert!(check.verify_token(b"new", 5_000));
+        assert!(!check.verify_token(b"ne", 0));
     }
 
     #[test]

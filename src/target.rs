@@ -13,8 +13,24 @@ use url::{Host, Url};
 /// Longest target URL accepted, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
 
-/// The Make / Integromat webhook hosts allowed by default.
-pub const DEFAULT_HOSTS: &str = "hook.integromat.com,hook.*.make.com,hook.make.com";
+/// The Make / Integromat webhook hosts: where 410 means "no scenario is listening right now",
+/// not "this hook is gone" (`RELAY_MAKE_HOSTS`).
+pub const MAKE_HOSTS: &str = "hook.integromat.com,hook.*.make.com,hook.make.com";
+
+/// The hosts allowed by default: Make's / Integromat's and Zapier's REST Hooks host.
+pub const DEFAULT_HOSTS: &str = "hook.integromat.com,hook.*.make.com,hook.make.com,hooks.zapier.com";
+
+/// Whether `url`'s host matches one of `patterns` (false for a URL without a host).
+pub fn host_matches(url: &str, patterns: &[HostPattern]) -> bool {
+    let Ok(url) = Url::parse(url) else { return false };
+    let host = match url.host() {
+        Some(Host::Domain(d)) => d.to_ascii_lowercase(),
+        Some(Host::Ipv4(ip)) => ip.to_string(),
+        Some(Host::Ipv6(ip)) => ip.to_string(),
+        None => return false,
+    };
+    patterns.iter().any(|p| p.matches(&host))
+}
 
 /// A host pattern: DNS labels where `*` stands for exactly one label; a lone `*` is any host.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use crate::config::{Config, ServeArgs};
 use crate::model::random_token;
 
 /// The event the demo sends: the repository's fixture.
-const FIXTURE: &[u8] = include_bytes!("../../fixtures/payloads/image-created.json");
+const FIXTURE: &[u8] = include_bytes!("../../fixtures/payloads/stencil-image-created.json");
 
 /// One request the stand-in hook received.
 struct Arrival {

@@ -1,8 +1,10 @@
 //! The command line: `serve` runs the relay; `sign` prints a payload's signature; the operator
-//! commands (`connections`, `hooks`, `dead-letters`) drive a running relay's admin API; `demo`
-//! shows the whole flow on a temporary database. The only library module that uses `anyhow`.
+//! commands (`connections`, `hooks`, `dead-letters`) drive a running relay's admin API; `doctor`
+//! tells a connection's owner what stands between Stencil and their hooks; `demo` shows the whole
+//! flow on a temporary database. The only library module that uses `anyhow`.
 
 mod demo;
+mod doctor;
 mod operator;
 
 use std::future::Future;
@@ -13,6 +15,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+pub use doctor::DoctorArgs;
 pub use operator::{AdminClient, ConnectionsCommand, DeadLettersCommand, HooksCommand, OperatorError, Remote};
 
 use crate::app::App;
@@ -41,6 +44,9 @@ pub enum Command {
     /// Copy connections, hooks and undelivered deliveries from an SQLite store into PostgreSQL
     /// (stop the relay first).
     MigrateStore(MigrateArgs),
+    /// Tell why a connection's images do not arrive: the relay's reachability, how Stencil must
+    /// authenticate, refused ingests, the last event, and each hook's last delivery.
+    Doctor(DoctorArgs),
     /// Manage connections (admin API).
     Connections {
         /// The relay to talk to.
@@ -99,6 +105,13 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Sign(args) => report(sign(&args).map(|signature| println!("{signature}"))),
         Command::Demo => report(block_on(demo::run())),
         Command::MigrateStore(args) => report(block_on(migrate_store(args))),
+        Command::Doctor(args) => match block_on(doctor::run(&args)) {
+            Ok(found) => {
+                print!("{}", found.text);
+                if found.problems == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            }
+            Err(e) => report(Err(e)),
+        },
         Command::Connections { remote, command } => {
             operate(&remote, |client| async move { operator::connections(&client, command, remote.json).await })
         }

@@ -35,6 +35,24 @@ pub enum ConnectionsCommand {
         /// Ingest events per second for this connection.
         #[arg(long)]
         ingest_rate: Option<u32>,
+        /// How Stencil authenticates: `signature` (X-UseStencil-Signature), `token`
+        /// (Authorization: Bearer <signing secret>) or `either`.
+        #[arg(long, value_parser = ["signature", "token", "either"], default_value = "signature")]
+        ingest_auth: String,
+    },
+    /// Change a connection's name, ingest rate or how Stencil authenticates.
+    Set {
+        /// Connection id.
+        id: String,
+        /// New human name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New ingest events per second.
+        #[arg(long)]
+        ingest_rate: Option<u32>,
+        /// `signature`, `token` or `either`.
+        #[arg(long, value_parser = ["signature", "token", "either"])]
+        ingest_auth: Option<String>,
     },
     /// List connections with their hook counts.
     List,
@@ -189,9 +207,20 @@ pub(super) async fn connections(
     as_json: bool,
 ) -> Result<String, OperatorError> {
     let (answer, view): (Value, fn(&Value) -> String) = match command {
-        ConnectionsCommand::Add { name, id, ingest_rate } => {
-            let body = json!({ "name": name, "id": id, "ingest_rate": ingest_rate });
+        ConnectionsCommand::Add { name, id, ingest_rate, ingest_auth } => {
+            let body = json!({ "name": name, "id": id, "ingest_rate": ingest_rate, "ingest_auth": ingest_auth });
             (client.call(Method::POST, "/connections", Some(body)).await?, fields)
+        }
+        ConnectionsCommand::Set { id, name, ingest_rate, ingest_auth } => {
+            let mut body = serde_json::Map::new();
+            for (key, value) in
+                [("name", json!(name)), ("ingest_rate", json!(ingest_rate)), ("ingest_auth", json!(ingest_auth))]
+            {
+                if !value.is_null() {
+                    body.insert(key.to_owned(), value);
+                }
+            }
+            (client.call(Method::PATCH, &format!("/connections/{id}"), Some(Value::Object(body))).await?, fields)
         }
         ConnectionsCommand::List => (client.call(Method::GET, "/connections", None).await?, connection_table),
         ConnectionsCommand::Show { id } => {
@@ -262,11 +291,20 @@ fn render(answer: &Value, as_json: bool, view: fn(&Value) -> String) -> String {
     if as_json { serde_json::to_string_pretty(answer).unwrap_or_default() } else { view(answer) }
 }
 
-fn text(v: &Value) -> String {
-    match v {
+/// A value as a table cell. Control characters (a tenant's text could carry terminal escapes)
+/// are shown escaped, never sent to the operator's terminal.
+pub(super) fn text(v: &Value) -> String {
+    let raw = match v {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    };
+    if raw.chars().any(char::is_control) {
+        raw.chars()
+            .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+            .collect()
+    } else {
+        raw
     }
 }
 
@@ -281,9 +319,9 @@ fn fields(v: &Value) -> String {
 
 fn connection_table(v: &Value) -> String {
     table(
-        &["ID", "NAME", "HOOKS", "RATE", "CREATED"],
+        &["ID", "NAME", "HOOKS", "RATE", "AUTH", "CREATED"],
         &v["data"],
-        &["id", "name", "hook_count", "ingest_rate", "created_at"],
+        &["id", "name", "hook_count", "ingest_rate", "ingest_auth", "created_at"],
     )
 }
 
@@ -317,6 +355,16 @@ mod tests {
         let rows = json!([{ "id": "a", "n": 1 }, { "id": "longer", "n": null }]);
         assert_eq!(table(&["ID", "N"], &rows, &["id", "n"]), "ID      N\na       1\nlonger  -");
         assert_eq!(table(&["ID"], &json!([]), &["id"]), "ID\n(none)");
+    }
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        let evil = json!("t\u{1b}]0;owned\u{7}\u{1b}[1Ax");
+        let shown = text(&evil);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("\\u{1b}]0;owned"), "{shown}");
+        let rows = json!([{ "id": "t\u{1b}[2J" }]);
+        assert!(!table(&["ID"], &rows, &["id"]).contains('\u{1b}'));
     }
 
     #[test]

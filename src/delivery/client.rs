@@ -27,7 +27,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_platform_verifier::BuilderVerifierExt;
 
 use super::retry::{Outcome, parse_retry_after};
-use crate::model::DueDelivery;
+use super::signing::signature_header;
+use crate::model::{DueDelivery, SigningSecret, now_ms};
 use crate::target::TargetPolicy;
 
 /// Most bytes of a target's answer that are read (then the connection is dropped).
@@ -90,8 +91,8 @@ impl DeliveryClient {
         Ok(Self { http, policy, timeout })
     }
 
-    /// Makes attempt number `attempt` of `delivery`.
-    pub async fn send(&self, delivery: &DueDelivery, attempt: u32) -> Sent {
+    /// Makes attempt number `attempt` of `delivery`, signed by `keys` (the hook's).
+    pub async fn send(&self, delivery: &DueDelivery, attempt: u32, keys: &[SigningSecret]) -> Sent {
         let started = Instant::now();
         let failed = |error: String| Sent {
             outcome: Outcome::Failed,
@@ -103,7 +104,10 @@ impl DeliveryClient {
             Ok(uri) => uri,
             Err(why) => return failed(why),
         };
-        let request = match request(uri, delivery, attempt) {
+        if keys.is_empty() {
+            return failed("the hook's signing keys could not be read".to_owned());
+        }
+        let request = match request(uri, delivery, attempt, keys) {
             Ok(request) => request,
             Err(_) => return failed(INVALID_URL.to_owned()),
         };
@@ -155,10 +159,16 @@ impl DeliveryClient {
     }
 }
 
-/// The attempt's request: the exact payload and the headers API.md lists.
-fn request(uri: Uri, d: &DueDelivery, attempt: u32) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
+/// The attempt's request: the exact payload, the relay's headers and the Standard Webhooks ones.
+fn request(
+    uri: Uri,
+    d: &DueDelivery,
+    attempt: u32,
+    keys: &[SigningSecret],
+) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
     let value = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let signature = signature_header(keys, &d.event_id, now, &d.payload, now_ms());
     Request::post(uri)
         .header(USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT))
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
@@ -167,6 +177,7 @@ fn request(uri: Uri, d: &DueDelivery, attempt: u32) -> Result<Request<Full<Bytes
         .header("x-relay-attempt", HeaderValue::from(attempt))
         .header("webhook-id", value(&d.event_id))
         .header("webhook-timestamp", HeaderValue::from(now))
+        .header("webhook-signature", value(&signature))
         .body(Full::new(d.payload.clone()))
 }
 

@@ -16,6 +16,7 @@
 mod client;
 mod recorder;
 pub mod retry;
+mod signing;
 mod slots;
 
 use std::num::NonZeroU32;
@@ -29,14 +30,15 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use client::{ClientError, DeliveryClient, MAX_RESPONSE_BYTES, USER_AGENT};
-use retry::Decision;
+use retry::{Decision, Gone};
 pub use slots::Ticket;
 use slots::{CLEAR_FOR, HandOffs, Slots};
 
 use crate::metrics::{DeliveryOutcome, Metrics};
-use crate::model::{Attempt, AttemptRecord, DueDelivery, NextStep, now_ms};
+use crate::model::{Attempt, AttemptRecord, DueDelivery, NextStep, SigningSecret, now_ms};
 use crate::registry::Registry;
 use crate::store::{Claim, Fanout, FanoutHook, Store};
+use crate::target::{HostPattern, host_matches};
 
 /// Delivery requests in flight at once, across all hooks.
 pub const MAX_IN_FLIGHT: usize = 512;
@@ -149,12 +151,14 @@ impl DeliveryQueue {
 pub struct Dispatcher {
     /// Source of due work and sink of outcomes.
     pub store: Store,
-    /// Updated when a target answers 410.
+    /// Where hooks' signing keys are read, and updated when a target answers 410.
     pub registry: Registry,
     /// Sends the requests.
     pub client: DeliveryClient,
     /// Waits between attempts.
     pub schedule: Vec<Duration>,
+    /// Make's hosts, whose 410 does not detach (see [`Gone`]).
+    pub make_hosts: Vec<HostPattern>,
     /// Requests per second per hook.
     pub hook_rate: u32,
     /// The queue shared with the ingest path.
@@ -307,9 +311,16 @@ impl Shared {
         }
         let number = d.attempts + 1;
         let at = now_ms();
-        let sent = self.dispatcher.client.send(&d, number).await;
+        let Some(keys) = self.signing_keys(&d).await else {
+            // The hook is gone from the store, and its deliveries with it: nothing to record.
+            tracing::info!("the hook was detached before its delivery; nothing sent");
+            return;
+        };
+        let sent = self.dispatcher.client.send(&d, number, &keys).await;
         ticket.sent();
-        let decision = retry::decide(sent.outcome, number, &self.dispatcher.schedule, sent.retry_after);
+        let gone =
+            if host_matches(&d.url, &self.dispatcher.make_hosts) { Gone::NotListening } else { Gone::Unsubscribed };
+        let decision = retry::decide(sent.outcome, number, &self.dispatcher.schedule, sent.retry_after, gone);
         let status_code = match sent.outcome {
             retry::Outcome::Status(s) => Some(s),
             retry::Outcome::Failed => None,
@@ -353,6 +364,26 @@ impl Shared {
         self.dispatcher.store.attempted(record.delivery_id);
         // The recorder outlives every attempt (it stops once all senders are gone).
         let _ = self.records.send((record, ticket));
+    }
+
+    /// The keys that sign `d`'s delivery, as the registry has its hook; from the store when this
+    /// instance has not heard of the hook yet (another instance attached it a moment ago).
+    /// `None`: the hook no longer exists.
+    async fn signing_keys(&self, d: &DueDelivery) -> Option<Vec<SigningSecret>> {
+        let registry = &self.dispatcher.registry;
+        let known = registry.get(&d.connection_id).and_then(|e| e.hook(&d.hook_id).map(|h| h.secrets.clone()));
+        if known.is_some() {
+            return known;
+        }
+        match self.dispatcher.store.connection(&d.connection_id).await {
+            Ok(stored) => stored?.1.into_iter().find(|h| h.id == d.hook_id).map(|h| h.secrets),
+            Err(e) => {
+                // Sent unsigned would be refused by every verifying receiver: sign with no
+                // key only to record the attempt as failed and retry it.
+                tracing::warn!(cause = %e, "reading the hook's signing keys failed");
+                Some(Vec::new())
+            }
+        }
     }
 
     async fn detach(&self, d: &DueDelivery) {

@@ -27,14 +27,33 @@ pub enum Decision {
     DeadLetter,
 }
 
-/// Decides after attempt number `attempt` (1-based) with `schedule` and an optional `Retry-After`.
+/// What a 410 from a target means, by who answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// Make: "there is no scenario listening for this webhook" — also while a scenario is being
+    /// built or before it is saved, so the hook stays and the delivery is retried. Make removes
+    /// its hooks itself, through detach.
+    NotListening,
+    /// Anyone else (the REST Hooks convention Zapier follows): the subscription is gone.
+    Unsubscribed,
+}
+
+/// Decides after attempt number `attempt` (1-based) with `schedule` and an optional `Retry-After`;
+/// `gone` says what a 410 means from this target.
 ///
 /// The `n`th retry waits `schedule[n-1]`, or longer if the target asked for it (capped at
 /// [`MAX_RETRY_AFTER`]); once the schedule is used up the delivery is dead-lettered.
-pub fn decide(outcome: Outcome, attempt: u32, schedule: &[Duration], retry_after: Option<Duration>) -> Decision {
+pub fn decide(
+    outcome: Outcome,
+    attempt: u32,
+    schedule: &[Duration],
+    retry_after: Option<Duration>,
+    gone: Gone,
+) -> Decision {
     let retryable = match outcome {
         Outcome::Status(s) if (200..300).contains(&s) => return Decision::Delivered,
-        Outcome::Status(410) => return Decision::Detach,
+        Outcome::Status(410) if gone == Gone::Unsubscribed => return Decision::Detach,
+        Outcome::Status(410) => true,
         Outcome::Status(s) => matches!(s, 408 | 425 | 429) || s >= 500,
         Outcome::Failed => true,
     };
@@ -67,9 +86,16 @@ mod tests {
 
     #[test]
     fn success_and_gone() {
-        assert_eq!(decide(Outcome::Status(200), 1, &S, None), Decision::Delivered);
-        assert_eq!(decide(Outcome::Status(204), 9, &S, None), Decision::Delivered);
-        assert_eq!(decide(Outcome::Status(410), 1, &S, None), Decision::Detach);
+        assert_eq!(decide(Outcome::Status(200), 1, &S, None, Gone::Unsubscribed), Decision::Delivered);
+        assert_eq!(decide(Outcome::Status(204), 9, &S, None, Gone::Unsubscribed), Decision::Delivered);
+        assert_eq!(decide(Outcome::Status(410), 1, &S, None, Gone::Unsubscribed), Decision::Detach);
+    }
+
+    #[test]
+    fn gone_from_make_is_retried_and_from_anyone_else_detaches() {
+        assert_eq!(decide(Outcome::Status(410), 1, &S, None, Gone::NotListening), Decision::Retry(S[0]));
+        assert_eq!(decide(Outcome::Status(410), 3, &S, None, Gone::NotListening), Decision::DeadLetter);
+        assert_eq!(decide(Outcome::Status(410), 1, &S, None, Gone::Unsubscribed), Decision::Detach);
     }
 
     #[test]
@@ -77,26 +103,32 @@ mod tests {
         for o in
             [Outcome::Status(500), Outcome::Status(429), Outcome::Status(408), Outcome::Status(425), Outcome::Failed]
         {
-            assert_eq!(decide(o, 1, &S, None), Decision::Retry(S[0]));
-            assert_eq!(decide(o, 2, &S, None), Decision::Retry(S[1]));
-            assert_eq!(decide(o, 3, &S, None), Decision::DeadLetter);
+            assert_eq!(decide(o, 1, &S, None, Gone::Unsubscribed), Decision::Retry(S[0]));
+            assert_eq!(decide(o, 2, &S, None, Gone::Unsubscribed), Decision::Retry(S[1]));
+            assert_eq!(decide(o, 3, &S, None, Gone::Unsubscribed), Decision::DeadLetter);
         }
     }
 
     #[test]
     fn other_4xx_and_redirects_dead_letter_at_once() {
         for s in [400, 401, 404, 301, 302, 100] {
-            assert_eq!(decide(Outcome::Status(s), 1, &S, None), Decision::DeadLetter, "{s}");
+            assert_eq!(decide(Outcome::Status(s), 1, &S, None, Gone::Unsubscribed), Decision::DeadLetter, "{s}");
         }
     }
 
     #[test]
     fn retry_after_only_lengthens_and_is_capped() {
         let long = Some(Duration::from_secs(60));
-        assert_eq!(decide(Outcome::Status(429), 1, &S, long), Decision::Retry(Duration::from_secs(60)));
-        assert_eq!(decide(Outcome::Status(429), 2, &S, Some(Duration::from_secs(1))), Decision::Retry(S[1]));
+        assert_eq!(
+            decide(Outcome::Status(429), 1, &S, long, Gone::Unsubscribed),
+            Decision::Retry(Duration::from_secs(60))
+        );
+        assert_eq!(
+            decide(Outcome::Status(429), 2, &S, Some(Duration::from_secs(1)), Gone::Unsubscribed),
+            Decision::Retry(S[1])
+        );
         let huge = Some(Duration::from_secs(86_400));
-        assert_eq!(decide(Outcome::Status(503), 1, &S, huge), Decision::Retry(MAX_RETRY_AFTER));
+        assert_eq!(decide(Outcome::Status(503), 1, &S, huge, Gone::Unsubscribed), Decision::Retry(MAX_RETRY_AFTER));
     }
 
     #[test]
@@ -127,7 +159,7 @@ mod tests {
         #[test]
         fn retries_wait_at_least_the_schedule(status in 100u16..600, attempt in 1u32..20, after in proptest::option::of(0u64..100_000)) {
             let after = after.map(Duration::from_secs);
-            if let Decision::Retry(wait) = decide(Outcome::Status(status), attempt, &S, after) {
+            if let Decision::Retry(wait) = decide(Outcome::Status(status), attempt, &S, after, Gone::Unsubscribed) {
                 let planned = S[attempt as usize - 1];
                 prop_assert!(wait >= planned && wait <= planned.max(MAX_RETRY_AFTER));
             }

@@ -17,11 +17,11 @@ use subtle::ConstantTimeEq;
 use super::AppState;
 use super::auth::authorize;
 use super::error::ApiError;
-use super::hooks::hook_json;
+use super::hooks::{hook_json, ingest_url, rejections_json};
 use super::io::{empty, json, limit, query_param, read_json};
 use super::routes::Route;
 use crate::model::{
-    Connection, DELIVERY_ID_PREFIX, DeadLetter, SigningSecret, api_key_hash, now_ms, random_token, rfc3339,
+    Connection, DELIVERY_ID_PREFIX, DeadLetter, IngestAuth, SigningSecret, api_key_hash, now_ms, random_token, rfc3339,
 };
 use crate::registry::Entry;
 use crate::store::Created;
@@ -54,6 +54,7 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
             let entry = state.registry.get(id).ok_or_else(|| ApiError::not_found("connection"))?;
             Ok(json(StatusCode::OK, &connection_json(state, req.headers(), &entry)))
         }
+        Route::PatchConnection(id) => patch(state, id, req).await,
         Route::DeleteConnection(id) => {
             let removed = state.store.delete_connection(id).await?;
             state.registry.remove_connection(id);
@@ -102,31 +103,58 @@ struct ConnectionIn {
     api_key: Option<String>,
     signing_secret: Option<String>,
     ingest_rate: Option<u32>,
+    ingest_auth: Option<String>,
+}
+
+/// The `ingest_auth` a request names, or 422 saying which are valid.
+fn ingest_auth_field(given: Option<&str>) -> Result<Option<IngestAuth>, ApiError> {
+    given
+        .map(|name| {
+            IngestAuth::parse(name)
+                .ok_or_else(|| ApiError::validation("ingest_auth must be one of signature, token or either"))
+        })
+        .transpose()
+}
+
+/// Checks a connection name; a trimmed copy.
+fn name_field(given: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(name) = given else { return Ok(None) };
+    let name = name.trim().to_owned();
+    if name.is_empty() {
+        return Err(ApiError::validation("name is required"));
+    }
+    if name.len() > 200 {
+        return Err(ApiError::validation("name is longer than 200 bytes"));
+    }
+    Ok(Some(name))
+}
+
+fn ingest_rate_field(given: Option<u32>) -> Result<Option<u32>, ApiError> {
+    if given == Some(0) {
+        return Err(ApiError::validation("ingest_rate must be at least 1 event per second"));
+    }
+    Ok(given)
 }
 
 async fn create(state: &AppState, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
     let input: ConnectionIn = read_json(&parts.headers, body, state.config.body_timeout).await?;
-    let name = input.name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
-    let name = name.ok_or_else(|| ApiError::validation("name is required"))?;
-    if name.len() > 200 {
-        return Err(ApiError::validation("name is longer than 200 bytes"));
-    }
+    let name = name_field(input.name)?.ok_or_else(|| ApiError::validation("name is required"))?;
+    let ingest_auth = ingest_auth_field(input.ingest_auth.as_deref())?.unwrap_or_default();
+    let ingest_rate = ingest_rate_field(input.ingest_rate)?;
     let id = input.id.unwrap_or_else(|| random_token("con_", 12));
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err(ApiError::validation("id must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -"));
     }
     let api_key = secret_field(input.api_key, "api_key", "sk_")?;
     let signing_secret = secret_field(input.signing_secret, "signing_secret", "whsec_")?;
-    if input.ingest_rate == Some(0) {
-        return Err(ApiError::validation("ingest_rate must be at least 1 event per second"));
-    }
     let connection = Connection {
         id: id.clone(),
         name: name.clone(),
         api_key_hash: api_key_hash(&api_key),
         secrets: vec![SigningSecret { secret: signing_secret.clone(), expires_at: None }],
-        ingest_rate: input.ingest_rate,
+        ingest_rate,
+        ingest_auth,
         created_at: now_ms(),
     };
     match state.store.create_connection(connection.clone()).await? {
@@ -145,9 +173,42 @@ async fn create(state: &AppState, req: Request<Incoming>) -> Reply {
         "api_key": api_key,
         "signing_secret": signing_secret,
         "ingest_url": ingest_url(state, &parts.headers, &id),
-        "ingest_rate": input.ingest_rate.unwrap_or(state.config.ingest_rate),
+        "ingest_rate": ingest_rate.unwrap_or(state.config.ingest_rate),
+        "ingest_auth": ingest_auth.as_str(),
     });
     Ok(json(StatusCode::CREATED, &body))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectionPatch {
+    name: Option<String>,
+    ingest_rate: Option<u32>,
+    ingest_auth: Option<String>,
+}
+
+/// `PATCH /admin/v1/connections/{id}`: name, ingest rate and `ingest_auth`; what is left out
+/// stays as it is. Keys and secrets have their own rotation endpoints.
+async fn patch(state: &AppState, id: &str, req: Request<Incoming>) -> Reply {
+    let entry = state.registry.get(id).ok_or_else(|| ApiError::not_found("connection"))?;
+    let (parts, body) = req.into_parts();
+    let input: ConnectionPatch = read_json(&parts.headers, body, state.config.body_timeout).await?;
+    let mut connection = entry.connection.clone();
+    if let Some(name) = name_field(input.name)? {
+        connection.name = name;
+    }
+    if let Some(rate) = ingest_rate_field(input.ingest_rate)? {
+        connection.ingest_rate = Some(rate);
+    }
+    if let Some(mode) = ingest_auth_field(input.ingest_auth.as_deref())? {
+        connection.ingest_auth = mode;
+    }
+    if !state.store.set_settings(connection.clone()).await? {
+        return Err(ApiError::not_found("connection"));
+    }
+    state.registry.replace_connection(connection);
+    let entry = state.registry.get(id).ok_or_else(|| ApiError::not_found("connection"))?;
+    Ok(json(StatusCode::OK, &connection_json(state, &parts.headers, &entry)))
 }
 
 fn secret_field(given: Option<String>, field: &str, prefix: &str) -> Result<String, ApiError> {
@@ -191,19 +252,6 @@ async fn rotate_secret(state: &AppState, id: &str, req: Request<Incoming>) -> Re
     Ok(json(StatusCode::OK, &json!({ "signing_secret": secret, "previous_expires_at": previous_expires_at })))
 }
 
-fn ingest_url(state: &AppState, headers: &HeaderMap, id: &str) -> String {
-    let base = match &state.config.public_url {
-        Some(url) => url.as_str().trim_end_matches('/').to_owned(),
-        None => {
-            let host = headers.get(hyper::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-            let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
-            let scheme = if scheme == "https" { "https" } else { "http" };
-            format!("{scheme}://{host}")
-        }
-    };
-    format!("{base}/v1/ingest/{id}")
-}
-
 fn connection_json(state: &AppState, headers: &HeaderMap, e: &Entry) -> Value {
     let c = &e.connection;
     json!({
@@ -213,6 +261,8 @@ fn connection_json(state: &AppState, headers: &HeaderMap, e: &Entry) -> Value {
         "hook_count": e.hooks.len(),
         "signing_secrets": c.secrets.len(),
         "ingest_url": ingest_url(state, headers, &c.id),
+        "ingest_auth": c.ingest_auth.as_str(),
+        "rejected_ingests": rejections_json(&e.rejections.summary()),
         "created_at": rfc3339(c.created_at),
     })
 }

@@ -1,6 +1,7 @@
 //! The hook API Make's app (or a Zapier REST Hook) calls with a connection's API key: connection
-//! check, attach, list, show, detach, attempts, sample events. Every look-up goes through the
-//! authenticated connection's own entry, so another connection's hook is simply not found.
+//! check, attach, list, show, detach, signing keys, attempts, sample events. Every look-up goes
+//! through the authenticated connection's own entry, so another connection's hook is simply not
+//! found (and a detach of it changes nothing).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -17,8 +18,12 @@ use super::auth::authorize;
 use super::error::ApiError;
 use super::io::{empty, json, limit, read_json};
 use super::routes::Route;
-use crate::model::{Attempt, HOOK_ID_PREFIX, Hook, IMAGE_CREATED, event_type, now_ms, random_token, rfc3339};
+use crate::model::{
+    Attempt, HOOK_ID_PREFIX, Hook, IMAGE_CREATED, MAX_TEMPLATE_ID_LEN, SigningSecret, event_type, is_valid_template_id,
+    new_hook_secret, now_ms, random_token, rfc3339,
+};
 use crate::registry::Entry;
+use crate::rejections::Summary;
 use crate::store::Attached;
 use crate::target::TargetPolicy;
 
@@ -29,9 +34,7 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
     let query = req.uri().query().map(str::to_owned);
     let query = query.as_deref();
     match route {
-        Route::Connection => {
-            Ok(json(StatusCode::OK, &json!({ "id": entry.connection.id, "name": entry.connection.name })))
-        }
+        Route::Connection => Ok(json(StatusCode::OK, &connection_check_json(state, req.headers(), &entry))),
         Route::ListHooks => {
             let hooks: Vec<Value> = entry.hooks.iter().map(hook_json).collect();
             Ok(json(StatusCode::OK, &json!({ "data": hooks })))
@@ -39,11 +42,19 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
         Route::AttachHook => attach(state, &entry, req).await,
         Route::GetHook(id) => Ok(json(StatusCode::OK, &hook_json(own_hook(&entry, id)?))),
         Route::DetachHook(id) => {
-            own_hook(&entry, id)?;
-            let removed = state.store.detach_hook(&entry.connection.id, id).await?;
+            // Make and Zapier repeat detaches and show a 404 as a failure: a hook this
+            // connection does not have is already detached. The store deletes only by
+            // (hook, connection), so another connection's hook is never touched.
+            state.store.detach_hook(&entry.connection.id, id).await?;
             state.registry.remove_hook(&entry.connection.id, id);
-            if removed { Ok(empty(StatusCode::NO_CONTENT)) } else { Err(ApiError::not_found("hook")) }
+            Ok(empty(StatusCode::NO_CONTENT))
         }
+        Route::HookSecret(id) => {
+            let hook = own_hook(&entry, id)?;
+            let current = hook.secrets.first().ok_or_else(|| ApiError::not_found("hook"))?;
+            Ok(json(StatusCode::OK, &json!({ "secret": current.secret })))
+        }
+        Route::RotateHookSecret(id) => rotate_secret(state, &entry, id).await,
         Route::HookDeliveries(id) => {
             own_hook(&entry, id)?;
             let attempts = state.store.attempts(id, limit(query, 50, 500)?).await?;
@@ -56,7 +67,13 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
                 .iter()
                 .map(|e| {
                     let payload: Value = serde_json::from_slice(&e.payload).unwrap_or(Value::Null);
-                    json!({ "id": e.id, "type": e.event_type, "received_at": rfc3339(e.received_at), "payload": payload })
+                    json!({
+                        "id": e.id,
+                        "type": e.event_type,
+                        "template_id": e.template_id,
+                        "received_at": rfc3339(e.received_at),
+                        "payload": payload,
+                    })
                 })
                 .collect();
             Ok(json(StatusCode::OK, &json!({ "data": data })))
@@ -87,7 +104,13 @@ impl HookIn {
             Some(name) => event_type(name).ok_or_else(|| ApiError::invalid_event(name))?,
         };
         let url = targets.check(raw_url.trim()).map_err(ApiError::invalid_url)?;
-        Ok((url.into(), event, self.template_id.filter(|t| !t.is_empty())))
+        let template_id = self.template_id.filter(|t| !t.is_empty());
+        if template_id.as_deref().is_some_and(|t| !is_valid_template_id(t)) {
+            return Err(ApiError::validation(format!(
+                "template_id must be 1 to {MAX_TEMPLATE_ID_LEN} characters of A-Z, a-z, 0-9, '.', '_' and '-'"
+            )));
+        }
+        Ok((url.into(), event, template_id))
     }
 }
 
@@ -101,6 +124,7 @@ async fn attach(state: &AppState, entry: &Arc<Entry>, req: Request<Incoming>) ->
         url,
         event,
         template_id,
+        secrets: vec![SigningSecret { secret: new_hook_secret(), expires_at: None }],
         created_at: now_ms(),
     };
     let (status, hook) = match state.store.attach_hook(hook).await? {
@@ -108,7 +132,56 @@ async fn attach(state: &AppState, entry: &Arc<Entry>, req: Request<Incoming>) ->
         Attached::Existing(hook) => (StatusCode::OK, hook),
     };
     state.registry.add_hook(hook.clone());
-    Ok(json(status, &hook_json(&hook)))
+    let mut body = hook_json(&hook);
+    body["secret"] = hook.secrets.first().map(|s| s.secret.clone()).into();
+    Ok(json(status, &body))
+}
+
+/// How long a rotated-out hook key keeps signing beside the new one, so that a receiver can
+/// switch to the new key at its own pace.
+const HOOK_KEY_OVERLAP_MS: i64 = 24 * 3600 * 1000;
+
+/// `POST /v1/hooks/{id}/secret/rotate`: a new key signs from now on; the current one signs too
+/// for [`HOOK_KEY_OVERLAP_MS`]. Keys that have already retired are dropped.
+async fn rotate_secret(state: &AppState, entry: &Entry, id: &str) -> Reply {
+    let hook = own_hook(entry, id)?;
+    let now = now_ms();
+    let retire_at = now + HOOK_KEY_OVERLAP_MS;
+    let secret = new_hook_secret();
+    let mut secrets = vec![SigningSecret { secret: secret.clone(), expires_at: None }];
+    secrets.extend(hook.secrets.iter().filter(|s| s.is_live(now)).map(|s| SigningSecret {
+        secret: s.secret.clone(),
+        expires_at: Some(s.expires_at.map_or(retire_at, |at| at.min(retire_at))),
+    }));
+    if !state.store.set_hook_secrets(&entry.connection.id, id, secrets.clone()).await? {
+        return Err(ApiError::not_found("hook"));
+    }
+    state.registry.set_hook_secrets(&entry.connection.id, id, secrets);
+    Ok(json(StatusCode::OK, &json!({ "secret": secret, "previous_expires_at": rfc3339(retire_at) })))
+}
+
+/// `GET /v1/connection`: Make's and Zapier's "is this key valid" check, and what the
+/// connection's owner needs to set Stencil up and to see why webhooks were refused.
+fn connection_check_json(state: &AppState, headers: &hyper::HeaderMap, entry: &Entry) -> Value {
+    json!({
+        "id": entry.connection.id,
+        "name": entry.connection.name,
+        "ingest_url": ingest_url(state, headers, &entry.connection.id),
+        "ingest_auth": entry.connection.ingest_auth.as_str(),
+        "rejected_ingests": rejections_json(&entry.rejections.summary()),
+    })
+}
+
+/// A connection's rejected ingests: counts by reason and the latest few, never what they carried.
+pub(super) fn rejections_json(summary: &Summary) -> Value {
+    let by_reason: serde_json::Map<String, Value> =
+        summary.by_reason.iter().map(|(reason, n)| (reason.as_str().to_owned(), (*n).into())).collect();
+    let recent: Vec<Value> = summary
+        .recent
+        .iter()
+        .map(|(at, reason)| json!({ "at": rfc3339(*at), "reason": reason.as_str(), "advice": reason.advice() }))
+        .collect();
+    json!({ "total": summary.total(), "by_reason": by_reason, "recent": recent })
 }
 
 fn own_hook<'a>(entry: &'a Entry, id: &str) -> Result<&'a Hook, ApiError> {
@@ -134,6 +207,21 @@ fn attempt_json(a: &Attempt) -> Value {
         "duration_ms": a.duration_ms,
         "at": rfc3339(a.at),
     })
+}
+
+/// The URL Stencil posts a connection's webhooks to: `RELAY_PUBLIC_URL`, else the request's own
+/// scheme and host.
+pub(super) fn ingest_url(state: &AppState, headers: &hyper::HeaderMap, id: &str) -> String {
+    let base = match &state.config.public_url {
+        Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+        None => {
+            let host = headers.get(hyper::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
+            let scheme = if scheme == "https" { "https" } else { "http" };
+            format!("{scheme}://{host}")
+        }
+    };
+    format!("{base}/v1/ingest/{id}")
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
-//! `POST /v1/ingest/{connection_id}`: bounded body, signature over the raw bytes before any
-//! parsing, the connection's rate limit, then one commit of the event and its deliveries.
+//! `POST /v1/ingest/{connection_id}[?template_id=T]`: bounded body, the connection's
+//! credentials (signature over the raw bytes, or bearer token) checked before any parsing, the
+//! connection's rate limit, then one commit of the event and its deliveries.
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue};
+use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -13,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::ApiError;
-use super::io::{discard, json, read_body};
-use crate::model::{Event, IMAGE_CREATED, now_ms};
+use super::io::{discard, json, query_param, read_body};
+use crate::model::{Event, IMAGE_CREATED, MAX_TEMPLATE_ID_LEN, is_valid_template_id, now_ms};
 use crate::ratelimit::RateStatus;
 use crate::registry::Entry;
 use crate::signature::SIGNATURE_HEADER;
@@ -42,12 +43,16 @@ pub(super) async fn ingest(
     let body = read_body(&parts.headers, body, state.config.max_body, state.config.body_timeout).await?;
     let now = now_ms();
     let signature = parts.headers.get(SIGNATURE_HEADER).map(HeaderValue::as_bytes);
-    if !entry.verifier.verify(signature, &body, now) {
+    let authorization = parts.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
+    if let Err(why) = entry.verifier.check(entry.connection.ingest_auth, signature, authorization, &body, now) {
+        entry.rejections.record(why, now);
+        tracing::info!(connection = %entry.connection.id, reason = why.as_str(), "ingest refused: {}", why.advice());
         return Err(ApiError::unauthorized());
     }
+    let url_template = url_template(parts.uri.query())?;
     let rate = entry.limiter.check();
     let result = if rate.allowed {
-        accept(state, &entry, body, now).await
+        accept(state, &entry, body, now, url_template).await
     } else {
         Err(ApiError::rate_limited(rate.retry_after))
     };
@@ -56,15 +61,35 @@ pub(super) async fn ingest(
     Ok(response)
 }
 
-async fn accept(state: &AppState, entry: &Entry, body: Bytes, now: i64) -> Result<Response<Full<Bytes>>, ApiError> {
+/// The ingest URL's `template_id`, checked: Stencil's webhooks are set up per template and their
+/// payloads name none, so the URL given to Stencil for a template carries it.
+fn url_template(query: Option<&str>) -> Result<Option<String>, ApiError> {
+    match query_param(query, "template_id") {
+        None => Ok(None),
+        Some(t) if is_valid_template_id(&t) => Ok(Some(t.into_owned())),
+        Some(_) => Err(ApiError::invalid_request(format!(
+            "template_id must be 1 to {MAX_TEMPLATE_ID_LEN} characters of A-Z, a-z, 0-9, '.', '_' and '-'"
+        ))),
+    }
+}
+
+async fn accept(
+    state: &AppState,
+    entry: &Entry,
+    body: Bytes,
+    now: i64,
+    url_template: Option<String>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     let envelope = Envelope::parse(&body)?;
+    let template_id = envelope.template_id.or(url_template);
     let hooks: Vec<FanoutHook> = entry
         .hooks
         .iter()
-        .filter(|h| h.matches(&envelope.event_type, envelope.template_id.as_deref()))
+        .filter(|h| h.matches(&envelope.event_type, template_id.as_deref()))
         .map(|h| FanoutHook { id: h.id.clone(), url: h.url.clone() })
         .collect();
-    let event = Event { id: envelope.id, event_type: envelope.event_type, payload: body, received_at: now };
+    let event =
+        Event { id: envelope.id, event_type: envelope.event_type, template_id, payload: body, received_at: now };
     let event_id = event.id.clone();
     let (fanout, reserved) = state.queue.plan(hooks, now);
     let queue = state.queue.clone();
@@ -97,11 +122,11 @@ struct Receipt<'a> {
 /// What the relay reads from a payload: id, type and template.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Envelope {
-    /// The top-level `id` string, else the hex SHA-256 of the body.
+    /// The top-level `id` string when it is printable ASCII, else the hex SHA-256 of the body.
     pub(super) id: String,
     /// The top-level `event` or `type` string, else `image.created`.
     pub(super) event_type: String,
-    /// The top-level `template_id` string.
+    /// The top-level `template_id` string (Stencil's own payloads have none).
     pub(super) template_id: Option<String>,
 }
 
@@ -111,7 +136,8 @@ impl Envelope {
     /// skipped, so no tree of the payload is built per event.
     ///
     /// # Errors
-    /// 400 `invalid_payload` when the body is not a JSON object or its id is too long.
+    /// 400 `invalid_payload` when the body is not a JSON object, its id is too long or its
+    /// template id is not one the relay takes.
     pub(super) fn parse(body: &[u8]) -> Result<Self, ApiError> {
         // Skipped strings are not checked for UTF-8 as they are read, so the whole body is.
         let json = std::str::from_utf8(body).map_err(|_| ApiError::invalid_payload("the body is not valid JSON"))?;
@@ -129,12 +155,24 @@ impl Envelope {
             Some(id) if id.len() > MAX_EVENT_ID_LEN => {
                 return Err(ApiError::invalid_payload(format!("the id is longer than {MAX_EVENT_ID_LEN} bytes")));
             }
-            Some(id) if !id.is_empty() => id,
+            Some(id) if is_header_safe(&id) => id,
             _ => hex::encode(Sha256::digest(body)),
         };
         let event_type = text(&fields.event).or_else(|| text(&fields.kind)).unwrap_or_else(|| IMAGE_CREATED.to_owned());
-        Ok(Self { id, event_type, template_id: text(&fields.template_id) })
+        let template_id = text(&fields.template_id);
+        if template_id.as_deref().is_some_and(|t| !is_valid_template_id(t)) {
+            return Err(ApiError::invalid_payload(format!(
+                "template_id must be 1 to {MAX_TEMPLATE_ID_LEN} characters of A-Z, a-z, 0-9, '.', '_' and '-'"
+            )));
+        }
+        Ok(Self { id, event_type, template_id })
     }
+}
+
+/// Whether a payload's id can be sent as it is in `webhook-id` (printable ASCII); any other id is
+/// replaced by the body's hash, so that receivers always get an id to drop duplicates by.
+fn is_header_safe(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 /// The top-level fields an envelope is read from, as sent (the last of a repeated key wins, as
@@ -212,6 +250,28 @@ mod tests {
     }
 
     #[test]
+    fn stencils_documented_payload_has_no_id_and_no_template() {
+        let body = include_bytes!("../../fixtures/payloads/stencil-image-created.json");
+        let e = Envelope::parse(body).unwrap();
+        assert_eq!(
+            e,
+            Envelope { id: hex::encode(Sha256::digest(body)), event_type: IMAGE_CREATED.into(), template_id: None }
+        );
+    }
+
+    #[test]
+    fn template_ids_come_from_the_payload_or_the_url_and_are_checked() {
+        assert_eq!(url_template(None).unwrap(), None);
+        assert_eq!(url_template(Some("a=1&template_id=tpl-1.x")).unwrap().as_deref(), Some("tpl-1.x"));
+        for bad in
+            ["template_id=", "template_id=a%20b", "template_id=%1b%5B1A", &format!("template_id={}", "x".repeat(129))]
+        {
+            assert_eq!(url_template(Some(bad)).unwrap_err().status(), 400, "{bad}");
+        }
+        assert_eq!(Envelope::parse(br#"{"template_id":"a b"}"#).unwrap_err().status(), 400);
+    }
+
+    #[test]
     fn envelope_defaults() {
         let body = br#"{"id":7,"template_id":3}"#;
         let e = Envelope::parse(body).unwrap();
@@ -245,11 +305,15 @@ mod tests {
         let text = |name: &str| fields.get(name).and_then(Value::as_str);
         let id = match text("id") {
             Some(id) if id.len() > MAX_EVENT_ID_LEN => return None,
-            Some(id) if !id.is_empty() => id.to_owned(),
+            Some(id) if is_header_safe(id) => id.to_owned(),
             _ => hex::encode(Sha256::digest(body)),
         };
         let event_type = text("event").or_else(|| text("type")).unwrap_or(IMAGE_CREATED).to_owned();
-        Some(Envelope { id, event_type, template_id: text("template_id").map(str::to_owned) })
+        let template_id = text("template_id").map(str::to_owned);
+        if template_id.as_deref().is_some_and(|t| !is_valid_template_id(t)) {
+            return None;
+        }
+        Some(Envelope { id, event_type, template_id })
     }
 
     proptest! {

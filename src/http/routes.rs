@@ -44,6 +44,10 @@ pub enum Route<'a> {
     DetachHook(&'a str),
     /// `GET /v1/hooks/{id}/deliveries`
     HookDeliveries(&'a str),
+    /// `GET /v1/hooks/{id}/secret`
+    HookSecret(&'a str),
+    /// `POST /v1/hooks/{id}/secret/rotate`
+    RotateHookSecret(&'a str),
     /// `GET /v1/events`
     Events,
     /// `GET /admin/v1/connections`
@@ -52,6 +56,8 @@ pub enum Route<'a> {
     CreateConnection,
     /// `GET /admin/v1/connections/{id}`
     GetConnection(&'a str),
+    /// `PATCH /admin/v1/connections/{id}`
+    PatchConnection(&'a str),
     /// `DELETE /admin/v1/connections/{id}`
     DeleteConnection(&'a str),
     /// `GET /admin/v1/connections/{id}/hooks`
@@ -80,10 +86,13 @@ impl Route<'_> {
             Route::GetHook(_) => "GET /v1/hooks/{id}",
             Route::DetachHook(_) => "DELETE /v1/hooks/{id}",
             Route::HookDeliveries(_) => "GET /v1/hooks/{id}/deliveries",
+            Route::HookSecret(_) => "GET /v1/hooks/{id}/secret",
+            Route::RotateHookSecret(_) => "POST /v1/hooks/{id}/secret/rotate",
             Route::Events => "GET /v1/events",
             Route::ListConnections => "GET /admin/v1/connections",
             Route::CreateConnection => "POST /admin/v1/connections",
             Route::GetConnection(_) => "GET /admin/v1/connections/{id}",
+            Route::PatchConnection(_) => "PATCH /admin/v1/connections/{id}",
             Route::DeleteConnection(_) => "DELETE /admin/v1/connections/{id}",
             Route::ConnectionHooks(_) => "GET /admin/v1/connections/{id}/hooks",
             Route::RotateApiKey(_) => "POST /admin/v1/connections/{id}/api-key",
@@ -111,10 +120,13 @@ pub const PATTERNS: &[&str] = &[
     "GET /v1/hooks/{id}",
     "DELETE /v1/hooks/{id}",
     "GET /v1/hooks/{id}/deliveries",
+    "GET /v1/hooks/{id}/secret",
+    "POST /v1/hooks/{id}/secret/rotate",
     "GET /v1/events",
     "GET /admin/v1/connections",
     "POST /admin/v1/connections",
     "GET /admin/v1/connections/{id}",
+    "PATCH /admin/v1/connections/{id}",
     "DELETE /admin/v1/connections/{id}",
     "GET /admin/v1/connections/{id}/hooks",
     "POST /admin/v1/connections/{id}/api-key",
@@ -141,12 +153,21 @@ pub(super) fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Api
             (pick(m, [("GET", Route::GetHook(id)), ("DELETE", Route::DetachHook(id))]), "GET, DELETE")
         }
         ["v1", "hooks", id, "deliveries"] if !id.is_empty() => (pick(m, [("GET", Route::HookDeliveries(id))]), "GET"),
+        ["v1", "hooks", id, "secret"] if !id.is_empty() => (pick(m, [("GET", Route::HookSecret(id))]), "GET"),
+        ["v1", "hooks", id, "secret", "rotate"] if !id.is_empty() => {
+            (pick(m, [("POST", Route::RotateHookSecret(id))]), "POST")
+        }
         ["v1", "events"] => (pick(m, [("GET", Route::Events)]), "GET"),
         ["admin", "v1", "connections"] => {
             (pick(m, [("GET", Route::ListConnections), ("POST", Route::CreateConnection)]), "GET, POST")
         }
         ["admin", "v1", "connections", id] if !id.is_empty() => {
-            (pick(m, [("GET", Route::GetConnection(id)), ("DELETE", Route::DeleteConnection(id))]), "GET, DELETE")
+            let options = [
+                ("GET", Route::GetConnection(id)),
+                ("PATCH", Route::PatchConnection(id)),
+                ("DELETE", Route::DeleteConnection(id)),
+            ];
+            (pick(m, options), "GET, PATCH, DELETE")
         }
         ["admin", "v1", "connections", id, "hooks"] if !id.is_empty() => {
             (pick(m, [("GET", Route::ConnectionHooks(id))]), "GET")

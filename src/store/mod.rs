@@ -20,7 +20,8 @@ use std::sync::Arc;
 use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
 use crate::model::{
-    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, NextStep, SigningSecret, event_type,
+    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, IngestAuth, NextStep, SigningSecret,
+    event_type, new_hook_secret,
 };
 
 pub use postgres::{ChangeFeed, PostgresStore};
@@ -186,6 +187,22 @@ impl<F: FnMut(Connection, Arc<[Hook]>)> SnapshotBuilder<F> {
 /// The static name of a stored hook's event type.
 fn stored_event(name: &str) -> Result<&'static str, StoreError> {
     event_type(name).ok_or_else(|| StoreError::Corrupt(format!("a hook subscribes to the unknown event type {name:?}")))
+}
+
+/// A stored connection's `ingest_auth`.
+fn stored_ingest_auth(name: &str) -> Result<IngestAuth, StoreError> {
+    IngestAuth::parse(name)
+        .ok_or_else(|| StoreError::Corrupt(format!("a connection has the unknown ingest_auth {name:?}")))
+}
+
+/// A stored hook's signing keys.
+fn stored_hook_secrets(json: &str) -> Result<Vec<SigningSecret>, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("a hook's signing keys: {e}")))
+}
+
+/// The signing keys of a hook that has none yet: one fresh key.
+fn fresh_hook_secrets() -> Vec<SigningSecret> {
+    vec![SigningSecret { secret: new_hook_secret(), expires_at: None }]
 }
 
 /// What moves from one store to another (`stencil-relay migrate-store`): every connection and
@@ -391,6 +408,28 @@ impl Store {
         dispatch!(self.set_secrets(id.to_owned(), secrets))
     }
 
+    /// Replaces a connection's name, ingest rate and `ingest_auth` with `connection`'s; `false`
+    /// if the connection does not exist.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn set_settings(&self, connection: Connection) -> Result<bool, StoreError> {
+        dispatch!(self.set_settings(connection))
+    }
+
+    /// Replaces the signing keys of a connection's hook; `false` if it has no such hook.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn set_hook_secrets(
+        &self,
+        connection_id: &str,
+        hook_id: &str,
+        secrets: Vec<SigningSecret>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.set_hook_secrets(connection_id.to_owned(), hook_id.to_owned(), secrets))
+    }
+
     /// Attaches a hook, or returns the identical one already attached.
     ///
     /// # Errors
@@ -550,6 +589,7 @@ mod tests {
             api_key_hash: [0; 32],
             secrets: Vec::new(),
             ingest_rate: None,
+            ingest_auth: Default::default(),
             created_at: 0,
         }
     }
@@ -563,6 +603,7 @@ mod tests {
                 url: "https://x".into(),
                 event: IMAGE_CREATED,
                 template_id: None,
+                secrets: Vec::new(),
                 created_at: 0,
             })
         }
@@ -594,7 +635,13 @@ mod tests {
     }
 
     fn event(id: &str) -> Event {
-        Event { id: id.into(), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 }
+        Event {
+            id: id.into(),
+            event_type: IMAGE_CREATED.into(),
+            template_id: None,
+            payload: "{}".into(),
+            received_at: 0,
+        }
     }
 
     #[tokio::test]

@@ -28,7 +28,7 @@ use super::postgres_ingest::IngestQueue;
 use super::postgres_schema::{CHANGES_CHANNEL, MIGRATION_LOCK, MIGRATIONS};
 use super::{
     Attached, Claim, Claimed, Created, DEAD, Fanout, Ingested, PENDING, SnapshotBuilder, StoreError, Transfer, Waiting,
-    stored_event, stored_state,
+    stored_event, stored_hook_secrets, stored_ingest_auth, stored_state,
 };
 use crate::metrics::Metrics;
 use crate::model::{
@@ -93,6 +93,7 @@ impl PostgresStore {
         let owner = Arc::from(random_token("instance_", 8));
         let store = Self { pool, ingests, config: Arc::new(config), owner, in_flight, metrics };
         store.migrate().await?;
+        store.fill_hook_secrets().await?;
         Ok(store)
     }
 
@@ -157,18 +158,26 @@ impl PostgresStore {
         for c in &transfer.connections {
             let rate = c.ingest_rate.map(|r| i32::try_from(r).unwrap_or(i32::MAX));
             tx.execute(
-                "INSERT INTO connections (id, name, api_key_hash, secrets, ingest_rate, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                &[&c.id, &c.name, &c.api_key_hash.as_slice(), &secrets_json(&c.secrets)?, &rate, &c.created_at],
+                "INSERT INTO connections (id, name, api_key_hash, secrets, ingest_rate, created_at, ingest_auth)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                &[
+                    &c.id,
+                    &c.name,
+                    &c.api_key_hash.as_slice(),
+                    &secrets_json(&c.secrets)?,
+                    &rate,
+                    &c.created_at,
+                    &c.ingest_auth.as_str(),
+                ],
             )
             .await?;
         }
         for h in &transfer.hooks {
             let template = h.template_id.clone().unwrap_or_default();
             tx.execute(
-                "INSERT INTO hooks (id, connection_id, url, event, template_id, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                &[&h.id, &&*h.connection_id, &h.url, &h.event, &template, &h.created_at],
+                "INSERT INTO hooks (id, connection_id, url, event, template_id, created_at, secrets)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                &[&h.id, &&*h.connection_id, &h.url, &h.event, &template, &h.created_at, &secrets_json(&h.secrets)?],
             )
             .await?;
         }
@@ -176,9 +185,10 @@ impl PostgresStore {
         for (source_seq, connection_id, e) in &transfer.events {
             let row = tx
                 .query_one(
-                    "INSERT INTO events (connection_id, id, type, payload, received_at) VALUES ($1, $2, $3, $4, $5)
+                    "INSERT INTO events (connection_id, id, type, payload, received_at, template_id)
+                     VALUES ($1, $2, $3, $4, $5, $6)
                      ON CONFLICT (connection_id, id) DO UPDATE SET id = EXCLUDED.id RETURNING seq, xmax = 0",
-                    &[connection_id, &e.id, &e.event_type, &e.payload.as_ref(), &e.received_at],
+                    &[connection_id, &e.id, &e.event_type, &e.payload.as_ref(), &e.received_at, &e.template_id],
                 )
                 .await?;
             let (seq, new): (i64, bool) = (row.get(0), row.get(1));
@@ -278,9 +288,17 @@ impl PostgresStore {
         let rate = c.ingest_rate.map(|r| i32::try_from(r).unwrap_or(i32::MAX));
         let inserted = tx
             .execute(
-                "INSERT INTO connections (id, name, api_key_hash, secrets, ingest_rate, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                &[&c.id, &c.name, &c.api_key_hash.as_slice(), &secrets_json(&c.secrets)?, &rate, &c.created_at],
+                "INSERT INTO connections (id, name, api_key_hash, secrets, ingest_rate, created_at, ingest_auth)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                &[
+                    &c.id,
+                    &c.name,
+                    &c.api_key_hash.as_slice(),
+                    &secrets_json(&c.secrets)?,
+                    &rate,
+                    &c.created_at,
+                    &c.ingest_auth.as_str(),
+                ],
             )
             .await?;
         if inserted == 0 {
@@ -303,6 +321,49 @@ impl PostgresStore {
     pub(super) async fn set_secrets(&self, id: String, secrets: Vec<SigningSecret>) -> Result<bool, StoreError> {
         let json = secrets_json(&secrets)?;
         self.change(&id, "UPDATE connections SET secrets = $2 WHERE id = $1", &[&id, &json]).await
+    }
+
+    pub(super) async fn set_settings(&self, c: Connection) -> Result<bool, StoreError> {
+        let rate = c.ingest_rate.map(|r| i32::try_from(r).unwrap_or(i32::MAX));
+        self.change(
+            &c.id,
+            "UPDATE connections SET name = $2, ingest_rate = $3, ingest_auth = $4 WHERE id = $1",
+            &[&c.id, &c.name, &rate, &c.ingest_auth.as_str()],
+        )
+        .await
+    }
+
+    pub(super) async fn set_hook_secrets(
+        &self,
+        connection_id: String,
+        hook_id: String,
+        secrets: Vec<SigningSecret>,
+    ) -> Result<bool, StoreError> {
+        let json = secrets_json(&secrets)?;
+        self.change(
+            &connection_id,
+            "UPDATE hooks SET secrets = $3 WHERE id = $1 AND connection_id = $2",
+            &[&hook_id, &connection_id, &json],
+        )
+        .await
+    }
+
+    /// Gives every hook without a signing key (one attached before hooks had keys) a key of its
+    /// own, announcing each changed connection.
+    async fn fill_hook_secrets(&self) -> Result<(), StoreError> {
+        let keyless =
+            self.pool.get().await?.query("SELECT id, connection_id FROM hooks WHERE secrets = '[]'", &[]).await?;
+        for row in keyless {
+            let (hook_id, connection_id): (String, String) = (row.get(0), row.get(1));
+            let json = secrets_json(&super::fresh_hook_secrets())?;
+            self.change(
+                &connection_id,
+                "UPDATE hooks SET secrets = $2 WHERE id = $1 AND secrets = '[]'",
+                &[&hook_id, &json],
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Runs one statement that changes a connection's registry entry and, in the same statement,
@@ -330,9 +391,18 @@ impl PostgresStore {
         let inserted = self
             .change(
                 &hook.connection_id,
-                "INSERT INTO hooks (id, connection_id, url, event, template_id, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO hooks (id, connection_id, url, event, template_id, created_at, secrets)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (connection_id, url, event, template_id) DO NOTHING",
-                &[&hook.id, &&*hook.connection_id, &hook.url, &hook.event, &template, &hook.created_at],
+                &[
+                    &hook.id,
+                    &&*hook.connection_id,
+                    &hook.url,
+                    &hook.event,
+                    &template,
+                    &hook.created_at,
+                    &secrets_json(&hook.secrets)?,
+                ],
             )
             .await?;
         if inserted {
@@ -376,7 +446,8 @@ impl PostgresStore {
             .get()
             .await?
             .query(
-                "SELECT id, type, payload, received_at FROM events WHERE connection_id = $1 ORDER BY seq DESC LIMIT $2",
+                "SELECT id, type, payload, received_at, template_id FROM events
+                 WHERE connection_id = $1 ORDER BY seq DESC LIMIT $2",
                 &[&connection_id, &(limit as i64)],
             )
             .await?;
@@ -387,6 +458,7 @@ impl PostgresStore {
                 event_type: r.get(1),
                 payload: Bytes::from(r.get::<_, Vec<u8>>(2)),
                 received_at: r.get(3),
+                template_id: r.get(4),
             })
             .collect())
     }
@@ -627,10 +699,11 @@ fn pooled(config: &tokio_postgres::Config) -> tokio_postgres::Config {
     pooled
 }
 
-const CONNECTION_COLUMNS: &str = "SELECT id, name, api_key_hash, secrets, ingest_rate, created_at FROM connections";
+const CONNECTION_COLUMNS: &str =
+    "SELECT id, name, api_key_hash, secrets, ingest_rate, created_at, ingest_auth FROM connections";
 /// Hooks read per round trip when the registry is loaded.
 const SNAPSHOT_PAGE: i32 = 10_000;
-const HOOK_COLUMNS: &str = "SELECT id, connection_id, url, event, template_id, created_at FROM hooks";
+const HOOK_COLUMNS: &str = "SELECT id, connection_id, url, event, template_id, created_at, secrets FROM hooks";
 
 async fn notify(tx: &deadpool_postgres::Transaction<'_>, connection_id: &str) -> Result<(), StoreError> {
     tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &connection_id]).await?;
@@ -653,6 +726,7 @@ fn connection_row(r: &Row) -> Result<Connection, StoreError> {
         api_key_hash,
         secrets,
         ingest_rate: r.get::<_, Option<i32>>(4).map(|n| n.max(1) as u32),
+        ingest_auth: stored_ingest_auth(r.get(6))?,
         created_at: r.get(5),
         id,
     })
@@ -667,6 +741,7 @@ fn hook_row(r: &Row, connection_id: Arc<str>) -> Result<Hook, StoreError> {
         url: r.get(2),
         event: stored_event(r.get(3))?,
         template_id: (!template.is_empty()).then_some(template),
+        secrets: stored_hook_secrets(r.get(6))?,
         created_at: r.get(5),
     })
 }

@@ -167,7 +167,8 @@ impl Batches {
         let statement = client
             .prepare_cached(
                 "WITH event AS (
-                    INSERT INTO events (connection_id, id, type, payload, received_at) VALUES ($1, $2, $3, $4, $5)
+                    INSERT INTO events (connection_id, id, type, payload, received_at, template_id)
+                    VALUES ($1, $2, $3, $4, $5, $8)
                     ON CONFLICT (connection_id, id) DO NOTHING RETURNING seq
                  ), made AS (
                     INSERT INTO deliveries
@@ -180,7 +181,7 @@ impl Batches {
                         ARRAY(SELECT hook_id FROM made ORDER BY id)",
             )
             .await?;
-        let params: [&(dyn ToSql + Sync); 7] = [
+        let params: [&(dyn ToSql + Sync); 8] = [
             connection_id,
             &event.id,
             &event.event_type,
@@ -188,6 +189,7 @@ impl Batches {
             &event.received_at,
             &PENDING,
             &hook_ids,
+            &event.template_id,
         ];
         let row = match client.query_one(&statement, &params).await {
             Ok(row) => row,
@@ -212,11 +214,11 @@ impl Batches {
         let statement = client
             .prepare_cached(
                 "WITH input AS (
-                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[])
-                        WITH ORDINALITY AS i(connection_id, id, type, payload, received_at, n)
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], $9::text[])
+                        WITH ORDINALITY AS i(connection_id, id, type, payload, received_at, template_id, n)
                  ), event AS (
-                    INSERT INTO events (connection_id, id, type, payload, received_at)
-                    SELECT connection_id, id, type, payload, received_at FROM input
+                    INSERT INTO events (connection_id, id, type, payload, received_at, template_id)
+                    SELECT connection_id, id, type, payload, received_at, template_id FROM input
                     WHERE connection_id IN (SELECT id FROM connections) ORDER BY n
                     ON CONFLICT (connection_id, id) DO NOTHING
                     RETURNING seq, connection_id, id
@@ -242,8 +244,17 @@ impl Batches {
             )
             .await?;
         let c = &columns;
-        let params: [&(dyn ToSql + Sync); 8] =
-            [&c.connection_id, &c.id, &c.event_type, &c.payload, &c.received_at, &PENDING, &c.hook_event, &c.hook_id];
+        let params: [&(dyn ToSql + Sync); 9] = [
+            &c.connection_id,
+            &c.id,
+            &c.event_type,
+            &c.payload,
+            &c.received_at,
+            &PENDING,
+            &c.hook_event,
+            &c.hook_id,
+            &c.template_id,
+        ];
         let rows = client.query(&statement, &params).await?;
         self.metrics.commit_batch(writes.len());
         let mut outcomes: Vec<Option<Ingested>> = writes.iter().map(|_| None).collect();
@@ -314,6 +325,7 @@ struct Columns<'a> {
     event_type: Vec<&'a str>,
     payload: Vec<&'a [u8]>,
     received_at: Vec<i64>,
+    template_id: Vec<Option<&'a str>>,
     /// For each planned hook, the number of its event in the batch.
     hook_event: Vec<i64>,
     hook_id: Vec<&'a str>,
@@ -326,6 +338,7 @@ impl<'a> Columns<'a> {
         self.event_type.push(&write.event.event_type);
         self.payload.push(&write.event.payload);
         self.received_at.push(write.event.received_at);
+        self.template_id.push(write.event.template_id.as_deref());
         for hook in planned(&write.fanout) {
             self.hook_event.push(n);
             self.hook_id.push(hook);

@@ -81,6 +81,14 @@ CREATE TABLE hook_leases (
 DROP INDEX deliveries_pending_by_hook;
 CREATE INDEX deliveries_due_by_hook ON deliveries (hook_id, next_attempt_at) WHERE state = 0;
 ",
+    // The event's template (from the ingest URL when Stencil's payload names none), how each
+    // connection's ingest is authenticated, and the keys that sign each hook's deliveries (hooks
+    // made before this version get theirs at the next start, see `fill_hook_secrets`).
+    r"
+ALTER TABLE events ADD COLUMN template_id TEXT;
+ALTER TABLE connections ADD COLUMN ingest_auth TEXT NOT NULL DEFAULT 'signature';
+ALTER TABLE hooks ADD COLUMN secrets TEXT NOT NULL DEFAULT '[]';
+",
 ];
 
 /// The channel on which registry changes are announced (payload: the connection id).

@@ -25,7 +25,8 @@ use super::sqlite_schema::MIGRATIONS;
 use super::sqlite_writer::{Lane, Writer};
 use super::{
     Attached, Claim, Claimed, Created, DEAD, DELIVERED, Fanout, Ingested, PENDING, Snapshot, SnapshotBuilder,
-    StoreError, Transfer, TransferDelivery, Waiting, stored_event, stored_state,
+    StoreError, Transfer, TransferDelivery, Waiting, stored_event, stored_hook_secrets, stored_ingest_auth,
+    stored_state,
 };
 use crate::metrics::Metrics;
 use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret};
@@ -85,6 +86,7 @@ impl SqliteStore {
              PRAGMA busy_timeout = 5000; PRAGMA wal_autocheckpoint = 16384; PRAGMA cache_size = -8192;",
         )?;
         migrate(&mut db)?;
+        fill_hook_secrets(&db)?;
         // Single instance: a lease still set was held by a process that is gone.
         db.execute("UPDATE deliveries SET lease_until = NULL WHERE state = ?1 AND lease_until IS NOT NULL", [PENDING])?;
         expire_in_flight(&db, i64::MAX)?;
@@ -148,8 +150,9 @@ impl SqliteStore {
 
     pub(super) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         self.read(|db| {
-            let mut stmt =
-                db.prepare("SELECT id, name, api_key_hash, secrets, ingest_rate, created_at FROM connections")?;
+            let mut stmt = db.prepare(
+                "SELECT id, name, api_key_hash, secrets, ingest_rate, created_at, ingest_auth FROM connections",
+            )?;
             let connections = stmt
                 .query_map([], connection_row)?
                 .map(|row| row.map_err(StoreError::from).and_then(|r| r))
@@ -157,7 +160,7 @@ impl SqliteStore {
             let mut snapshot = Snapshot::default();
             let mut builder = SnapshotBuilder::new(connections, |c, hooks| snapshot.connections.push((c, hooks)));
             let mut stmt = db.prepare(
-                "SELECT id, connection_id, url, event, template_id, created_at FROM hooks
+                "SELECT id, connection_id, url, event, template_id, created_at, secrets FROM hooks
                  ORDER BY connection_id, created_at, id",
             )?;
             let mut rows = stmt.query([])?;
@@ -199,7 +202,7 @@ impl SqliteStore {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             let mut stmt = db.prepare(
-                "SELECT seq, connection_id, id, type, payload, received_at FROM events
+                "SELECT seq, connection_id, id, type, payload, received_at, template_id FROM events
                  WHERE seq IN (SELECT event_seq FROM deliveries WHERE state != ?1) ORDER BY seq",
             )?;
             let events = stmt
@@ -209,6 +212,7 @@ impl SqliteStore {
                         event_type: r.get(3)?,
                         payload: Bytes::from(r.get::<_, Vec<u8>>(4)?),
                         received_at: r.get(5)?,
+                        template_id: r.get(6)?,
                     };
                     Ok((r.get(0)?, r.get(1)?, event))
                 })?
@@ -221,12 +225,12 @@ impl SqliteStore {
     pub(super) async fn connection(&self, id: String) -> Result<Option<(Connection, Vec<Hook>)>, StoreError> {
         self.read(move |db| {
             let connection = db
-                .prepare_cached("SELECT id, name, api_key_hash, secrets, ingest_rate, created_at FROM connections WHERE id = ?1")?
+                .prepare_cached("SELECT id, name, api_key_hash, secrets, ingest_rate, created_at, ingest_auth FROM connections WHERE id = ?1")?
                 .query_row([&id], connection_row)
                 .optional()?;
             let Some(connection) = connection else { return Ok(None) };
             let mut stmt = db.prepare_cached(
-                "SELECT id, connection_id, url, event, template_id, created_at FROM hooks WHERE connection_id = ?1 ORDER BY created_at, id",
+                "SELECT id, connection_id, url, event, template_id, created_at, secrets FROM hooks WHERE connection_id = ?1 ORDER BY created_at, id",
             )?;
             let shared: Arc<str> = id.as_str().into();
             let mut rows = stmt.query([&id])?;
@@ -251,15 +255,16 @@ impl SqliteStore {
                 return Ok(Created::KeyTaken);
             }
             db.execute(
-                "INSERT INTO connections (id, name, api_key_hash, secrets, ingest_rate, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO connections (id, name, api_key_hash, secrets, ingest_rate, created_at, ingest_auth)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     c.id,
                     c.name,
                     c.api_key_hash.as_slice(),
                     secrets_json(&c.secrets)?,
                     c.ingest_rate,
-                    c.created_at
+                    c.created_at,
+                    c.ingest_auth.as_str()
                 ],
             )?;
             Ok(Created::Created)
@@ -298,12 +303,39 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn set_settings(&self, c: Connection) -> Result<bool, StoreError> {
+        self.write(move |db| {
+            let n = db.execute(
+                "UPDATE connections SET name = ?2, ingest_rate = ?3, ingest_auth = ?4 WHERE id = ?1",
+                params![c.id, c.name, c.ingest_rate, c.ingest_auth.as_str()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn set_hook_secrets(
+        &self,
+        connection_id: String,
+        hook_id: String,
+        secrets: Vec<SigningSecret>,
+    ) -> Result<bool, StoreError> {
+        self.write(move |db| {
+            let n = db.execute(
+                "UPDATE hooks SET secrets = ?3 WHERE id = ?1 AND connection_id = ?2",
+                params![hook_id, connection_id, secrets_json(&secrets)?],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     pub(super) async fn attach_hook(&self, hook: Hook) -> Result<Attached, StoreError> {
         self.write(move |db| {
             let template = hook.template_id.clone().unwrap_or_default();
             let existing = db
                 .prepare_cached(
-                    "SELECT id, connection_id, url, event, template_id, created_at FROM hooks
+                    "SELECT id, connection_id, url, event, template_id, created_at, secrets FROM hooks
                      WHERE connection_id = ?1 AND url = ?2 AND event = ?3 AND template_id = ?4",
                 )?
                 .query_row(params![hook.connection_id, hook.url, hook.event, template], |row| {
@@ -315,8 +347,8 @@ impl SqliteStore {
                 return Ok(Attached::Existing(existing));
             }
             db.prepare_cached(
-                "INSERT INTO hooks (id, connection_id, url, event, template_id, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO hooks (id, connection_id, url, event, template_id, created_at, secrets)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 hook.id,
@@ -324,7 +356,8 @@ impl SqliteStore {
                 hook.url,
                 hook.event,
                 template,
-                hook.created_at
+                hook.created_at,
+                secrets_json(&hook.secrets)?
             ])?;
             Ok(Attached::Created(hook))
         })
@@ -356,9 +389,17 @@ impl SqliteStore {
             };
             let inserted = db
                 .prepare_cached(
-                    "INSERT INTO events (connection_id, id, type, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO events (connection_id, id, type, payload, received_at, template_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?
-                .execute(params![connection_id, event.id, event.event_type, event.payload.as_ref(), event.received_at]);
+                .execute(params![
+                    connection_id,
+                    event.id,
+                    event.event_type,
+                    event.payload.as_ref(),
+                    event.received_at,
+                    event.template_id
+                ]);
             match inserted {
                 Ok(_) => event_ids.add(new_id),
                 Err(e) if is_foreign_key_violation(&e) => return Ok(Ingested::UnknownConnection),
@@ -712,6 +753,19 @@ fn migrate(db: &mut Db) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Gives every hook without a signing key (one attached before hooks had keys) a key of its own.
+fn fill_hook_secrets(db: &Db) -> Result<(), StoreError> {
+    let keyless: Vec<String> = db
+        .prepare("SELECT id FROM hooks WHERE secrets = '[]'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut fill = db.prepare("UPDATE hooks SET secrets = ?2 WHERE id = ?1")?;
+    for id in keyless {
+        fill.execute(params![id, secrets_json(&super::fresh_hook_secrets())?])?;
+    }
+    Ok(())
+}
+
 fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
@@ -725,18 +779,25 @@ fn connection_row(r: &Row<'_>) -> rusqlite::Result<Result<Connection, StoreError
     let id: String = r.get(0)?;
     let hash: Vec<u8> = r.get(2)?;
     let secrets: String = r.get(3)?;
+    let ingest_auth: String = r.get(6)?;
     let decoded = (|| {
         let api_key_hash = hash
             .try_into()
             .map_err(|_| StoreError::Corrupt(format!("connection {id}: API key hash is not 32 bytes")))?;
         let secrets = serde_json::from_str(&secrets)
             .map_err(|e| StoreError::Corrupt(format!("connection {id}: secrets: {e}")))?;
-        Ok((api_key_hash, secrets))
+        Ok((api_key_hash, secrets, stored_ingest_auth(&ingest_auth)?))
     })();
     Ok(match decoded {
-        Ok((api_key_hash, secrets)) => {
-            Ok(Connection { name: r.get(1)?, api_key_hash, secrets, ingest_rate: r.get(4)?, created_at: r.get(5)?, id })
-        }
+        Ok((api_key_hash, secrets, ingest_auth)) => Ok(Connection {
+            name: r.get(1)?,
+            api_key_hash,
+            secrets,
+            ingest_rate: r.get(4)?,
+            ingest_auth,
+            created_at: r.get(5)?,
+            id,
+        }),
         Err(e) => Err(e),
     })
 }
@@ -745,12 +806,14 @@ fn connection_row(r: &Row<'_>) -> rusqlite::Result<Result<Connection, StoreError
 fn hook_row(r: &Row<'_>, connection_id: Arc<str>) -> Result<Hook, StoreError> {
     let event: String = r.get(3)?;
     let template: String = r.get(4)?;
+    let secrets: String = r.get(6)?;
     Ok(Hook {
         id: r.get(0)?,
         connection_id,
         url: r.get(2)?,
         event: stored_event(&event)?,
         template_id: (!template.is_empty()).then_some(template),
+        secrets: stored_hook_secrets(&secrets)?,
         created_at: r.get(5)?,
     })
 }

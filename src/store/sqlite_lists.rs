@@ -45,9 +45,9 @@ pub(super) const EVENTS: List = List {
          WHERE seq > (SELECT seq FROM connection_events_through) ORDER BY connection_id, seq",
     advance: "UPDATE connection_events_through SET seq = COALESCE((SELECT MAX(seq) FROM events), seq)",
     mark: "SELECT seq FROM connection_events_through",
-    tail: "SELECT id, type, payload, received_at FROM events
+    tail: "SELECT id, type, payload, received_at, template_id FROM events
          WHERE seq > ?1 AND connection_id = ?2 ORDER BY seq DESC LIMIT ?3",
-    listed: "SELECT e.id, e.type, e.payload, e.received_at FROM connection_events c JOIN events e ON e.seq = c.seq
+    listed: "SELECT e.id, e.type, e.payload, e.received_at, e.template_id FROM connection_events c JOIN events e ON e.seq = c.seq
          WHERE c.connection_id = ?1 AND c.seq <= ?2 ORDER BY c.seq DESC LIMIT ?3",
 };
 
@@ -97,6 +97,7 @@ pub(super) fn events(db: &Db, connection_id: &str, limit: usize) -> Result<Vec<E
             event_type: r.get(1)?,
             payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
             received_at: r.get(3)?,
+            template_id: r.get(4)?,
         })
     })
 }
@@ -317,8 +318,8 @@ mod tests {
     fn a_deleted_connection_takes_its_hooks_lists_along() {
         let db = db();
         db.execute_batch(
-            "INSERT INTO hooks VALUES ('ha', 'a', 'https://example.com', 'image.created', '', 0),
-                                      ('hb', 'b', 'https://example.com', 'image.created', '', 0);",
+            "INSERT INTO hooks VALUES ('ha', 'a', 'https://example.com', 'image.created', '', 0, '[]'),
+                                      ('hb', 'b', 'https://example.com', 'image.created', '', 0, '[]');",
         )
         .unwrap();
         attempted(&db, "ha", "1");

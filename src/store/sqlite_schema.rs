@@ -169,6 +169,15 @@ CREATE TABLE hook_attempts_through (id INTEGER NOT NULL);
 INSERT INTO hook_attempts SELECT hook_id, id FROM attempts;
 INSERT INTO hook_attempts_through SELECT COALESCE(MAX(id), 0) FROM attempts;
 ",
+    // Stencil's own payloads name no template: the ingest URL's `template_id` does, and it is
+    // kept with the event. Connections choose how Stencil authenticates; hooks get the keys
+    // that sign their deliveries (hooks made before this version get theirs at the next
+    // start, see `fill_hook_secrets`).
+    r"
+ALTER TABLE events ADD COLUMN template_id TEXT;
+ALTER TABLE connections ADD COLUMN ingest_auth TEXT NOT NULL DEFAULT 'signature';
+ALTER TABLE hooks ADD COLUMN secrets TEXT NOT NULL DEFAULT '[]';
+",
 ];
 
 /// A database at the current schema with connections `a` and `b`, for unit tests of what is
@@ -181,7 +190,7 @@ pub(super) fn test_db() -> rusqlite::Connection {
     }
     db.execute_batch(
         "PRAGMA foreign_keys = ON;
-         INSERT INTO connections VALUES ('a', 'a', x'01', '[]', NULL, 0), ('b', 'b', x'02', '[]', NULL, 0);",
+         INSERT INTO connections VALUES ('a', 'a', x'01', '[]', NULL, 0, 'signature'), ('b', 'b', x'02', '[]', NULL, 0, 'signature');",
     )
     .unwrap();
     db

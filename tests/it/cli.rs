@@ -66,7 +66,7 @@ fn sign_prints_the_signature_of_a_file_or_stdin() {
         signature: String,
     }
     let vectors: Vec<Vector> = serde_json::from_slice(&crate::harness::fixture("signatures.json")).unwrap();
-    let file = format!("{}/fixtures/payloads/image-created.json", env!("CARGO_MANIFEST_DIR"));
+    let file = format!("{}/fixtures/payloads/legacy-image-created-with-id.json", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(BIN).args(["sign", "--secret", &vectors[0].secret, &file]).output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), vectors[0].signature);

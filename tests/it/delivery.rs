@@ -13,7 +13,7 @@ async fn delivers_exact_bytes_with_identity_headers() {
     let sink = Sink::start().await;
     let conn = relay.connection("acme").await;
     let hook = relay.attach(&conn, &sink.url, None).await;
-    let body = crate::harness::fixture("payloads/image-created.json");
+    let body = crate::harness::fixture("payloads/legacy-image-created-with-id.json");
     relay.ingest(&conn, &body).await;
     let got = sink.recv().await;
     assert_eq!(got.body.as_ref(), body.as_slice(), "the exact bytes, whitespace included");

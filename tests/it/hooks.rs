@@ -12,7 +12,10 @@ async fn connection_check_needs_a_valid_key() {
     let conn = relay.connection("acme").await;
     let ok = relay.api(&conn, Method::GET, "/connection", None).await;
     assert_eq!(ok.status, StatusCode::OK);
-    assert_eq!(ok.body, json!({ "id": "acme", "name": "Project acme" }));
+    assert_eq!((ok.body["id"].as_str(), ok.body["name"].as_str()), (Some("acme"), Some("Project acme")));
+    assert_eq!(ok.body["ingest_auth"], "signature");
+    assert!(ok.body["ingest_url"].as_str().unwrap().ends_with("/v1/ingest/acme"));
+    assert_eq!(ok.body["rejected_ingests"]["total"], 0);
     let missing = relay.send(Method::GET, "/v1/connection", None, None, &[]).await;
     let wrong = relay.send(Method::GET, "/v1/connection", Some("sk_wrong"), None, &[]).await;
     for reply in [missing, wrong] {
@@ -34,11 +37,15 @@ async fn attach_is_idempotent_and_accepts_zapier_target_url() {
     assert_eq!((hook["url"].as_str(), hook["event"].as_str()), (Some(url), Some("image.created")));
     assert_eq!(hook["template_id"], Value::Null);
     assert!(hook["created_at"].as_str().unwrap().ends_with('Z'));
+    let secret = hook["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_"), "attach answers with the key that signs the hook's deliveries");
 
     let again =
         relay.api(&conn, Method::POST, "/hooks", Some(json!({ "target_url": url, "event": "image.created" }))).await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.body, created.body);
+    let mut shown = created.body.clone();
+    shown.as_object_mut().unwrap().remove("secret");
 
     let narrowed = relay.api(&conn, Method::POST, "/hooks", Some(json!({ "url": url, "template_id": "tpl" }))).await;
     assert_eq!(narrowed.status, StatusCode::CREATED);
@@ -48,7 +55,21 @@ async fn attach_is_idempotent_and_accepts_zapier_target_url() {
     let list = relay.api(&conn, Method::GET, "/hooks", None).await;
     assert_eq!(list.body["data"].as_array().unwrap().len(), 2);
     let id = created.body["id"].as_str().unwrap();
-    assert_eq!(relay.api(&conn, Method::GET, &format!("/hooks/{id}"), None).await.body, created.body);
+    assert_eq!(relay.api(&conn, Method::GET, &format!("/hooks/{id}"), None).await.body, shown, "no key outside attach");
+    let key = relay.api(&conn, Method::GET, &format!("/hooks/{id}/secret"), None).await;
+    assert_eq!(key.body, json!({ "secret": secret }));
+}
+
+#[tokio::test]
+async fn template_filters_are_checked_like_ingests_template_ids() {
+    let relay = TestServer::start().await;
+    let conn = relay.connection("acme").await;
+    for bad in ["a b", "x/../y", "\u{1b}]0;owned\u{7}", &"t".repeat(129)] {
+        let reply = relay
+            .api(&conn, Method::POST, "/hooks", Some(json!({ "url": "http://127.0.0.1:9/h", "template_id": bad })))
+            .await;
+        assert_eq!((reply.status, reply.error()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"), "{bad:?}");
+    }
 }
 
 #[tokio::test]
@@ -75,12 +96,19 @@ async fn connections_never_see_each_others_hooks() {
     for (method, path) in [
         (Method::GET, format!("/hooks/{hook_a}")),
         (Method::GET, format!("/hooks/{hook_a}/deliveries")),
-        (Method::DELETE, format!("/hooks/{hook_a}")),
+        (Method::GET, format!("/hooks/{hook_a}/secret")),
+        (Method::POST, format!("/hooks/{hook_a}/secret/rotate")),
     ] {
         let reply = relay.api(&b, method, &path, None).await;
         assert_eq!((reply.status, reply.error()), (StatusCode::NOT_FOUND, "not_found"), "{path}");
     }
-    assert_eq!(relay.api(&a, Method::GET, &format!("/hooks/{hook_a}"), None).await.status, StatusCode::OK);
+    let detach = relay.api(&b, Method::DELETE, &format!("/hooks/{hook_a}"), None).await;
+    assert_eq!(detach.status, StatusCode::NO_CONTENT, "a detach of a hook b does not have is already done");
+    assert_eq!(
+        relay.api(&a, Method::GET, &format!("/hooks/{hook_a}"), None).await.status,
+        StatusCode::OK,
+        "and a's hook stays"
+    );
 
     relay.ingest(&a, &event("evt-a", None)).await;
     let events_b = relay.api(&b, Method::GET, "/events", None).await;
@@ -88,14 +116,17 @@ async fn connections_never_see_each_others_hooks() {
 }
 
 #[tokio::test]
-async fn detach_removes_the_hook_once() {
+async fn detach_removes_the_hook_and_repeats_quietly() {
     let relay = TestServer::start().await;
     let conn = relay.connection("acme").await;
     let id = relay.attach(&conn, "http://127.0.0.1:9/hook", None).await;
     let path = format!("/hooks/{id}");
     let gone = relay.api(&conn, Method::DELETE, &path, None).await;
     assert_eq!((gone.status, &gone.body), (StatusCode::NO_CONTENT, &Value::Null));
-    assert_eq!(relay.api(&conn, Method::DELETE, &path, None).await.status, StatusCode::NOT_FOUND);
+    let again = relay.api(&conn, Method::DELETE, &path, None).await;
+    assert_eq!((again.status, &again.body), (StatusCode::NO_CONTENT, &Value::Null), "detach is idempotent");
+    let never = relay.api(&conn, Method::DELETE, "/hooks/hk_never", None).await;
+    assert_eq!(never.status, StatusCode::NO_CONTENT);
     assert_eq!(relay.api(&conn, Method::GET, &path, None).await.status, StatusCode::NOT_FOUND);
     assert_eq!(relay.ingest(&conn, &event("e", None)).await.body["deliveries"], 0);
 }

@@ -31,7 +31,7 @@ async fn accepted_event_counts_matching_deliveries_then_is_a_duplicate() {
 async fn unknown_connection_missing_and_wrong_signatures_get_the_same_401() {
     let relay = TestServer::start().await;
     let conn = relay.connection("acme").await;
-    let body = fixture("payloads/image-created.json");
+    let body = fixture("payloads/legacy-image-created-with-id.json");
     let unknown = relay.ingest_signed("nobody", &body, &sign(&conn.secret, &body)).await;
     let wrong = relay.ingest_signed(&conn.id, &body, &sign("not-the-secret", &body)).await;
     let missing = relay.send(Method::POST, &format!("/v1/ingest/{}", conn.id), None, Some(body.clone()), &[]).await;
@@ -74,7 +74,7 @@ async fn event_id_falls_back_to_the_body_hash_and_type_is_read() {
     let sink = Sink::start().await;
     let conn = relay.connection("acme").await;
     relay.attach(&conn, &sink.url, None).await;
-    let body = fixture("payloads/image-created-minimal.json");
+    let body = fixture("payloads/legacy-image-created-minimal.json");
     let reply = relay.ingest(&conn, &body).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED);
     assert_eq!(reply.body["event_id"], hex::encode(Sha256::digest(&body)));

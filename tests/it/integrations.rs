@@ -18,7 +18,7 @@ fn json_file(path: &str) -> Value {
 }
 
 fn fixture() -> Value {
-    json_file("fixtures/payloads/image-created.json")
+    json_file("fixtures/payloads/legacy-image-created-with-id.json")
 }
 
 /// `/v1/hooks/{{webhook.externalHookId}}` or `/v1/hooks/${bundle.subscribeData.id}` → the

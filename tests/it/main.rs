@@ -18,4 +18,5 @@ mod isolation;
 mod ops;
 mod outbound;
 mod restart;
+mod stencil;
 mod store;

@@ -45,6 +45,7 @@ fn connection(id: &str, key: u8) -> Connection {
         api_key_hash: [key; 32],
         secrets: Vec::new(),
         ingest_rate: None,
+        ingest_auth: Default::default(),
         created_at: 0,
     }
 }
@@ -57,6 +58,7 @@ fn hook(id: &str) -> Hook {
         url: format!("https://example.com/{id}"),
         event: IMAGE_CREATED,
         template_id: None,
+        secrets: Vec::new(),
         created_at: 0,
     }
 }
@@ -75,7 +77,7 @@ fn fanout_to(hooks: &[&Hook]) -> Vec<FanoutHook> {
 
 /// An empty `image.created` event with this id.
 fn event(id: &str) -> Event {
-    Event { id: id.into(), event_type: IMAGE_CREATED.into(), payload: "{}".into(), received_at: 0 }
+    Event { id: id.into(), event_type: IMAGE_CREATED.into(), template_id: None, payload: "{}".into(), received_at: 0 }
 }
 
 fn attempt(number: u32, status: u16) -> Attempt {

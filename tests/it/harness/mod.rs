@@ -65,9 +65,18 @@ pub(crate) fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture exists")
 }
 
-/// A payload with a fresh unique id (and an optional template).
+/// What Stencil sends for `image.created`, as its documentation shows it (no `id`, no
+/// `template_id`), made unique by `tag` the way Stencil's are: by the image's URLs.
+pub(crate) fn stencil_event(tag: &str) -> Vec<u8> {
+    let documented = String::from_utf8(fixture("payloads/stencil-image-created.json")).unwrap();
+    documented.replace("19da5632-feef-4abd-a28a-e3dfa6077429", tag).into_bytes()
+}
+
+/// A payload of the older shape with a top-level id (and an optional template), for tests
+/// about event ids.
 pub(crate) fn event(id: &str, template_id: Option<&str>) -> Vec<u8> {
-    let mut value: serde_json::Value = serde_json::from_slice(&fixture("payloads/image-created.json")).unwrap();
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&fixture("payloads/legacy-image-created-with-id.json")).unwrap();
     value["id"] = id.into();
     value["template_id"] = template_id.map_or(serde_json::Value::Null, Into::into);
     serde_json::to_vec(&value).unwrap()
