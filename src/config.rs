@@ -167,7 +167,7 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Validates raw settings, filling in the defaults of API.md §6.
+    /// Validates raw settings, filling in the documented defaults.
     ///
     /// # Errors
     /// The first bad value, naming its variable.

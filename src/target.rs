@@ -1,4 +1,4 @@
-//! Where the relay may send deliveries: the target-URL rules of API.md §2, applied when a hook is
+//! Where the relay may send deliveries: the target-URL rules of the hook API, applied when a hook is
 //! attached and again to every address a hook's host resolves to at delivery time.
 //!
 //! Pure; imports nothing from the crate. Forbidden addresses include loopback, private,

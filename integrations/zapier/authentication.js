@@ -1,11 +1,18 @@
 // The connection is the Stencil project's API key; the relay says which project it belongs to.
-const BASE_URL = process.env.RELAY_URL || 'https://stencil-relay.example.com';
+const { baseUrl } = require('./config');
 
 module.exports = {
   type: 'custom',
-  fields: [{ key: 'apiKey', label: 'API Key', required: true, type: 'password' }],
-  test: (z, bundle) =>
-    z.request({ method: 'GET', url: `${BASE_URL}/v1/connection` }).then((response) => response.data),
-  connectionLabel: '{{json.name}}',
-  BASE_URL,
+  fields: [
+    {
+      key: 'apiKey',
+      label: 'API Key',
+      required: true,
+      type: 'password',
+      helpText: 'The API key of your stencil-relay connection (one Stencil project).',
+    },
+  ],
+  test: (z) => z.request({ method: 'GET', url: `${baseUrl()}/v1/connection` }).then((response) => response.data),
+  // Fields the test returns are in bundle.inputData: the relay's name of the connection.
+  connectionLabel: '{{bundle.inputData.name}}',
 };

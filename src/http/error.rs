@@ -1,5 +1,5 @@
 //! Client-facing errors: every one becomes `{"error": code, "message": sentence}` with one
-//! status per kind, exactly as API.md lists them. Internal causes are logged, never sent.
+//! status per kind, exactly as `openapi.yaml` lists them. Internal causes are logged, never sent.
 
 use std::time::Duration;
 

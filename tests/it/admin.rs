@@ -1,4 +1,4 @@
-//! API.md §4: the operator API.
+//! The operator API.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

@@ -1,4 +1,4 @@
-//! API.md §3: what Make receives, fan-out, retries, detach, dead letters, pacing.
+//! Delivery: what Make receives, fan-out, retries, detach, dead letters, pacing.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! API.md §2: the hook API as Make and Zapier call it, isolation between connections, and the
+//! The hook API as Make and Zapier call it, isolation between connections, and the
 //! target-URL rules.
 
 use reqwest::{Method, StatusCode};

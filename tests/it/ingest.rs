@@ -1,4 +1,4 @@
-//! API.md §1: every row of the ingest table, signatures, rate limits.
+//! Ingest: every row of the ingest table, signatures, rate limits.
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;

@@ -1,5 +1,6 @@
-//! Tenant isolation as a property: random sequences of attaches, detaches, rotations and events
-//! over several connections; no event ever reaches another connection's hook, and no answer ever
+//! Tenant isolation as a property: random sequences of attaches, detaches (also of another
+//! connection's hooks, which answer 204 and change nothing), rotations and events over several
+//! connections; no event ever reaches another connection's hook, and no answer ever
 //! shows another connection's hooks, events or credentials.
 
 use std::collections::HashMap;
@@ -17,6 +18,8 @@ const CONNECTIONS: usize = 3;
 enum Op {
     Attach(usize),
     Detach(usize, prop::sample::Index),
+    /// Connection `.0` detaches a hook of connection `.1`.
+    DetachForeign(usize, usize, prop::sample::Index),
     RotateKey(usize),
     RotateSecret(usize, bool),
     Ingest(usize),
@@ -27,6 +30,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => conn.clone().prop_map(Op::Attach),
         1 => (conn.clone(), any::<prop::sample::Index>()).prop_map(|(c, i)| Op::Detach(c, i)),
+        1 => (conn.clone(), conn.clone(), any::<prop::sample::Index>()).prop_map(|(c, o, i)| Op::DetachForeign(c, o, i)),
         1 => conn.clone().prop_map(Op::RotateKey),
         1 => (conn.clone(), any::<bool>()).prop_map(|(c, g)| Op::RotateSecret(c, g)),
         4 => conn.prop_map(Op::Ingest),
@@ -65,6 +69,14 @@ async fn run(ops: Vec<Op>) {
                 assert_eq!(reply.status, StatusCode::NO_CONTENT);
             }
             Op::Detach(..) => {}
+            Op::DetachForeign(c, other, pick) if c != other && !tenants[other].hooks.is_empty() => {
+                let id = &tenants[other].hooks[pick.index(tenants[other].hooks.len())];
+                let reply = relay.api(&tenants[c].conn, Method::DELETE, &format!("/hooks/{id}"), None).await;
+                assert_eq!(reply.status, StatusCode::NO_CONTENT, "a detach answers the same whoever owns the hook");
+                let still = relay.api(&tenants[other].conn, Method::GET, &format!("/hooks/{id}"), None).await;
+                assert_eq!(still.status, StatusCode::OK, "tenant{c} detached tenant{other}'s hook");
+            }
+            Op::DetachForeign(..) => {}
             Op::RotateKey(c) => {
                 let id = &tenants[c].conn.id;
                 let reply = relay.admin(Method::POST, &format!("/connections/{id}/api-key"), None).await;
