@@ -859,6 +859,12 @@ mod tests {
         assert_eq!(count("SELECT attempt_id FROM hook_attempts WHERE hook_id = 'hk'"), 11, "migration 6");
         assert_eq!(count("SELECT id FROM hook_attempts_through"), 11);
         assert_eq!(count("SELECT COUNT(*) FROM sqlite_master WHERE name = 'attempts_by_hook'"), 0);
+        assert_eq!(count("SELECT COUNT(*) FROM connections WHERE ingest_auth = 'signature'"), 1, "migration 7");
+        assert_eq!(count("SELECT COUNT(*) FROM events WHERE template_id IS NULL"), 1);
+        fill_hook_secrets(&db).unwrap();
+        let keys: String = db.query_row("SELECT secrets FROM hooks WHERE id = 'hk'", [], |r| r.get(0)).unwrap();
+        let keys = crate::store::stored_hook_secrets(&keys).unwrap();
+        assert!(keys.len() == 1 && keys[0].secret.starts_with("whsec_"), "a hook from before keys gets one: {keys:?}");
         db.execute("DELETE FROM events WHERE seq = 7", []).unwrap();
         assert_eq!(count("SELECT COUNT(*) FROM attempts"), 0, "an event's deletion still reaches its attempts");
         db.execute(

@@ -432,7 +432,7 @@ fn populate_sqlite(path: &str, connections: usize, hooks: usize, sink: &str) -> 
     let tx = db.transaction()?;
     {
         let mut conn = tx.prepare("INSERT INTO connections (id, name, api_key_hash, secrets, ingest_rate, created_at) VALUES (?1, ?1, ?2, ?3, NULL, 0)")?;
-        let mut hook = tx.prepare("INSERT INTO hooks (id, connection_id, url, event, template_id, created_at) VALUES (?1, ?2, ?3, 'image.created', '', 0)")?;
+        let mut hook = tx.prepare("INSERT INTO hooks (id, connection_id, url, event, template_id, created_at, secrets) VALUES (?1, ?2, ?3, 'image.created', '', 0, ?4)")?;
         for c in 0..connections {
             let id = format!("r{c}");
             let secrets = format!(r#"[{{"secret":"secret-{c}","expires_at":null}}]"#);
@@ -442,7 +442,9 @@ fn populate_sqlite(path: &str, connections: usize, hooks: usize, sink: &str) -> 
                 secrets
             ])?;
             for h in 0..hooks {
-                hook.execute(rusqlite::params![format!("hk_{c}_{h}"), id, format!("{sink}/r{c}/{h}")])?;
+                let key = stencil_relay::model::new_hook_secret();
+                let keys = format!(r#"[{{"secret":"{key}","expires_at":null}}]"#);
+                hook.execute(rusqlite::params![format!("hk_{c}_{h}"), id, format!("{sink}/r{c}/{h}"), keys])?;
             }
         }
     }
@@ -466,8 +468,10 @@ async fn populate_postgres(url: &str, connections: i64, hooks: i64, sink: &str) 
         .await?;
     client
         .execute(
-            "INSERT INTO hooks (id, connection_id, url, event, template_id, created_at)
-             SELECT 'hk_' || c || '_' || h, 'r' || c, $3::text || '/r' || c || '/' || h, 'image.created', '', 0
+            "INSERT INTO hooks (id, connection_id, url, event, template_id, created_at, secrets)
+             SELECT 'hk_' || c || '_' || h, 'r' || c, $3::text || '/r' || c || '/' || h, 'image.created', '', 0,
+                    '[{\"secret\":\"whsec_' || encode(sha256(convert_to('hk_' || c || '_' || h, 'UTF8')), 'base64')
+                        || '\",\"expires_at\":null}]'
              FROM generate_series(0, $1::bigint - 1) AS c, generate_series(0, $2::bigint - 1) AS h",
             &[&connections, &hooks, &sink],
         )
