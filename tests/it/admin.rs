@@ -4,7 +4,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use stencil_relay::config::ServeArgs;
 
-use crate::harness::{Sink, SinkReply, TestServer, event};
+use crate::harness::{Sink, SinkReply, TestServer, event, stencil_event};
 
 #[tokio::test]
 async fn create_generates_credentials_shown_only_once() {
@@ -121,18 +121,18 @@ async fn signing_secret_rotation_with_and_without_grace() {
     assert_eq!(graced.status, StatusCode::OK);
     let second =
         crate::harness::Conn { secret: graced.body["signing_secret"].as_str().unwrap().into(), ..conn.clone() };
-    assert_eq!(relay.ingest(&conn, &event("old-secret", None)).await.status, StatusCode::ACCEPTED);
-    assert_eq!(relay.ingest(&second, &event("new-secret", None)).await.status, StatusCode::ACCEPTED);
+    assert_eq!(relay.ingest(&conn, &stencil_event("old-secret")).await.status, StatusCode::ACCEPTED);
+    assert_eq!(relay.ingest(&second, &stencil_event("new-secret")).await.status, StatusCode::ACCEPTED);
 
     let abrupt = relay.admin(Method::POST, "/connections/acme/signing-secret", None).await;
     let third = crate::harness::Conn { secret: abrupt.body["signing_secret"].as_str().unwrap().into(), ..conn.clone() };
     assert_eq!(
-        relay.ingest(&conn, &event("a", None)).await.status,
+        relay.ingest(&conn, &stencil_event("a")).await.status,
         StatusCode::UNAUTHORIZED,
         "grace ended by a rotation without grace"
     );
-    assert_eq!(relay.ingest(&second, &event("b", None)).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(relay.ingest(&third, &event("c", None)).await.status, StatusCode::ACCEPTED);
+    assert_eq!(relay.ingest(&second, &stencil_event("b")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(relay.ingest(&third, &stencil_event("c")).await.status, StatusCode::ACCEPTED);
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 use crate::harness::process::{ingest_until_stopped, sqlite_env, test_env};
-use crate::harness::{RelayProcess, Sink, event, eventually};
+use crate::harness::{RelayProcess, Sink, event, eventually, stencil_event};
 
 #[tokio::test]
 async fn repeated_sigkill_under_load_loses_no_accepted_event() {
@@ -51,7 +51,7 @@ async fn a_store_that_cannot_write_answers_503_then_recovers() {
     let relay = RelayProcess::spawn(&env);
     let conn = relay.connection("acme").await;
     let hook = relay.attach(&conn, &sink.url, None).await;
-    assert_eq!(relay.ingest(&conn, &event("before", None)).await.status, StatusCode::ACCEPTED);
+    assert_eq!(relay.ingest(&conn, &stencil_event("before")).await.status, StatusCode::ACCEPTED);
     sink.recv().await;
     relay.await_attempts(&conn, &hook, 1).await; // recorded: nothing is in flight when the disk fills
 
@@ -63,7 +63,7 @@ async fn a_store_that_cannot_write_answers_503_then_recovers() {
     };
     limit("4096:unlimited"); // like a full disk: no file may grow past 4 KiB
     for n in 0..5 {
-        let reply = relay.ingest(&conn, &event(&format!("full-{n}"), None)).await;
+        let reply = relay.ingest(&conn, &stencil_event(&format!("full-{n}"))).await;
         assert_eq!((reply.status, reply.error()), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"), "full-{n}");
     }
     limit("unlimited:unlimited");

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::harness::{Sink, SinkReply, TestServer, event, eventually};
+use crate::harness::{Sink, SinkReply, TestServer, event, event_id, eventually, stencil_event};
 
 #[tokio::test]
 async fn delivers_exact_bytes_with_identity_headers() {
@@ -39,13 +39,15 @@ async fn fan_out_reaches_exactly_the_matching_hooks_of_the_connection() {
     relay.attach(&a, &other_tpl_a.url, Some("tpl-2")).await;
     relay.attach(&b, &all_b.url, None).await;
 
-    let reply = relay.ingest(&a, &event("evt-a", Some("tpl-1"))).await;
+    let for_a = stencil_event("image-of-a");
+    let reply = relay.ingest_for(&a, "tpl-1", &for_a).await;
     assert_eq!(reply.body["deliveries"], 2);
-    assert_eq!(all_a.recv().await.header("webhook-id"), "evt-a");
-    assert_eq!(tpl_a.recv().await.header("webhook-id"), "evt-a");
+    assert_eq!(all_a.recv().await.header("webhook-id"), event_id(&for_a));
+    assert_eq!(tpl_a.recv().await.header("webhook-id"), event_id(&for_a));
 
-    relay.ingest(&b, &event("evt-b", Some("tpl-1"))).await;
-    assert_eq!(all_b.recv().await.header("webhook-id"), "evt-b");
+    let for_b = stencil_event("image-of-b");
+    relay.ingest_for(&b, "tpl-1", &for_b).await;
+    assert_eq!(all_b.recv().await.header("webhook-id"), event_id(&for_b));
     for silent in [&other_tpl_a, &all_b, &all_a, &tpl_a] {
         silent.assert_silent(Duration::from_millis(300)).await;
     }
@@ -58,11 +60,12 @@ async fn retries_count_attempts_and_keep_the_event_id() {
     sink.script([SinkReply::Status(500), SinkReply::Status(503)]);
     let conn = relay.connection("acme").await;
     let hook = relay.attach(&conn, &sink.url, None).await;
-    relay.ingest(&conn, &event("evt-r", None)).await;
+    let body = stencil_event("retried");
+    relay.ingest(&conn, &body).await;
     let tries = sink.recv_n(3).await;
     let attempts: Vec<&str> = tries.iter().map(|t| t.header("x-relay-attempt")).collect();
     assert_eq!(attempts, ["1", "2", "3"]);
-    assert!(tries.iter().all(|t| t.header("webhook-id") == "evt-r" && t.body == tries[0].body));
+    assert!(tries.iter().all(|t| t.header("webhook-id") == event_id(&body) && t.body == tries[0].body));
     assert!(tries[1].at - tries[0].at >= Duration::from_millis(100), "first retry waits the schedule's 100ms");
     assert!(tries[2].at - tries[1].at >= Duration::from_millis(200));
     let log = relay.await_attempts(&conn, &hook, 3).await;
@@ -78,7 +81,7 @@ async fn retry_after_lengthens_the_wait() {
     sink.script([SinkReply::RetryAfter(429, 1)]);
     let conn = relay.connection("acme").await;
     relay.attach(&conn, &sink.url, None).await;
-    relay.ingest(&conn, &event("evt-429", None)).await;
+    relay.ingest(&conn, &stencil_event("evt-429")).await;
     let tries = sink.recv_n(2).await;
     assert!(tries[1].at - tries[0].at >= Duration::from_millis(950), "waited {:?}", tries[1].at - tries[0].at);
 }
@@ -89,14 +92,14 @@ async fn gone_detaches_the_hook() {
     let sink = Sink::start_with(SinkReply::Status(410)).await;
     let conn = relay.connection("acme").await;
     let hook = relay.attach(&conn, &sink.url, None).await;
-    relay.ingest(&conn, &event("evt-1", None)).await;
+    relay.ingest(&conn, &stencil_event("gone-1")).await;
     sink.recv().await;
     eventually("the hook to be detached", || async {
         let reply = relay.api(&conn, Method::GET, &format!("/hooks/{hook}"), None).await;
         (reply.status == StatusCode::NOT_FOUND).then_some(())
     })
     .await;
-    assert_eq!(relay.ingest(&conn, &event("evt-2", None)).await.body["deliveries"], 0);
+    assert_eq!(relay.ingest(&conn, &stencil_event("gone-2")).await.body["deliveries"], 0);
     sink.assert_silent(Duration::from_millis(400)).await;
     let letters = relay.admin(Method::GET, "/dead-letters", None).await;
     assert_eq!(letters.body["data"], json!([]), "a detach is not a dead letter");
@@ -110,7 +113,7 @@ async fn exhausted_schedule_and_other_4xx_go_to_dead_letters() {
     let conn = relay.connection("acme").await;
     relay.attach(&conn, &failing.url, None).await;
     relay.attach(&conn, &refusing.url, None).await;
-    relay.ingest(&conn, &event("evt-d", None)).await;
+    relay.ingest(&conn, &stencil_event("dead")).await;
     failing.recv_n(4).await; // 1 try + 3 retries
     refusing.recv().await;
     let letters = relay.await_dead_letters("", 2).await;
@@ -128,7 +131,7 @@ async fn redirects_are_not_followed() {
     let redirecting = Sink::start_with(SinkReply::Redirect(elsewhere.url.clone())).await;
     let conn = relay.connection("acme").await;
     relay.attach(&conn, &redirecting.url, None).await;
-    relay.ingest(&conn, &event("evt-302", None)).await;
+    relay.ingest(&conn, &stencil_event("evt-302")).await;
     redirecting.recv().await;
     let letters = relay.await_dead_letters("", 1).await;
     assert_eq!(letters[0]["last_status"], 302);
@@ -144,7 +147,7 @@ async fn slow_targets_time_out_and_are_retried() {
     sink.script([SinkReply::Slow(Duration::from_secs(2))]);
     let conn = relay.connection("acme").await;
     let hook = relay.attach(&conn, &sink.url, None).await;
-    relay.ingest(&conn, &event("evt-slow", None)).await;
+    relay.ingest(&conn, &stencil_event("evt-slow")).await;
     let tries = sink.recv_n(2).await;
     assert_eq!(tries[1].header("x-relay-attempt"), "2");
     let log = relay.await_attempts(&conn, &hook, 2).await;
@@ -205,7 +208,7 @@ async fn refuses_inward_addresses_at_delivery_time() {
     let mut strict_args = relay.args.clone();
     strict_args.allow_private_targets = Some("false".into());
     let relay = relay.restart_with(strict_args).await;
-    assert_eq!(relay.ingest(&conn, &event("evt-inward", None)).await.body["deliveries"], 2);
+    assert_eq!(relay.ingest(&conn, &stencil_event("evt-inward")).await.body["deliveries"], 2);
     for (hook, why) in [(by_name, "forbidden addresses"), (by_ip, "forbidden address")] {
         let attempt = relay.await_attempts(&conn, &hook, 1).await.remove(0);
         assert_eq!(attempt["status_code"], serde_json::Value::Null);

@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::harness::{Conn, Sink, TestServer, event};
+use crate::harness::{Conn, Sink, TestServer, event, stencil_event};
 
 #[tokio::test]
 async fn connection_check_needs_a_valid_key() {
@@ -128,7 +128,7 @@ async fn detach_removes_the_hook_and_repeats_quietly() {
     let never = relay.api(&conn, Method::DELETE, "/hooks/hk_never", None).await;
     assert_eq!(never.status, StatusCode::NO_CONTENT);
     assert_eq!(relay.api(&conn, Method::GET, &path, None).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(relay.ingest(&conn, &event("e", None)).await.body["deliveries"], 0);
+    assert_eq!(relay.ingest(&conn, &stencil_event("e")).await.body["deliveries"], 0);
 }
 
 #[tokio::test]

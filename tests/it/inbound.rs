@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{PATIENCE, TestServer, event};
+use crate::harness::{PATIENCE, TestServer, stencil_event};
 
 async fn connect(relay: &TestServer) -> TcpStream {
     TcpStream::connect(relay.base.trim_start_matches("http://")).await.unwrap()
@@ -96,11 +96,11 @@ async fn ingest_over_the_in_flight_cap_gets_503_with_retry_after() {
     let head = format!("POST /v1/ingest/{} HTTP/1.1\r\nhost: relay\r\ncontent-length: 100\r\n\r\n{{", conn.id);
     slow.write_all(head.as_bytes()).await.unwrap();
     let busy = crate::harness::eventually("the slot to be taken", || async {
-        let reply = relay.ingest(&conn, &event("evt-busy", None)).await;
+        let reply = relay.ingest(&conn, &stencil_event("evt-busy")).await;
         (reply.status == StatusCode::SERVICE_UNAVAILABLE).then_some(reply)
     })
     .await;
     assert_eq!((busy.error(), busy.header("retry-after")), ("unavailable", "1"));
     assert!(read_to_close(&mut slow).await.starts_with("HTTP/1.1 408"));
-    assert_eq!(relay.ingest(&conn, &event("evt-after", None)).await.status, StatusCode::ACCEPTED);
+    assert_eq!(relay.ingest(&conn, &stencil_event("evt-after")).await.status, StatusCode::ACCEPTED);
 }

@@ -5,7 +5,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use stencil_relay::signature::sign;
 
-use crate::harness::{Sink, TestServer, event, fixture};
+use crate::harness::{Sink, TestServer, event, fixture, stencil_event};
 
 #[tokio::test]
 async fn accepted_event_counts_matching_deliveries_then_is_a_duplicate() {
@@ -179,15 +179,19 @@ async fn ingest_rate_is_per_connection_with_headers() {
     let relay = TestServer::start().await;
     let slow = relay.connection_with(json!({ "name": "Slow", "id": "slow", "ingest_rate": 2 })).await;
     let other = relay.connection("other").await;
-    let first = relay.ingest(&slow, &event("a", None)).await;
+    let first = relay.ingest(&slow, &stencil_event("a")).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
     assert_eq!((first.header("x-ratelimit-limit"), first.header("x-ratelimit-remaining")), ("2", "1"));
     assert!(first.header("x-ratelimit-reset").parse::<u64>().unwrap() > 1_700_000_000);
-    assert_eq!(relay.ingest(&slow, &event("b", None)).await.status, StatusCode::ACCEPTED);
-    let limited = relay.ingest(&slow, &event("c", None)).await;
+    assert_eq!(relay.ingest(&slow, &stencil_event("b")).await.status, StatusCode::ACCEPTED);
+    let limited = relay.ingest(&slow, &stencil_event("c")).await;
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(limited.error(), "rate_limited");
     assert!(limited.header("retry-after").parse::<u64>().unwrap() >= 1);
     assert_eq!(limited.header("x-ratelimit-remaining"), "0");
-    assert_eq!(relay.ingest(&other, &event("c", None)).await.status, StatusCode::ACCEPTED, "limits are per connection");
+    assert_eq!(
+        relay.ingest(&other, &stencil_event("c")).await.status,
+        StatusCode::ACCEPTED,
+        "limits are per connection"
+    );
 }

@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::harness::process::{ingest_until_stopped, test_env};
-use crate::harness::{RelayProcess, Sink, SinkReply, TestServer, event, eventually};
+use crate::harness::{RelayProcess, Sink, SinkReply, TestServer, event, eventually, stencil_event};
 
 async fn scrape(base: &str) -> (StatusCode, String) {
     let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
@@ -106,7 +106,7 @@ async fn credentials_never_reach_the_logs_even_at_trace() {
     let conn =
         relay.connection_with(json!({ "name": "Logs", "id": "logs", "api_key": key, "signing_secret": secret })).await;
     relay.attach(&conn, &sink.url, None).await;
-    relay.ingest(&conn, &event("evt-log", None)).await;
+    relay.ingest(&conn, &stencil_event("evt-log")).await;
     sink.recv().await;
     let new_key =
         relay.admin(Method::POST, "/connections/logs/api-key", None).await.body["api_key"].as_str().unwrap().to_owned();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::harness::{Sink, TestServer, event};
+use crate::harness::{Sink, TestServer, event, stencil_event};
 
 /// How a raw target misbehaves once it has read the request.
 #[derive(Clone, Copy)]
@@ -101,7 +101,7 @@ async fn first_attempt_against(url: &str) -> (serde_json::Value, Duration) {
     let hook = relay.attach(&hostile, url, None).await;
     relay.attach(&good, &sink.url, None).await;
     let started = Instant::now();
-    relay.ingest(&hostile, &event("evt-hostile", None)).await;
+    relay.ingest(&hostile, &stencil_event("evt-hostile")).await;
     relay.ingest(&good, &event("evt-good", None)).await;
     assert_eq!(sink.recv().await.header("webhook-id"), "evt-good", "other hooks are served meanwhile");
     let attempt = relay.await_attempts(&hostile, &hook, 1).await.pop().unwrap();

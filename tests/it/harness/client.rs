@@ -143,6 +143,15 @@ impl RelayClient {
         self.ingest_signed(&conn.id, body, &signature).await
     }
 
+    /// Posts `body` to `conn`'s ingest URL for Stencil template `template` (`?template_id=`),
+    /// signed with its secret: how Stencil's per-template webhooks arrive.
+    pub(crate) async fn ingest_for(&self, conn: &Conn, template: &str, body: &[u8]) -> Reply {
+        let signature = stencil_relay::signature::sign(&conn.secret, body);
+        let headers = [("x-usestencil-signature", signature.as_str())];
+        let path = format!("/v1/ingest/{}?template_id={template}", conn.id);
+        self.send(Method::POST, &path, None, Some(body.to_vec()), &headers).await
+    }
+
     /// Posts `body` with an explicit signature header value.
     pub(crate) async fn ingest_signed(&self, connection_id: &str, body: &[u8], signature: &str) -> Reply {
         let headers = [("x-usestencil-signature", signature)];

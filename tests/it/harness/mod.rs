@@ -72,6 +72,12 @@ pub(crate) fn stencil_event(tag: &str) -> Vec<u8> {
     documented.replace("19da5632-feef-4abd-a28a-e3dfa6077429", tag).into_bytes()
 }
 
+/// The event id the relay gives a payload without an `id` (all of Stencil's): its SHA-256.
+pub(crate) fn event_id(body: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(body))
+}
+
 /// A payload of the older shape with a top-level id (and an optional template), for tests
 /// about event ids.
 pub(crate) fn event(id: &str, template_id: Option<&str>) -> Vec<u8> {
