@@ -115,7 +115,7 @@ impl App {
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(addr = %addr, metrics_addr = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()), "listening");
         tracker.spawn(dispatcher.run(handed, tracker.clone(), token.clone()));
-        tracker.spawn(prune_auth_failures(Arc::clone(&state), token.clone()));
+        tracker.spawn(housekeeping(Arc::clone(&state), token.clone()));
         tracker.spawn(crate::sync::follow(state.store.clone(), state.registry.clone(), changes, token.clone()));
         let mut servers =
             vec![tokio::spawn(http::serve(listener, Surface::Api, Arc::clone(&state), token.clone(), grace))];
@@ -144,11 +144,26 @@ impl App {
     }
 }
 
-async fn prune_auth_failures(state: Arc<AppState>, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(Duration::from_secs(60));
+/// How often the pending-deliveries count that `/metrics` shows is read from the store: so that
+/// scraping, which needs no credentials, never waits on (or adds to) the store's reads.
+const PENDING_REFRESH: Duration = Duration::from_secs(2);
+
+/// Periodic upkeep: the cached pending count, and forgetting quiet addresses of the
+/// failed-authentication limits so that their memory stays bounded.
+async fn housekeeping(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut prune = tokio::time::interval(Duration::from_secs(60));
+    let mut count = tokio::time::interval(PENDING_REFRESH);
+    count.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = every.tick() => state.auth_failures.prune(),
+            _ = prune.tick() => {
+                state.auth_failures.prune();
+                state.admin_auth_failures.prune();
+            }
+            _ = count.tick() => match state.store.pending_count().await {
+                Ok(pending) => state.pending_deliveries.store(pending, std::sync::atomic::Ordering::Relaxed),
+                Err(e) => tracing::warn!(cause = %e, "counting pending deliveries failed"),
+            },
             () = shutdown.cancelled() => return,
         }
     }

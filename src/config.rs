@@ -10,7 +10,7 @@ use clap::Args;
 use hyper::header::HeaderName;
 use url::Url;
 
-use crate::target::{DEFAULT_HOSTS, HostPattern, MAKE_HOSTS, TargetPolicy};
+use crate::target::{DEFAULT_HOSTS, DEFAULT_PORTS, HostPattern, MAKE_HOSTS, TargetPolicy};
 
 /// Raw settings exactly as given; [`Config::from_args`] validates them.
 #[derive(Debug, Clone, Default, Args)]
@@ -42,6 +42,12 @@ pub struct ServeArgs {
     /// Comma-separated allowed target host patterns (`*` = one label; `*` alone = any host).
     #[arg(long, env = "RELAY_TARGET_HOSTS")]
     pub target_hosts: Option<String>,
+    /// Hooks one connection may have at most.
+    #[arg(long, env = "RELAY_MAX_HOOKS_PER_CONNECTION")]
+    pub max_hooks_per_connection: Option<String>,
+    /// Comma-separated ports a target URL may use (the URL's, or 443 when it names none).
+    #[arg(long, env = "RELAY_TARGET_PORTS")]
+    pub target_ports: Option<String>,
     /// Comma-separated host patterns of Make's webhooks, where a 410 answer means "no scenario
     /// is listening right now" and is retried; from any other host 410 detaches the hook.
     #[arg(long, env = "RELAY_MAKE_HOSTS")]
@@ -73,6 +79,22 @@ pub struct ServeArgs {
     /// Open client connections at most; more are answered 503 and closed.
     #[arg(long, env = "RELAY_MAX_CONNECTIONS")]
     pub max_connections: Option<String>,
+    /// Open connections from one address at most (not applied behind a proxy, see
+    /// RELAY_CLIENT_IP_HEADER).
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<String>,
+    /// How long a connection may sit without a request in progress before it is closed.
+    #[arg(long, env = "RELAY_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// Slowest a request body may arrive, in bytes per second (after its first second).
+    #[arg(long, env = "RELAY_MIN_BODY_RATE")]
+    pub min_body_rate: Option<String>,
+    /// Ingest requests in progress from one client address at most.
+    #[arg(long, env = "RELAY_MAX_INGEST_PER_ADDRESS")]
+    pub max_ingest_per_address: Option<String>,
+    /// Ingest requests in progress for one connection id at most.
+    #[arg(long, env = "RELAY_MAX_INGEST_PER_CONNECTION")]
+    pub max_ingest_per_connection: Option<String>,
     /// Ingest requests being read, verified or committed at once; more are answered 503.
     #[arg(long, env = "RELAY_MAX_INFLIGHT_INGEST")]
     pub max_inflight_ingest: Option<String>,
@@ -125,6 +147,8 @@ pub struct Config {
     pub targets: TargetPolicy,
     /// Hosts whose 410 does not detach (Make's).
     pub make_hosts: Vec<HostPattern>,
+    /// Cap on a connection's hooks.
+    pub max_hooks_per_connection: usize,
     /// Log filter directive.
     pub log: String,
     /// Log format.
@@ -142,8 +166,18 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Cap on open client connections.
     pub max_connections: usize,
+    /// Cap on open connections from one address (when no proxy header names clients).
+    pub max_connections_per_address: usize,
+    /// How long a connection may be idle (no request in progress) before it is closed.
+    pub idle_timeout: Duration,
+    /// Slowest accepted request body, bytes per second after its first second.
+    pub min_body_rate: u64,
     /// Cap on ingest requests in progress.
     pub max_inflight_ingest: usize,
+    /// Cap on ingest requests in progress from one client address.
+    pub max_ingest_per_address: usize,
+    /// Cap on ingest requests in progress for one connection id (known or not).
+    pub max_ingest_per_connection: usize,
     /// Where `/metrics` is served alone; `None`: on the API listener.
     pub metrics_listen: Option<SocketAddr>,
     /// Header a trusted proxy puts the client address in; `None`: the socket's peer address.
@@ -197,9 +231,16 @@ impl Config {
             })?,
             targets: TargetPolicy {
                 hosts: setting(&a.target_hosts, "RELAY_TARGET_HOSTS", DEFAULT_HOSTS, TargetPolicy::parse_hosts)?,
+                ports: setting(&a.target_ports, "RELAY_TARGET_PORTS", DEFAULT_PORTS, TargetPolicy::parse_ports)?,
                 allow_private: setting(&a.allow_private_targets, "RELAY_ALLOW_PRIVATE_TARGETS", "false", parse_bool)?,
             },
             make_hosts: setting(&a.make_hosts, "RELAY_MAKE_HOSTS", MAKE_HOSTS, TargetPolicy::parse_hosts)?,
+            max_hooks_per_connection: setting(
+                &a.max_hooks_per_connection,
+                "RELAY_MAX_HOOKS_PER_CONNECTION",
+                "1000",
+                parse_count,
+            )?,
             log: setting(&a.log, "RELAY_LOG", "info", |v| {
                 tracing_subscriber::EnvFilter::try_new(v)
                     .map(|_| v.to_owned())
@@ -227,7 +268,29 @@ impl Config {
             header_timeout: setting(&a.header_timeout, "RELAY_HEADER_TIMEOUT", "10s", parse_positive_duration)?,
             body_timeout: setting(&a.body_timeout, "RELAY_BODY_TIMEOUT", "30s", parse_positive_duration)?,
             max_connections: setting(&a.max_connections, "RELAY_MAX_CONNECTIONS", "4096", parse_count)?,
+            max_connections_per_address: setting(
+                &a.max_connections_per_address,
+                "RELAY_MAX_CONNECTIONS_PER_ADDRESS",
+                "256",
+                parse_count,
+            )?,
+            idle_timeout: setting(&a.idle_timeout, "RELAY_IDLE_TIMEOUT", "60s", parse_positive_duration)?,
+            min_body_rate: setting(&a.min_body_rate, "RELAY_MIN_BODY_RATE", "1024", |v| {
+                parse_count(v).map(|n| n as u64)
+            })?,
             max_inflight_ingest: setting(&a.max_inflight_ingest, "RELAY_MAX_INFLIGHT_INGEST", "512", parse_count)?,
+            max_ingest_per_address: setting(
+                &a.max_ingest_per_address,
+                "RELAY_MAX_INGEST_PER_ADDRESS",
+                "128",
+                parse_count,
+            )?,
+            max_ingest_per_connection: setting(
+                &a.max_ingest_per_connection,
+                "RELAY_MAX_INGEST_PER_CONNECTION",
+                "128",
+                parse_count,
+            )?,
             metrics_listen: match a.metrics_listen.as_deref() {
                 None => None,
                 Some(v) => Some(parse_addr(v).map_err(|problem| ConfigError {

@@ -68,12 +68,21 @@ impl HostPattern {
     }
 }
 
+/// The ports a target may use by default: HTTPS's.
+pub const DEFAULT_PORTS: &str = "443";
+
+/// Longest DNS label, and longest host name.
+const MAX_LABEL: usize = 63;
+const MAX_HOST: usize = 253;
+
 /// The target-URL rules in force.
 #[derive(Debug, Clone)]
 pub struct TargetPolicy {
     /// Allowed host patterns.
     pub hosts: Vec<HostPattern>,
-    /// Local development only: allow `http` and loopback/private addresses.
+    /// Allowed ports (the URL's, or 443 when it names none).
+    pub ports: Vec<u16>,
+    /// Local development only: allow `http`, any port, and loopback/private addresses.
     pub allow_private: bool,
 }
 
@@ -91,7 +100,24 @@ impl TargetPolicy {
         Ok(hosts)
     }
 
-    /// Checks a URL offered for a hook; the error says which rule failed.
+    /// Parses a comma-separated port list, as `RELAY_TARGET_PORTS` holds it.
+    ///
+    /// # Errors
+    /// An empty list or a value that is not a port.
+    pub fn parse_ports(list: &str) -> Result<Vec<u16>, String> {
+        let ports = list
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| p.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("{p:?} is not a port")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if ports.is_empty() {
+            return Err("the port list is empty".into());
+        }
+        Ok(ports)
+    }
+
+    /// Checks a URL offered for a hook, and again before every delivery (a hook attached under
+    /// looser settings must not keep receiving); the error says which rule failed.
     ///
     /// # Errors
     /// A sentence naming the broken rule, sent to the client as `invalid_url`.
@@ -119,10 +145,14 @@ impl TargetPolicy {
             Host::Domain(d) if !self.allow_private && is_localhost(d) => {
                 return Err("the url's host is localhost, which is never a valid target".into());
             }
-            Host::Domain(d) => d.to_ascii_lowercase(),
+            Host::Domain(d) => host_name(d)?,
         };
         if !self.hosts.iter().any(|p| p.matches(&name)) {
             return Err(format!("the host {name} is not in the allowed target hosts"));
+        }
+        let port = url.port_or_known_default().unwrap_or(443);
+        if !self.allow_private && !self.ports.contains(&port) {
+            return Err(format!("the port {port} is not an allowed target port"));
         }
         Ok(url)
     }
@@ -139,6 +169,20 @@ impl TargetPolicy {
     pub fn allows_address(&self, ip: IpAddr) -> bool {
         self.allow_private || !is_forbidden(ip)
     }
+}
+
+/// A domain as a host name: dot-separated labels of letters, digits, `-` and `_`, each at most
+/// 63 characters, at most 253 in all (lowercase; the URL parser has already turned an
+/// international name into its `xn--` form).
+fn host_name(domain: &str) -> Result<String, String> {
+    let name = domain.trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        (1..=MAX_LABEL).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.len() > MAX_HOST || !name.split('.').all(label_ok) {
+        return Err("the url's host is not a valid host name".into());
+    }
+    Ok(name)
 }
 
 fn is_localhost(domain: &str) -> bool {
@@ -211,11 +255,15 @@ mod tests {
     use super::*;
 
     fn strict() -> TargetPolicy {
-        TargetPolicy { hosts: TargetPolicy::parse_hosts(DEFAULT_HOSTS).unwrap(), allow_private: false }
+        TargetPolicy {
+            hosts: TargetPolicy::parse_hosts(DEFAULT_HOSTS).unwrap(),
+            ports: vec![443],
+            allow_private: false,
+        }
     }
 
     fn any_host() -> TargetPolicy {
-        TargetPolicy { hosts: TargetPolicy::parse_hosts("*").unwrap(), allow_private: false }
+        TargetPolicy { hosts: TargetPolicy::parse_hosts("*").unwrap(), ports: vec![443], allow_private: false }
     }
 
     #[test]
@@ -275,10 +323,31 @@ mod tests {
 
     #[test]
     fn development_mode_allows_local_http() {
-        let dev = TargetPolicy { hosts: TargetPolicy::parse_hosts("*").unwrap(), allow_private: true };
+        let dev =
+            TargetPolicy { hosts: TargetPolicy::parse_hosts("*").unwrap(), ports: vec![443], allow_private: true };
         assert!(dev.check("http://127.0.0.1:8080/a").is_ok());
         assert!(dev.check("http://localhost:9/a").is_ok());
         assert!(dev.check("ftp://127.0.0.1/a").is_err());
+    }
+
+    #[test]
+    fn ports_and_host_name_syntax_are_checked() {
+        let p = any_host();
+        assert!(p.check("https://hook.eu1.make.com:443/x").is_ok());
+        assert!(p.check("https://hook.eu1.make.com:8443/x").unwrap_err().contains("port 8443"));
+        let other = TargetPolicy { ports: vec![8443], ..any_host() };
+        assert!(other.check("https://hook.eu1.make.com:8443/x").is_ok());
+        assert!(other.check("https://hook.eu1.make.com/x").is_err(), "443 is then not allowed");
+        for bad in [
+            "https://hook.a\"b.make.com/x",
+            &format!("https://{}.make.com/x", "a".repeat(64)),
+            &format!("https://{}com/x", "a.".repeat(130)),
+        ] {
+            assert!(p.check(bad).is_err(), "{bad}");
+        }
+        assert!(p.check(&format!("https://{}.make.com/x", "a".repeat(63))).is_ok());
+        assert_eq!(TargetPolicy::parse_ports("443, 8443").unwrap(), [443, 8443]);
+        assert!(TargetPolicy::parse_ports("0").is_err() && TargetPolicy::parse_ports("").is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::error::Error as StdError;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -102,7 +102,14 @@ impl DeliveryClient {
         };
         let uri = match self.checked_uri(&delivery.url) {
             Ok(uri) => uri,
-            Err(why) => return failed(why),
+            Err(why) => {
+                return Sent {
+                    outcome: Outcome::Refused,
+                    retry_after: None,
+                    error: Some(format!("not sent: {why}")),
+                    duration: started.elapsed(),
+                };
+            }
         };
         if keys.is_empty() {
             return failed("the hook's signing keys could not be read".to_owned());
@@ -145,17 +152,13 @@ impl DeliveryClient {
         Ok((status, retry_after))
     }
 
-    /// The hook URL as a request target (a fragment is never sent), if it parses and does not
-    /// name a forbidden address literally (names are checked when they resolve).
+    /// The hook URL as a request target (a fragment is never sent), if it still keeps the target
+    /// rules in force — scheme, allowed host, port, host-name syntax, no forbidden address
+    /// literal (names are checked again when they resolve).
     fn checked_uri(&self, url: &str) -> Result<Uri, String> {
-        let without_fragment = url.split_once('#').map_or(url, |(before, _)| before);
-        let uri: Uri = without_fragment.parse().map_err(|_| INVALID_URL.to_owned())?;
-        let host = uri.host().ok_or_else(|| INVALID_URL.to_owned())?;
-        let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        match literal.parse::<IpAddr>() {
-            Ok(ip) if !self.policy.allows_address(ip) => Err(format!("refused: {ip} is a forbidden address")),
-            _ => Ok(uri),
-        }
+        let mut url = self.policy.check(url).map_err(|why| format!("the hook's URL is no longer allowed: {why}"))?;
+        url.set_fragment(None);
+        url.as_str().parse().map_err(|_| INVALID_URL.to_owned())
     }
 }
 

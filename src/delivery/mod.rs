@@ -323,7 +323,7 @@ impl Shared {
         let decision = retry::decide(sent.outcome, number, &self.dispatcher.schedule, sent.retry_after, gone);
         let status_code = match sent.outcome {
             retry::Outcome::Status(s) => Some(s),
-            retry::Outcome::Failed => None,
+            retry::Outcome::Failed | retry::Outcome::Refused => None,
         };
         tracing::info!(status = status_code, outcome = ?decision, ms = sent.duration.as_millis() as u64, "attempt finished");
         let metrics = &self.dispatcher.metrics;

@@ -10,8 +10,12 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 pub enum Outcome {
     /// The target answered with this status.
     Status(u16),
-    /// No answer: timeout, connection refused or reset, refused address.
+    /// No answer: timeout, connection refused or reset, an address the name resolved to that
+    /// is forbidden.
     Failed,
+    /// Not sent: the hook's URL breaks the target rules now in force (it was attached under
+    /// looser settings). Trying again cannot help.
+    Refused,
 }
 
 /// What to do with the delivery.
@@ -56,6 +60,7 @@ pub fn decide(
         Outcome::Status(410) => true,
         Outcome::Status(s) => matches!(s, 408 | 425 | 429) || s >= 500,
         Outcome::Failed => true,
+        Outcome::Refused => false,
     };
     if !retryable {
         return Decision::DeadLetter;
@@ -107,6 +112,11 @@ mod tests {
             assert_eq!(decide(o, 2, &S, None, Gone::Unsubscribed), Decision::Retry(S[1]));
             assert_eq!(decide(o, 3, &S, None, Gone::Unsubscribed), Decision::DeadLetter);
         }
+    }
+
+    #[test]
+    fn a_refused_url_is_a_dead_letter_at_once() {
+        assert_eq!(decide(Outcome::Refused, 1, &S, None, Gone::Unsubscribed), Decision::DeadLetter);
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
     let Some(expected) = state.admin_token_hash else {
         return Err(ApiError::not_found("route"));
     };
-    authorize(state, client, req.headers(), |token| {
+    authorize(&state.admin_auth_failures, client, req.headers(), |token| {
         let given: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         bool::from(given.ct_eq(&expected)).then_some(())
     })?;
@@ -138,7 +138,7 @@ fn ingest_rate_field(given: Option<u32>) -> Result<Option<u32>, ApiError> {
 
 async fn create(state: &AppState, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
-    let input: ConnectionIn = read_json(&parts.headers, body, state.config.body_timeout).await?;
+    let input: ConnectionIn = read_json(&parts.headers, body, state.body_pace()).await?;
     let name = name_field(input.name)?.ok_or_else(|| ApiError::validation("name is required"))?;
     let ingest_auth = ingest_auth_field(input.ingest_auth.as_deref())?.unwrap_or_default();
     let ingest_rate = ingest_rate_field(input.ingest_rate)?;
@@ -192,7 +192,7 @@ struct ConnectionPatch {
 async fn patch(state: &AppState, id: &str, req: Request<Incoming>) -> Reply {
     let entry = state.registry.get(id).ok_or_else(|| ApiError::not_found("connection"))?;
     let (parts, body) = req.into_parts();
-    let input: ConnectionPatch = read_json(&parts.headers, body, state.config.body_timeout).await?;
+    let input: ConnectionPatch = read_json(&parts.headers, body, state.body_pace()).await?;
     let mut connection = entry.connection.clone();
     if let Some(name) = name_field(input.name)? {
         connection.name = name;
@@ -211,11 +211,20 @@ async fn patch(state: &AppState, id: &str, req: Request<Incoming>) -> Reply {
     Ok(json(StatusCode::OK, &connection_json(state, &parts.headers, &entry)))
 }
 
+/// Shortest API key or signing secret an operator may choose: as hard to guess as 32 random
+/// characters (generated ones carry 256 bits).
+pub(super) const MIN_CHOSEN_SECRET_LEN: usize = 32;
+
+/// An operator-chosen key or secret, checked, or a generated one. Printable ASCII only: a key
+/// travels in an `Authorization` header and a secret in Stencil's custom-header field, where
+/// anything else could never match.
 fn secret_field(given: Option<String>, field: &str, prefix: &str) -> Result<String, ApiError> {
     match given {
         None => Ok(random_token(prefix, 32)),
-        Some(s) if s.is_empty() || s.len() > 256 || s.chars().any(char::is_whitespace) => {
-            Err(ApiError::validation(format!("{field} must be 1 to 256 characters without spaces")))
+        Some(s) if s.len() < MIN_CHOSEN_SECRET_LEN || s.len() > 256 || !s.bytes().all(|b| b.is_ascii_graphic()) => {
+            Err(ApiError::validation(format!(
+                "{field} must be {MIN_CHOSEN_SECRET_LEN} to 256 printable ASCII characters without spaces"
+            )))
         }
         Some(s) => Ok(s),
     }
@@ -229,7 +238,7 @@ struct RotateIn {
 async fn rotate_secret(state: &AppState, id: &str, req: Request<Incoming>) -> Reply {
     let entry = state.registry.get(id).ok_or_else(|| ApiError::not_found("connection"))?;
     let (parts, body) = req.into_parts();
-    let input: RotateIn = read_json(&parts.headers, body, state.config.body_timeout).await?;
+    let input: RotateIn = read_json(&parts.headers, body, state.body_pace()).await?;
     let grace = input.grace_seconds.unwrap_or(0);
     if grace > MAX_GRACE_SECONDS {
         return Err(ApiError::validation(format!("grace_seconds must be at most {MAX_GRACE_SECONDS}")));

@@ -1,32 +1,33 @@
-//! Bearer authentication for the hook and admin APIs, behind the per-address limit on failures:
-//! an address over its failure budget gets 429 before its credentials are even looked at.
+//! Bearer authentication for the hook and admin APIs, with a per-address limit on failures: a
+//! valid credential always gets through (Make and Zapier call from shared addresses, so one
+//! user's failures must not lock out the others); an invalid one from an address over its
+//! failure budget is answered 429 instead of 401.
 
 use std::net::IpAddr;
 
 use hyper::header::HeaderMap;
 
-use super::AppState;
 use super::error::ApiError;
 use super::io::bearer;
+use crate::ratelimit::AuthFailures;
 
-/// Resolves the bearer token with `lookup`, counting failures against `client`.
+/// Resolves the bearer token with `lookup`, counting failures against `client` in `failures`
+/// (the hook API and the admin API have a budget each).
 ///
 /// # Errors
-/// 429 while `client` is slowed; 401 for a missing or unknown token.
+/// 401 for a missing or unknown token; 429 instead while `client` is slowed.
 pub(super) fn authorize<T>(
-    state: &AppState,
+    failures: &AuthFailures,
     client: IpAddr,
     headers: &HeaderMap,
     lookup: impl FnOnce(&str) -> Option<T>,
 ) -> Result<T, ApiError> {
-    if let Some(wait) = state.auth_failures.blocked_for(client) {
+    if let Some(found) = bearer(headers).and_then(lookup) {
+        return Ok(found);
+    }
+    if let Some(wait) = failures.blocked_for(client) {
         return Err(ApiError::rate_limited(wait.as_secs_f64().ceil() as u64));
     }
-    match bearer(headers).and_then(lookup) {
-        Some(found) => Ok(found),
-        None => {
-            state.auth_failures.record_failure(client);
-            Err(ApiError::unauthorized())
-        }
-    }
+    failures.record_failure(client);
+    Err(ApiError::unauthorized())
 }

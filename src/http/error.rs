@@ -166,6 +166,12 @@ impl ApiError {
         Self::new(StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout, message)
     }
 
+    /// 408 when a body arrives slower than the minimum rate.
+    pub fn too_slow(min_rate: u64) -> Self {
+        let message = format!("the request body arrived slower than {min_rate} bytes per second");
+        Self::new(StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout, message)
+    }
+
     /// 503 when the relay is at its limit of concurrent work; nothing was accepted.
     pub fn overloaded() -> Self {
         let mut e =

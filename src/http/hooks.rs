@@ -10,7 +10,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -19,8 +20,8 @@ use super::error::ApiError;
 use super::io::{empty, json, limit, read_json};
 use super::routes::Route;
 use crate::model::{
-    Attempt, HOOK_ID_PREFIX, Hook, IMAGE_CREATED, MAX_TEMPLATE_ID_LEN, SigningSecret, event_type, is_valid_template_id,
-    new_hook_secret, now_ms, random_token, rfc3339,
+    Attempt, Event, HOOK_ID_PREFIX, Hook, IMAGE_CREATED, MAX_TEMPLATE_ID_LEN, SigningSecret, event_type,
+    is_valid_template_id, new_hook_secret, now_ms, random_token, rfc3339,
 };
 use crate::registry::Entry;
 use crate::rejections::Summary;
@@ -30,7 +31,7 @@ use crate::target::TargetPolicy;
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
 pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, req: Request<Incoming>) -> Reply {
-    let entry = authorize(state, client, req.headers(), |key| state.registry.authenticate(key))?;
+    let entry = authorize(&state.auth_failures, client, req.headers(), |key| state.registry.authenticate(key))?;
     let query = req.uri().query().map(str::to_owned);
     let query = query.as_deref();
     match route {
@@ -63,23 +64,52 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
         }
         Route::Events => {
             let events = state.store.events(&entry.connection.id, limit(query, 10, 100)?).await?;
-            let data: Vec<Value> = events
-                .iter()
-                .map(|e| {
-                    let payload: Value = serde_json::from_slice(&e.payload).unwrap_or(Value::Null);
-                    json!({
-                        "id": e.id,
-                        "type": e.event_type,
-                        "template_id": e.template_id,
-                        "received_at": rfc3339(e.received_at),
-                        "payload": payload,
-                    })
-                })
-                .collect();
-            Ok(json(StatusCode::OK, &json!({ "data": data })))
+            Ok(json(StatusCode::OK, &EventList { data: listed(&events) }))
         }
         _ => Err(ApiError::not_found("route")),
     }
+}
+
+/// Most payload bytes one answer of `GET /v1/events` carries; the list ends early (but always
+/// holds the newest event) rather than grow past it.
+pub(super) const MAX_EVENTS_ANSWER: usize = 8 * 1024 * 1024;
+
+/// `GET /v1/events`'s answer.
+#[derive(Serialize)]
+struct EventList<'a> {
+    data: Vec<EventOut<'a>>,
+}
+
+/// An event as the API lists it; its payload is the stored bytes as they are (checked as JSON
+/// at ingest), so listing builds no tree of them.
+#[derive(Serialize)]
+struct EventOut<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    template_id: Option<&'a str>,
+    received_at: String,
+    payload: Option<&'a RawValue>,
+}
+
+/// Events newest first, within [`MAX_EVENTS_ANSWER`] bytes of payload.
+fn listed(events: &[Event]) -> Vec<EventOut<'_>> {
+    let mut bytes = 0;
+    let mut data = Vec::with_capacity(events.len());
+    for e in events {
+        bytes += e.payload.len();
+        if bytes > MAX_EVENTS_ANSWER && !data.is_empty() {
+            break;
+        }
+        data.push(EventOut {
+            id: &e.id,
+            event_type: &e.event_type,
+            template_id: e.template_id.as_deref(),
+            received_at: rfc3339(e.received_at),
+            payload: std::str::from_utf8(&e.payload).ok().and_then(|text| serde_json::from_str(text).ok()),
+        });
+    }
+    data
 }
 
 /// `POST /v1/hooks`: Make sends `url`, Zapier's REST Hooks send `target_url`.
@@ -116,8 +146,17 @@ impl HookIn {
 
 async fn attach(state: &AppState, entry: &Arc<Entry>, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
-    let input: HookIn = read_json(&parts.headers, body, state.config.body_timeout).await?;
+    let input: HookIn = read_json(&parts.headers, body, state.body_pace()).await?;
     let (url, event, template_id) = input.validate(&state.config.targets)?;
+    // Every hook costs each of the connection's events a delivery row: a connection may have a
+    // bounded number. Attaching one it already has is not a new one.
+    let cap = state.config.max_hooks_per_connection;
+    let known = entry.hooks.iter().any(|h| h.url == url && h.event == event && h.template_id == template_id);
+    if !known && entry.hooks.len() >= cap {
+        return Err(ApiError::validation(format!(
+            "this connection has {cap} hooks, the most allowed; detach one first"
+        )));
+    }
     let hook = Hook {
         id: random_token(HOOK_ID_PREFIX, 16),
         connection_id: entry.connection.id.as_str().into(),
@@ -233,7 +272,7 @@ mod tests {
     use crate::target::{DEFAULT_HOSTS, is_forbidden};
 
     fn strict() -> TargetPolicy {
-        TargetPolicy { hosts: TargetPolicy::parse_hosts("*").unwrap(), allow_private: false }
+        TargetPolicy { hosts: TargetPolicy::parse_hosts("*").unwrap(), ports: vec![443], allow_private: false }
     }
 
     proptest! {
@@ -245,7 +284,7 @@ mod tests {
                 .prop_map(|(url, event)| serde_json::to_vec(&json!({ "url": url, "event": event })).unwrap()),
         ]) {
             let Ok(input) = serde_json::from_slice::<HookIn>(&body) else { return Ok(()) };
-            for policy in [strict(), TargetPolicy { hosts: TargetPolicy::parse_hosts(DEFAULT_HOSTS).unwrap(), allow_private: false }] {
+            for policy in [strict(), TargetPolicy { hosts: TargetPolicy::parse_hosts(DEFAULT_HOSTS).unwrap(), ports: vec![443], allow_private: false }] {
                 match input.clone().validate(&policy) {
                     Ok((url, event, _)) => {
                         prop_assert!(EVENT_TYPES.contains(&event));

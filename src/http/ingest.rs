@@ -2,12 +2,14 @@
 //! credentials (signature over the raw bytes, or bearer token) checked before any parsing, the
 //! connection's rate limit, then one commit of the event and its deliveries.
 
+use std::net::IpAddr;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+use serde::de::{Deserializer as _, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -26,21 +28,24 @@ pub(super) const MAX_EVENT_ID_LEN: usize = 256;
 
 pub(super) async fn ingest(
     state: &AppState,
+    client: IpAddr,
     connection_id: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let (parts, body) = req.into_parts();
-    // Refused before its body is read, a request's body is still read and dropped: a client
-    // that writes it all before reading the answer would otherwise meet a reset connection.
-    let Some(entry) = state.registry.get(connection_id) else {
-        discard(body, state.config.body_timeout);
-        return Err(ApiError::unauthorized());
-    };
-    let Ok(_permit) = state.ingest_permits.try_acquire() else {
+    // The same steps whether or not the connection exists, so that no answer (413, 408, 503)
+    // tells a prober which ids are real: the caps count the id as named, and the body is read
+    // under the same limits before the connection is even looked up. Refused before its body
+    // is read, a request's body is still read and dropped: a client that writes it all before
+    // reading the answer would otherwise meet a reset connection.
+    let Some(_slot) = state.ingest_slots.try_take(client, connection_id) else {
         discard(body, state.config.body_timeout);
         return Err(ApiError::overloaded());
     };
-    let body = read_body(&parts.headers, body, state.config.max_body, state.config.body_timeout).await?;
+    let body = read_body(&parts.headers, body, state.config.max_body, state.body_pace()).await?;
+    let Some(entry) = state.registry.get(connection_id) else {
+        return Err(ApiError::unauthorized());
+    };
     let now = now_ms();
     let signature = parts.headers.get(SIGNATURE_HEADER).map(HeaderValue::as_bytes);
     let authorization = parts.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
@@ -197,6 +202,62 @@ enum Key {
     Other,
 }
 
+/// A value the envelope does not need, read to the end and checked as every reader of the
+/// event will read it (the events list, Make, Zapier): numbers that fit a double, strings
+/// without lone surrogates, nesting within serde_json's limit of 128. `IgnoredAny` skips such
+/// values unchecked, and the relay then stored events it could not list. No tree is built.
+struct Listable;
+
+impl<'de> Deserialize<'de> for Listable {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ListableVisitor)
+    }
+}
+
+struct ListableVisitor;
+
+impl<'de> Visitor<'de> for ListableVisitor {
+    type Value = Listable;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Listable, E> {
+        Ok(Listable)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Listable, E> {
+        Ok(Listable)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Listable, E> {
+        Ok(Listable)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Listable, E> {
+        if n.is_finite() { Ok(Listable) } else { Err(E::custom("a number does not fit a double")) }
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Listable, E> {
+        Ok(Listable)
+    }
+
+    fn visit_unit<E>(self) -> Result<Listable, E> {
+        Ok(Listable)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Listable, A::Error> {
+        while seq.next_element::<Listable>()?.is_some() {}
+        Ok(Listable)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Listable, A::Error> {
+        while map.next_entry::<Listable, Listable>()?.is_some() {}
+        Ok(Listable)
+    }
+}
+
 /// Reads a JSON object into [`Fields`].
 struct TopLevel;
 
@@ -216,7 +277,7 @@ impl<'de> Visitor<'de> for TopLevel {
                 Key::Type => &mut fields.kind,
                 Key::TemplateId => &mut fields.template_id,
                 Key::Other => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Listable>()?;
                     continue;
                 }
             };
@@ -286,6 +347,22 @@ mod tests {
         }
         let long = format!(r#"{{"id":"{}"}}"#, "x".repeat(MAX_EVENT_ID_LEN + 1));
         assert_eq!(Envelope::parse(long.as_bytes()).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn payloads_no_reader_could_list_are_refused() {
+        let deep = format!(r#"{{"a":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
+        for body in [deep.as_str(), r#"{"a":1e400}"#, r#"{"a":"\ud800"}"#, r#"{"a":{"b":"\udfff x"}}"#] {
+            assert_eq!(Envelope::parse(body.as_bytes()).unwrap_err().status(), 400, "{body}");
+            assert!(serde_json::from_str::<Value>(body).is_err(), "and a tree reading refuses it too");
+        }
+        let fine = format!(
+            r#"{{"a":{}1{},"n":123456789012345678901234567890,"s":"\ud83d\ude00"}}"#,
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        assert!(Envelope::parse(fine.as_bytes()).is_ok());
+        assert!(serde_json::from_str::<Value>(&fine).is_ok());
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! Request and response plumbing shared by the handlers: bounded body reads, JSON in and out,
 //! bearer tokens, client addresses and query parameters.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
@@ -36,8 +36,31 @@ pub(super) fn empty(status: StatusCode) -> Response<Full<Bytes>> {
 /// with unread data resets it, and the client sees a broken pipe instead of the answer.
 const DISCARD_AT_MOST: usize = 8 * 1024 * 1024;
 
+/// How a request body must arrive: whole within `timeout`, and — after its first second — at
+/// no less than `min_rate` bytes per second, so that a client trickling a body holds nothing
+/// (an ingest slot, a connection) for long.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BodyPace {
+    /// Bound on the whole body (`RELAY_BODY_TIMEOUT`).
+    pub(super) timeout: Duration,
+    /// Slowest accepted average rate, bytes per second (`RELAY_MIN_BODY_RATE`).
+    pub(super) min_rate: u64,
+}
+
+/// The first second of a body is not held to the minimum rate (a connection's first bytes may
+/// wait on a slow start).
+const RATE_GRACE: Duration = Duration::from_secs(1);
+
+impl BodyPace {
+    /// When the body must have gone past `received` bytes, counted from `started`.
+    fn due(&self, started: Instant, received: usize) -> Instant {
+        let earned = Duration::from_secs_f64(received as f64 / self.min_rate.max(1) as f64);
+        (started + RATE_GRACE + earned).min(started + self.timeout)
+    }
+}
+
 /// Reads the whole body, refusing with 413 as soon as it passes `limit` (never buffered whole)
-/// and with 408 when it has not all arrived within `timeout` (slow-body clients).
+/// and with 408 when it arrives slower than `pace` allows.
 ///
 /// # Errors
 /// 413 when too large; 408 when too slow; 400 when the client breaks off.
@@ -45,22 +68,38 @@ pub(super) async fn read_body(
     headers: &HeaderMap,
     mut body: Incoming,
     limit: usize,
-    timeout: Duration,
+    pace: BodyPace,
 ) -> Result<Bytes, ApiError> {
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        discard(body, timeout);
+        discard(body, pace.timeout);
         return Err(ApiError::payload_too_large(limit));
     }
-    match tokio::time::timeout(timeout, Limited::new(&mut body, limit).collect()).await {
-        Err(_) => Err(ApiError::request_timeout(timeout)),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            discard(body, timeout);
-            Err(ApiError::payload_too_large(limit))
+    let started = Instant::now();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut received = 0;
+    loop {
+        let due = pace.due(started, received);
+        let frame = match tokio::time::timeout_at(due.into(), body.frame()).await {
+            Err(_) if due >= started + pace.timeout => return Err(ApiError::request_timeout(pace.timeout)),
+            Err(_) => return Err(ApiError::too_slow(pace.min_rate)),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(ApiError::invalid_request("the request body could not be read")),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        received += data.len();
+        if received > limit {
+            discard(body, pace.timeout);
+            return Err(ApiError::payload_too_large(limit));
         }
-        Ok(Err(_)) => Err(ApiError::invalid_request("the request body could not be read")),
+        chunks.push(data);
     }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => chunks.concat().into(),
+    })
 }
 
 /// Reads the rest of a refused body in the background and drops it, for at most `timeout` and
@@ -85,9 +124,9 @@ pub(super) fn discard(mut body: Incoming, timeout: Duration) {
 pub(super) async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Incoming,
-    timeout: Duration,
+    pace: BodyPace,
 ) -> Result<T, ApiError> {
-    let bytes = read_body(headers, body, MAX_API_BODY, timeout).await?;
+    let bytes = read_body(headers, body, MAX_API_BODY, pace).await?;
     let bytes: &[u8] = if bytes.trim_ascii().is_empty() { b"{}" } else { &bytes };
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::invalid_request(format!("the body is not valid JSON for this request: {e}")))

@@ -9,6 +9,7 @@ mod error;
 mod hooks;
 mod ingest;
 mod io;
+mod limits;
 mod routes;
 
 use std::convert::Infallible;
@@ -53,14 +54,19 @@ pub struct AppState {
     pub registry: Registry,
     /// Wakes the delivery workers after an ingest.
     pub queue: DeliveryQueue,
-    /// Per-address failed-authentication limit.
+    /// Per-address failed-authentication limit of the hook API.
     pub auth_failures: AuthFailures,
+    /// The same for the admin API, so that neither API's failures can lock the other out.
+    pub admin_auth_failures: AuthFailures,
     /// SHA-256 of the admin token; compared in constant time.
     pub admin_token_hash: Option<[u8; 32]>,
     /// Counters and histograms served at `/metrics`.
     pub metrics: Metrics,
-    /// One permit per ingest in progress (`RELAY_MAX_INFLIGHT_INGEST`).
-    pub ingest_permits: Arc<Semaphore>,
+    /// Deliveries neither delivered nor dead-lettered, as last counted in the background
+    /// (`/metrics` shows it without touching the store).
+    pub pending_deliveries: std::sync::atomic::AtomicU64,
+    /// Ingest requests in progress, in all, per address and per connection id.
+    ingest_slots: limits::IngestSlots,
     /// Mints request ids: a random prefix per instance and a counter, so no request pays for
     /// OS randomness.
     request_ids: RequestIds,
@@ -86,7 +92,11 @@ impl RequestIds {
 impl AppState {
     /// Builds the handler state.
     pub fn new(config: Config, store: Store, registry: Registry, queue: DeliveryQueue, metrics: Metrics) -> Self {
-        let max_inflight_ingest = config.max_inflight_ingest;
+        let ingest_slots = limits::IngestSlots::new(
+            config.max_inflight_ingest,
+            config.max_ingest_per_address,
+            config.max_ingest_per_connection,
+        );
         let admin_token_hash = config.admin_token.as_deref().map(|t| Sha256::digest(t.as_bytes()).into());
         Self {
             config,
@@ -94,13 +104,29 @@ impl AppState {
             registry,
             queue,
             auth_failures: AuthFailures::default(),
+            admin_auth_failures: AuthFailures::default(),
             admin_token_hash,
             metrics,
-            ingest_permits: Arc::new(Semaphore::new(max_inflight_ingest)),
+            ingest_slots,
+            pending_deliveries: std::sync::atomic::AtomicU64::new(0),
             request_ids: RequestIds::new(),
         }
     }
 }
+
+impl AppState {
+    /// How request bodies must arrive.
+    fn body_pace(&self) -> io::BodyPace {
+        io::BodyPace { timeout: self.config.body_timeout, min_rate: self.config.min_body_rate }
+    }
+}
+
+/// Most HTTP/2 streams one connection may have open at once: enough for a client that
+/// multiplexes, too few for one connection to hold a large share of the ingest slots.
+const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+/// How often an HTTP/2 connection is pinged, and how long its answer may take before the
+/// connection is closed as dead.
+const H2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(20), Duration::from_secs(10));
 
 /// Which routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,9 +148,22 @@ pub async fn serve(
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(state.config.header_timeout).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .keep_alive_interval(H2_KEEP_ALIVE.0)
+        .keep_alive_timeout(H2_KEEP_ALIVE.1);
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(state.config.max_connections));
+    // Behind a proxy every connection comes from the proxy: clients are told apart per request
+    // (RELAY_CLIENT_IP_HEADER), and the proxy limits its own connections.
+    let per_address = state
+        .config
+        .client_ip_header
+        .is_none()
+        .then(|| Arc::new(limits::Counts::<IpAddr>::new(state.config.max_connections_per_address)));
+    let (first_request, idle) = (state.config.header_timeout, state.config.idle_timeout);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -138,22 +177,49 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        let address = match &per_address {
+            Some(counts) => match limits::hold(counts, peer.ip()) {
+                Some(held) => Some(held),
+                None => {
+                    tokio::spawn(refuse(stream));
+                    continue;
+                }
+            },
+            None => None,
+        };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             tokio::spawn(refuse(stream));
             continue;
         };
         let state = Arc::clone(&state);
-        let service = service_fn(move |req| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(handle(&state, surface, peer.ip(), req).await) }
+        let activity = limits::Activity::new();
+        let service = service_fn({
+            let activity = Arc::clone(&activity);
+            move |req| {
+                let state = Arc::clone(&state);
+                let busy = activity.busy();
+                async move {
+                    let response = handle(&state, surface, peer.ip(), req).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(response)
+                }
+            }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(cause = %e, "connection ended with an error");
+            // A connection with no request in progress is closed after the first-request
+            // deadline (protocol detection included) or the idle timeout; a request in
+            // progress is bounded by the header and body timeouts instead.
+            tokio::select! {
+                ended = connection => {
+                    if let Err(e) = ended {
+                        tracing::debug!(cause = %e, "connection ended with an error");
+                    }
+                }
+                () = activity.idle(first_request, idle) => tracing::debug!("closed an idle connection"),
             }
-            drop(permit);
+            drop((permit, address));
         });
     }
     drop(listener);
@@ -175,14 +241,18 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
 }
 
 /// The client's address: from the trusted proxy header when one is configured and present.
+/// Of a list (`X-Forwarded-For`), the rightmost entry: the one the trusted proxy appended. The
+/// entries before it are whatever the client wrote.
 fn client_address(state: &AppState, peer: IpAddr, req: &Request<Incoming>) -> IpAddr {
     let Some(header) = &state.config.client_ip_header else {
         return peer;
     };
     req.headers()
-        .get(header)
+        .get_all(header)
+        .iter()
+        .next_back()
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.rsplit(',').next())
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(peer)
 }
@@ -237,7 +307,7 @@ async fn dispatch(
             Err(e) => Err(e.into()),
         },
         Route::Metrics => {
-            let pending = state.store.pending_count().await?;
+            let pending = state.pending_deliveries.load(std::sync::atomic::Ordering::Relaxed);
             let text = state.metrics.render(pending, state.registry.hook_count(), state.registry.len());
             let mut response = Response::new(Full::new(Bytes::from(text)));
             response.headers_mut().insert(
@@ -247,7 +317,8 @@ async fn dispatch(
             Ok(response)
         }
         Route::Ingest(connection_id) => {
-            let response = ingest::ingest(state, connection_id, req).await.unwrap_or_else(ApiError::into_response);
+            let response =
+                ingest::ingest(state, client, connection_id, req).await.unwrap_or_else(ApiError::into_response);
             state.metrics.ingest(ingest_outcome(response.status()));
             Ok(response)
         }

@@ -33,14 +33,15 @@ async fn create_generates_credentials_shown_only_once() {
 #[tokio::test]
 async fn create_takes_given_fields_and_refuses_conflicts() {
     let relay = TestServer::start().await;
-    let body = json!({ "name": "Acme", "id": "acme_1-x", "api_key": "sk_given_key_1234567890", "signing_secret": "whsec_given", "ingest_rate": 7 });
+    let body = json!({ "name": "Acme", "id": "acme_1-x", "api_key": "sk_given_key_1234567890_abcdefghijklm", "signing_secret": "whsec_given_secret_0123456789abcdef", "ingest_rate": 7 });
     let created = relay.admin(Method::POST, "/connections", Some(body.clone())).await;
     assert_eq!(created.status, StatusCode::CREATED);
     assert_eq!(
         (created.body["api_key"].as_str(), created.body["signing_secret"].as_str()),
-        (Some("sk_given_key_1234567890"), Some("whsec_given"))
+        (Some("sk_given_key_1234567890_abcdefghijklm"), Some("whsec_given_secret_0123456789abcdef"))
     );
-    let check = relay.send(Method::GET, "/v1/connection", Some("sk_given_key_1234567890"), None, &[]).await;
+    let check =
+        relay.send(Method::GET, "/v1/connection", Some("sk_given_key_1234567890_abcdefghijklm"), None, &[]).await;
     assert_eq!(check.body["id"], "acme_1-x");
     assert_eq!(relay.admin(Method::GET, "/connections/acme_1-x", None).await.body["ingest_rate"], 7);
 
@@ -51,6 +52,10 @@ async fn create_takes_given_fields_and_refuses_conflicts() {
         json!({ "name": "x", "id": "a".repeat(65) }),
         json!({ "id": "ok" }),
         json!({ "name": "x", "ingest_rate": 0 }),
+        json!({ "name": "x", "signing_secret": "s" }),
+        json!({ "name": "x", "signing_secret": "a".repeat(31) }),
+        json!({ "name": "x", "api_key": "sk_ünïcödé_ünïcödé_ünïcödé_ünïcödé" }),
+        json!({ "name": "x", "api_key": "sk_with a space in it 0123456789abcdef" }),
     ] {
         let reply = relay.admin(Method::POST, "/connections", Some(bad.clone())).await;
         assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");

@@ -148,6 +148,29 @@ async fn operator_commands_manage_connections_hooks_and_dead_letters() {
 }
 
 #[tokio::test]
+async fn connections_take_and_change_ingest_auth_and_tables_never_print_escapes() {
+    use crate::harness::client::ADMIN_TOKEN;
+    let relay = crate::harness::TestServer::start().await;
+    let t = Some(ADMIN_TOKEN);
+    let add = ["connections", "add", "--name", "Shop", "--id", "shop", "--ingest-auth", "token", "--json"];
+    let (code, out, _) = operator(&relay.base, t, &add).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["ingest_auth"], "token");
+    let evil = "Shop\u{1b}]0;owned\u{7}\u{1b}[2J";
+    let set = ["connections", "set", "shop", "--ingest-auth", "either", "--name", evil];
+    let (code, out, _) = operator(&relay.base, t, &set).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.lines().any(|l| l.starts_with("ingest_auth") && l.ends_with("either")), "{out}");
+    let (_, list, _) = operator(&relay.base, t, &["connections", "list"]).await;
+    for printed in [&out, &list] {
+        assert!(!printed.contains('\u{1b}') && !printed.contains('\u{7}'), "escapes reach the terminal: {printed:?}");
+        assert!(printed.contains("\\u{1b}]0;owned"), "{printed}");
+    }
+    let (code, _, err) = operator(&relay.base, t, &["connections", "set", "shop", "--ingest-auth", "hmac"]).await;
+    assert_eq!(code, 2, "{err}");
+}
+
+#[tokio::test]
 async fn operator_errors_are_one_line_with_distinct_exit_codes() {
     let relay = crate::harness::TestServer::start().await;
     let (code, _, err) = operator(&relay.base, Some("wrong"), &["connections", "list"]).await;

@@ -199,7 +199,8 @@ async fn a_waiting_retry_is_not_overtaken_by_a_stream_of_new_events() {
 #[tokio::test]
 async fn refuses_inward_addresses_at_delivery_time() {
     // Hooks attached while private targets were allowed must not reach loopback once the relay
-    // runs with production rules: by name (checked on the resolved address) or by IP literal.
+    // runs with production rules, by name or by IP literal: the target rules are checked again
+    // before every attempt, and a URL they refuse is a dead letter at once.
     let sink = Sink::start().await;
     let relay = TestServer::start().await;
     let conn = relay.connection("acme").await;
@@ -209,10 +210,29 @@ async fn refuses_inward_addresses_at_delivery_time() {
     strict_args.allow_private_targets = Some("false".into());
     let relay = relay.restart_with(strict_args).await;
     assert_eq!(relay.ingest(&conn, &stencil_event("evt-inward")).await.body["deliveries"], 2);
-    for (hook, why) in [(by_name, "forbidden addresses"), (by_ip, "forbidden address")] {
+    for hook in [by_name, by_ip] {
         let attempt = relay.await_attempts(&conn, &hook, 1).await.remove(0);
         assert_eq!(attempt["status_code"], serde_json::Value::Null);
-        assert!(attempt["error"].as_str().unwrap().contains(why), "{attempt}");
+        assert!(attempt["error"].as_str().unwrap().contains("no longer allowed"), "{attempt}");
     }
+    relay.await_dead_letters("?connection=acme", 2).await;
     sink.assert_silent(Duration::from_millis(200)).await;
+}
+
+/// A hook attached while any host and port were allowed stops receiving once the relay runs
+/// with the default target rules, without a restart of the hook's owner being needed.
+#[tokio::test]
+async fn target_rules_in_force_apply_to_hooks_attached_under_looser_ones() {
+    let relay = TestServer::start().await;
+    let conn = relay.connection("acme").await;
+    let hook = relay.attach(&conn, "https://example.com:8443/hook", None).await;
+    let mut strict_args = relay.args.clone();
+    strict_args.target_hosts = None;
+    strict_args.allow_private_targets = Some("false".into());
+    let relay = relay.restart_with(strict_args).await;
+    relay.ingest(&conn, &stencil_event("after-tightening")).await;
+    let attempt = relay.await_attempts(&conn, &hook, 1).await.remove(0);
+    assert!(attempt["error"].as_str().unwrap().contains("not in the allowed target hosts"), "{attempt}");
+    let letters = relay.await_dead_letters("?connection=acme", 1).await;
+    assert_eq!(letters[0]["attempts"], 1, "not retried");
 }

@@ -4,7 +4,8 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::harness::{Conn, Sink, TestServer, event, stencil_event};
+use crate::harness::process::sqlite_env;
+use crate::harness::{Conn, RelayProcess, Sink, TestServer, event, stencil_event};
 
 #[tokio::test]
 async fn connection_check_needs_a_valid_key() {
@@ -234,20 +235,27 @@ async fn custom_target_host_patterns() {
     );
 }
 
+/// Make and Zapier call from shared addresses: one user's wrong keys must slow only the wrong
+/// keys, never a valid key or the admin token from the same address.
 #[tokio::test]
-async fn repeated_auth_failures_from_one_address_are_slowed() {
-    let relay = TestServer::start().await;
+async fn failures_are_slowed_but_valid_credentials_always_get_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::spawn(&sqlite_env(dir.path()));
     let conn = relay.connection("acme").await;
     let mut statuses = Vec::new();
     for _ in 0..=stencil_relay::ratelimit::AUTH_FAILURE_BURST {
         statuses.push(relay.send(Method::GET, "/v1/connection", Some("sk_guess"), None, &[]).await.status);
     }
     assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == StatusCode::UNAUTHORIZED));
-    let slowed = relay.api(&conn, Method::GET, "/connection", None).await;
+    let slowed = relay.send(Method::GET, "/v1/connection", Some("sk_guess"), None, &[]).await;
     assert_eq!((slowed.status, slowed.error()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
     assert!(slowed.header("retry-after").parse::<u64>().unwrap() >= 1);
+    let valid = relay.api(&conn, Method::GET, "/connection", None).await;
+    assert_eq!(valid.status, StatusCode::OK, "a valid key from the same address gets through");
     let admin = relay.admin(Method::GET, "/connections", None).await;
-    assert_eq!(admin.status, StatusCode::TOO_MANY_REQUESTS, "the admin API shares the limit");
+    assert_eq!(admin.status, StatusCode::OK, "so does the admin token");
+    let wrong_admin = relay.send(Method::GET, "/admin/v1/connections", Some("not-the-token"), None, &[]).await;
+    assert_eq!(wrong_admin.status, StatusCode::UNAUTHORIZED, "the admin API has a budget of its own");
 }
 
 #[tokio::test]
@@ -255,14 +263,35 @@ async fn behind_a_proxy_the_failure_limit_is_per_forwarded_client() {
     let mut args = TestServer::args();
     args.client_ip_header = Some("Fly-Client-IP".into());
     let relay = TestServer::start_with(args).await;
-    let conn = relay.connection("acme").await;
     let attacker = [("fly-client-ip", "203.0.113.7")];
     for _ in 0..=stencil_relay::ratelimit::AUTH_FAILURE_BURST {
         relay.send(Method::GET, "/v1/connection", Some("sk_guess"), None, &attacker).await;
     }
-    let blocked = relay.send(Method::GET, "/v1/connection", Some(&conn.api_key), None, &attacker).await;
+    let blocked = relay.send(Method::GET, "/v1/connection", Some("sk_guess"), None, &attacker).await;
     assert_eq!(blocked.status, StatusCode::TOO_MANY_REQUESTS);
     let make = [("fly-client-ip", "198.51.100.20")];
-    let served = relay.send(Method::GET, "/v1/connection", Some(&conn.api_key), None, &make).await;
-    assert_eq!(served.status, StatusCode::OK, "another client behind the same proxy is not slowed");
+    let served = relay.send(Method::GET, "/v1/connection", Some("sk_guess"), None, &make).await;
+    assert_eq!(served.status, StatusCode::UNAUTHORIZED, "another client behind the same proxy is not slowed");
+}
+
+/// `X-Forwarded-For` is `client-written, …, what-the-proxy-saw`: only the rightmost entry is the
+/// proxy's. An attacker who writes a new leftmost address each time is still one address.
+#[tokio::test]
+async fn the_rightmost_forwarded_for_entry_is_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = sqlite_env(dir.path());
+    env.push(("RELAY_CLIENT_IP_HEADER".into(), "X-Forwarded-For".into()));
+    let relay = RelayProcess::spawn(&env);
+    let mut last = StatusCode::OK;
+    for n in 0..=stencil_relay::ratelimit::AUTH_FAILURE_BURST + 1 {
+        let spoofed = format!("10.9.{}.{}, 203.0.113.7", n / 200, n % 200);
+        last = relay
+            .send(Method::GET, "/v1/connection", Some("sk_guess"), None, &[("x-forwarded-for", &spoofed)])
+            .await
+            .status;
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS, "spoofed leftmost entries do not evade the limit");
+    let victim = [("x-forwarded-for", "203.0.113.7, 198.51.100.20")];
+    let other = relay.send(Method::GET, "/v1/connection", Some("sk_guess"), None, &victim).await;
+    assert_eq!(other.status, StatusCode::UNAUTHORIZED, "writing a victim's address first does not lock it out");
 }

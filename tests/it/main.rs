@@ -10,6 +10,7 @@ mod contract;
 mod crash;
 mod delivery;
 mod deploy;
+mod hardening;
 mod hooks;
 mod inbound;
 mod ingest;

@@ -102,7 +102,7 @@ async fn credentials_never_reach_the_logs_even_at_trace() {
     env.push(("RELAY_LOG".into(), "trace".into()));
     let sink = Sink::start().await;
     let relay = RelayProcess::spawn(&env);
-    let (key, secret) = ("sk_logtest_key_4f2a9c", "whsec_logtest_secret_8b1d");
+    let (key, secret) = ("sk_logtest_key_4f2a9c_0123456789abcdef", "whsec_logtest_secret_8b1d_0123456789ab");
     let conn =
         relay.connection_with(json!({ "name": "Logs", "id": "logs", "api_key": key, "signing_secret": secret })).await;
     relay.attach(&conn, &sink.url, None).await;
