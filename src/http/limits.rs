@@ -116,6 +116,8 @@ pub(super) struct Activity {
     /// When the last request ended (or the connection was accepted); tokio's clock, so that
     /// tests can pause it.
     quiet_since: std::sync::Mutex<Instant>,
+    /// Told when a request starts or ends, so the watchdog re-reads its deadline at once.
+    changed: tokio::sync::Notify,
 }
 
 /// A request in progress on a connection; the connection counts as idle again once dropped.
@@ -125,6 +127,7 @@ impl Drop for Busy {
     fn drop(&mut self) {
         *self.0.quiet_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
     }
 }
 
@@ -134,6 +137,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             served: AtomicBool::new(false),
             quiet_since: std::sync::Mutex::new(Instant::now()),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -141,6 +145,7 @@ impl Activity {
     pub(super) fn busy(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.served.store(true, Ordering::Release);
+        self.changed.notify_one();
         Busy(Arc::clone(self))
     }
 
@@ -154,8 +159,14 @@ impl Activity {
             if self.in_flight.load(Ordering::Acquire) == 0 && Instant::now() >= deadline {
                 return;
             }
-            let wake = if self.in_flight.load(Ordering::Acquire) > 0 { Instant::now() + limit } else { deadline };
-            tokio::time::sleep_until(wake).await;
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                self.changed.notified().await;
+            } else {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {}
+                    () = self.changed.notified() => {}
+                }
+            }
         }
     }
 }
@@ -187,6 +198,21 @@ mod tests {
         assert!(slots.try_take(attacker, "third").is_none(), "the address is at its cap");
         let _three = slots.try_take(other, "victim").unwrap();
         assert!(slots.try_take(other, "victim").is_none(), "the whole relay is at its cap");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_request_the_idle_timeout_counts_from_its_end() {
+        let activity = Activity::new();
+        let (first, idle) = (Duration::from_secs(10), Duration::from_secs(2));
+        let watch = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move { activity.idle(first, idle).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(activity.busy());
+        let ended = tokio::time::Instant::now();
+        watch.await.unwrap();
+        assert_eq!(ended.elapsed(), idle, "not the first-request deadline");
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,8 +5,9 @@
 //! ```
 //!
 //! Scenarios: `smoke` (a few seconds; checks every accepted event arrived; asserts no speed),
-//! `ingest`, `latency`, `fanout`, `sustained`, `registry`, `all`. See BENCHMARKS.md.
+//! `ingest`, `latency`, `fanout`, `sustained`, `registry`, `attack`, `all`. See BENCHMARKS.md.
 
+mod attack;
 mod load;
 mod relay;
 mod report;
@@ -29,6 +30,7 @@ enum Scenario {
     Fanout,
     Sustained,
     Registry,
+    Attack,
     All,
 }
 
@@ -126,6 +128,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     if all || args.scenario == Scenario::Registry {
         scenarios::registry(&bench, &mut rows).await?;
+    }
+    if all || args.scenario == Scenario::Attack {
+        attack::attack(&bench, &mut rows).await?;
     }
     println!("{}", report::table(&rows));
     if let Some(path) = args.json {

@@ -82,15 +82,15 @@ async fn fresh_store(bench: &Bench) -> anyhow::Result<(String, Scratch)> {
 }
 
 /// A relay with `connections` × `hooks` hooks on one sink.
-struct Setup {
-    relay: Relay,
-    sink: Arc<Sink>,
-    target: Target,
+pub(crate) struct Setup {
+    pub(crate) relay: Relay,
+    pub(crate) sink: Arc<Sink>,
+    pub(crate) target: Target,
     hooks_per_event: u64,
     _scratch: Scratch,
 }
 
-async fn setup(bench: &Bench, connections: usize, hooks: usize) -> anyhow::Result<Setup> {
+pub(crate) async fn setup(bench: &Bench, connections: usize, hooks: usize) -> anyhow::Result<Setup> {
     let (database, scratch) = fresh_store(bench).await?;
     let relay = Relay::start(&bench.relay, &database, UNPACED).await?;
     let sink = Arc::new(Sink::default());
@@ -122,7 +122,7 @@ async fn drained(setup: &Setup, outcome: &Outcome, before: u64) -> bool {
 }
 
 /// The row of one relay run: throughput, latencies, deliveries, backlog, CPU, memory.
-async fn relay_row(
+pub(crate) async fn relay_row(
     bench: &Bench,
     scenario: &str,
     setup: &Setup,

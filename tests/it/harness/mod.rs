@@ -46,11 +46,12 @@ pub(crate) fn is_postgres() -> bool {
     postgres_url().is_some()
 }
 
-fn postgres_url() -> Option<String> {
+pub(crate) fn postgres_url() -> Option<String> {
     std::env::var("RELAY_TEST_POSTGRES_URL").ok().filter(|base| !base.is_empty())
 }
 
-async fn fresh_schema(base: &str) -> String {
+/// A new schema in `base`'s database, and the URL that uses it.
+pub(crate) async fn fresh_schema(base: &str) -> String {
     let (client, connection) =
         tokio_postgres::connect(base, tokio_postgres::NoTls).await.expect("RELAY_TEST_POSTGRES_URL is reachable");
     tokio::spawn(connection);
