@@ -187,6 +187,11 @@ impl Hook {
     }
 }
 
+/// A connection's hooks as the registry and the store's snapshots share them: each hook behind an
+/// `Arc`, so that changing the list (an attach, a detach, a key rotation) copies pointers, not
+/// hooks.
+pub type Hooks = Arc<[Arc<Hook>]>;
+
 /// An accepted event as Stencil sent it.
 #[derive(Debug, Clone)]
 pub struct Event {

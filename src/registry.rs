@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use dashmap::DashMap;
 
-use crate::model::{Connection, Hook, SigningSecret, api_key_hash};
+use crate::model::{Connection, Hook, Hooks, SigningSecret, api_key_hash};
 use crate::ratelimit::IngestLimiter;
 use crate::rejections::Rejections;
 use crate::signature::Verifier;
@@ -30,7 +30,7 @@ pub struct Entry {
     /// The connection's rejected ingests; shared across entry updates like the limiter.
     pub rejections: Arc<Rejections>,
     /// The connection's hooks, oldest first.
-    pub hooks: Arc<[Hook]>,
+    pub hooks: Hooks,
     /// When this entry was written, so that a reload which started earlier cannot undo it.
     pub written_at: Instant,
 }
@@ -38,7 +38,7 @@ pub struct Entry {
 impl Entry {
     /// The connection's hook with this id, if it has one.
     pub fn hook(&self, hook_id: &str) -> Option<&Hook> {
-        self.hooks.iter().find(|h| h.id == hook_id)
+        self.hooks.iter().find(|h| h.id == hook_id).map(|h| &**h)
     }
 }
 
@@ -89,7 +89,7 @@ impl Registry {
 
     /// Indexes `connection` with `hooks`, replacing what was there; the ingest limiter's state
     /// carries over when the rate is unchanged, and a replaced API key stops resolving.
-    fn put(&self, connection: Connection, hooks: Arc<[Hook]>) {
+    fn put(&self, connection: Connection, hooks: Hooks) {
         let rate = connection.ingest_rate.unwrap_or(self.inner.default_ingest_rate);
         let old = self.get(&connection.id);
         let limiter = match &old {
@@ -119,7 +119,7 @@ impl Registry {
             return;
         }
         match stored {
-            Some((connection, hooks)) => self.put(connection, hooks.into()),
+            Some((connection, hooks)) => self.put(connection, hooks.into_iter().map(Arc::new).collect()),
             None => self.remove_connection(id),
         }
     }
@@ -184,17 +184,24 @@ impl Registry {
             e.hooks = e
                 .hooks
                 .iter()
-                .map(|h| if h.id == hook_id { Hook { secrets: secrets.clone(), ..h.clone() } } else { h.clone() })
+                .map(|h| {
+                    if h.id == hook_id {
+                        Arc::new(Hook { secrets: secrets.clone(), ..Hook::clone(h) })
+                    } else {
+                        Arc::clone(h)
+                    }
+                })
                 .collect();
         });
     }
 
-    /// Adds a hook just stored (no-op if already indexed).
+    /// Adds a hook just stored (no-op if already indexed). The new list shares every other hook
+    /// with the old one.
     pub fn add_hook(&self, hook: Hook) {
         let connection_id = Arc::clone(&hook.connection_id);
         self.update(&connection_id, |e| {
             if e.hook(&hook.id).is_none() {
-                e.hooks = e.hooks.iter().cloned().chain([hook]).collect();
+                e.hooks = e.hooks.iter().cloned().chain([Arc::new(hook)]).collect();
             }
         });
     }
@@ -247,7 +254,7 @@ struct Resync<'a> {
 
 impl Resync<'_> {
     /// One connection as the store has it.
-    fn connection(&mut self, connection: Connection, hooks: Arc<[Hook]>) {
+    fn connection(&mut self, connection: Connection, hooks: Hooks) {
         let registry = self.registry;
         self.read.insert(connection.id.clone());
         let current = registry.get(&connection.id);
@@ -333,6 +340,19 @@ mod tests {
     }
 
     #[test]
+    fn an_attach_shares_the_other_hooks_instead_of_copying_them() {
+        let registry = empty();
+        registry.insert_connection(connection("a", "k"));
+        registry.add_hook(hook("hk_1", "a"));
+        let before = Arc::clone(&registry.get("a").unwrap().hooks[0]);
+        registry.add_hook(hook("hk_2", "a"));
+        registry.set_hook_secrets("a", "hk_2", Vec::new());
+        let after = registry.get("a").unwrap();
+        assert!(Arc::ptr_eq(&before, &after.hooks[0]), "the first hook is the same allocation");
+        assert_eq!(after.hooks.len(), 2);
+    }
+
+    #[test]
     fn a_reload_that_started_before_a_write_does_not_undo_it() {
         let registry = empty();
         let read_at = Instant::now();
@@ -351,19 +371,19 @@ mod tests {
     fn a_resync_replaces_only_the_entries_the_store_has_changed() {
         let registry = empty();
         let mut resync = registry.resync_from(Instant::now());
-        resync.connection(connection("a", "k"), Arc::from([hook("hk_1", "a")]));
+        resync.connection(connection("a", "k"), Arc::from([Arc::new(hook("hk_1", "a"))]));
         resync.connection(connection("b", "k2"), Arc::from([]));
         resync.finish();
         let (a, b) = (registry.get("a").unwrap(), registry.get("b").unwrap());
         let mut resync = registry.resync_from(Instant::now());
-        resync.connection(connection("a", "k"), Arc::from([hook("hk_1", "a")]));
-        resync.connection(connection("b", "k2"), Arc::from([hook("hk_2", "b")]));
+        resync.connection(connection("a", "k"), Arc::from([Arc::new(hook("hk_1", "a"))]));
+        resync.connection(connection("b", "k2"), Arc::from([Arc::new(hook("hk_2", "b"))]));
         resync.finish();
         assert!(Arc::ptr_eq(&a, &registry.get("a").unwrap()), "an unchanged entry is kept as it is");
         assert_eq!(registry.get("b").unwrap().hooks.len(), 1, "a changed one is replaced");
         assert!(!Arc::ptr_eq(&b, &registry.get("b").unwrap()));
         let mut resync = registry.resync_from(Instant::now());
-        resync.connection(connection("a", "rotated"), Arc::from([hook("hk_1", "a")]));
+        resync.connection(connection("a", "rotated"), Arc::from([Arc::new(hook("hk_1", "a"))]));
         resync.finish();
         assert!(registry.authenticate("rotated").is_some() && registry.authenticate("k").is_none());
         assert!(registry.get("b").is_none(), "a connection the store no longer has is removed");

@@ -62,7 +62,7 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
         }
         Route::ConnectionHooks(id) => {
             let entry = state.registry.get(id).ok_or_else(|| ApiError::not_found("connection"))?;
-            let hooks: Vec<Value> = entry.hooks.iter().map(hook_json).collect();
+            let hooks: Vec<Value> = entry.hooks.iter().map(|h| hook_json(h)).collect();
             Ok(json(StatusCode::OK, &json!({ "data": hooks })))
         }
         Route::RotateApiKey(id) => {

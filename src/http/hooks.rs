@@ -37,7 +37,7 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
     match route {
         Route::Connection => Ok(json(StatusCode::OK, &connection_check_json(state, req.headers(), &entry))),
         Route::ListHooks => {
-            let hooks: Vec<Value> = entry.hooks.iter().map(hook_json).collect();
+            let hooks: Vec<Value> = entry.hooks.iter().map(|h| hook_json(h)).collect();
             Ok(json(StatusCode::OK, &json!({ "data": hooks })))
         }
         Route::AttachHook => attach(state, &entry, req).await,

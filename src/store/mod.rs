@@ -20,8 +20,8 @@ use std::sync::Arc;
 use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
 use crate::model::{
-    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, IngestAuth, NextStep, SigningSecret,
-    event_type, new_hook_secret,
+    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, Hooks, IngestAuth, NextStep,
+    SigningSecret, event_type, new_hook_secret,
 };
 
 pub use postgres::{ChangeFeed, PostgresStore};
@@ -119,14 +119,14 @@ pub enum Ingested {
 /// `migrate-store`'s export.
 #[derive(Debug, Default)]
 struct Snapshot {
-    connections: Vec<(Connection, Arc<[Hook]>)>,
+    connections: Vec<(Connection, Hooks)>,
 }
 
 impl Snapshot {
     /// Connections and hooks as two flat lists.
     fn flatten(self) -> (Vec<Connection>, Vec<Hook>) {
         let (connections, hooks): (Vec<_>, Vec<_>) = self.connections.into_iter().unzip();
-        (connections, hooks.iter().flat_map(|h| h.iter().cloned()).collect())
+        (connections, hooks.iter().flat_map(|h| h.iter().map(|hook| Hook::clone(hook))).collect())
     }
 }
 
@@ -139,11 +139,11 @@ struct SnapshotBuilder<F> {
     connections: Vec<Option<Connection>>,
     index: HashMap<Arc<str>, usize>,
     group: Option<usize>,
-    buffer: Vec<Hook>,
+    buffer: Vec<Arc<Hook>>,
     emit: F,
 }
 
-impl<F: FnMut(Connection, Arc<[Hook]>)> SnapshotBuilder<F> {
+impl<F: FnMut(Connection, Hooks)> SnapshotBuilder<F> {
     fn new(connections: Vec<Connection>, emit: F) -> Self {
         let index = connections.iter().enumerate().map(|(i, c)| (Arc::from(c.id.as_str()), i)).collect();
         Self { connections: connections.into_iter().map(Some).collect(), index, group: None, buffer: Vec::new(), emit }
@@ -165,7 +165,7 @@ impl<F: FnMut(Connection, Arc<[Hook]>)> SnapshotBuilder<F> {
             }
             self.group = Some(i);
         }
-        self.buffer.push(hook);
+        self.buffer.push(Arc::new(hook));
         Ok(())
     }
 
@@ -341,10 +341,7 @@ impl Store {
     ///
     /// # Errors
     /// The read failed or stored data is invalid.
-    pub async fn each_connection(
-        &self,
-        mut each: impl FnMut(Connection, Arc<[Hook]>) + Send,
-    ) -> Result<(), StoreError> {
+    pub async fn each_connection(&self, mut each: impl FnMut(Connection, Hooks) + Send) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => {
                 for (connection, hooks) in s.snapshot().await?.connections {
@@ -611,7 +608,7 @@ mod tests {
 
     #[test]
     fn snapshots_hand_over_each_group_as_it_ends_sharing_the_connection_id() {
-        let mut emitted: Vec<(String, Vec<String>, Arc<[Hook]>)> = Vec::new();
+        let mut emitted: Vec<(String, Vec<String>, Hooks)> = Vec::new();
         let mut builder = SnapshotBuilder::new(vec![connection("a"), connection("b"), connection("c")], |c, h| {
             emitted.push((c.id, h.iter().map(|h| h.id.clone()).collect(), h));
         });

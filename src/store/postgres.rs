@@ -32,7 +32,7 @@ use super::{
 };
 use crate::metrics::Metrics;
 use crate::model::{
-    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret, random_token,
+    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, Hooks, SigningSecret, random_token,
 };
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -240,10 +240,7 @@ impl PostgresStore {
     /// The whole registry, read in one snapshot of the database. Hooks come through a portal a
     /// page at a time: read as one answer, a million of them held every row's buffer at once,
     /// which raised the relay's peak memory at start from 495 to 862 MB.
-    pub(super) async fn each_connection(
-        &self,
-        each: impl FnMut(Connection, Arc<[Hook]>) + Send,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn each_connection(&self, each: impl FnMut(Connection, Hooks) + Send) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client
             .build_transaction()
