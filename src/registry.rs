@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use dashmap::DashMap;
 
-use crate::model::{Connection, Hook, Hooks, SigningSecret, api_key_hash};
+use crate::model::{Connection, Hook, HookKeys, Hooks, SigningSecret, api_key_hash};
 use crate::ratelimit::IngestLimiter;
 use crate::rejections::Rejections;
 use crate::signature::Verifier;
@@ -179,14 +179,14 @@ impl Registry {
     }
 
     /// Replaces the signing keys of a hook just stored.
-    pub fn set_hook_secrets(&self, connection_id: &str, hook_id: &str, secrets: Vec<SigningSecret>) {
+    pub fn set_hook_keys(&self, connection_id: &str, hook_id: &str, keys: HookKeys) {
         self.update(connection_id, |e| {
             e.hooks = e
                 .hooks
                 .iter()
                 .map(|h| {
                     if h.id == hook_id {
-                        Arc::new(Hook { secrets: secrets.clone(), ..Hook::clone(h) })
+                        Arc::new(Hook { keys: keys.clone(), ..Hook::clone(h) })
                     } else {
                         Arc::clone(h)
                     }
@@ -312,7 +312,7 @@ mod tests {
             url: "https://hook.make.com/x".into(),
             event: IMAGE_CREATED,
             template_id: None,
-            secrets: Vec::new(),
+            keys: HookKeys::One([7; 32]),
             created_at: 0,
         }
     }
@@ -346,7 +346,7 @@ mod tests {
         registry.add_hook(hook("hk_1", "a"));
         let before = Arc::clone(&registry.get("a").unwrap().hooks[0]);
         registry.add_hook(hook("hk_2", "a"));
-        registry.set_hook_secrets("a", "hk_2", Vec::new());
+        registry.set_hook_keys("a", "hk_2", HookKeys::generate());
         let after = registry.get("a").unwrap();
         assert!(Arc::ptr_eq(&before, &after.hooks[0]), "the first hook is the same allocation");
         assert_eq!(after.hooks.len(), 2);

@@ -28,7 +28,7 @@ use rustls_platform_verifier::BuilderVerifierExt;
 
 use super::retry::{Outcome, parse_retry_after};
 use super::signing::signature_header;
-use crate::model::{DueDelivery, SigningSecret, now_ms};
+use crate::model::{DueDelivery, HookKeys, now_ms};
 use crate::target::TargetPolicy;
 
 /// Most bytes of a target's answer that are read (then the connection is dropped).
@@ -91,8 +91,9 @@ impl DeliveryClient {
         Ok(Self { http, policy, timeout })
     }
 
-    /// Makes attempt number `attempt` of `delivery`, signed by `keys` (the hook's).
-    pub async fn send(&self, delivery: &DueDelivery, attempt: u32, keys: &[SigningSecret]) -> Sent {
+    /// Makes attempt number `attempt` of `delivery`, signed by `keys` (the hook's; `None` when
+    /// they could not be read: the attempt fails and is retried, rather than go out unsigned).
+    pub async fn send(&self, delivery: &DueDelivery, attempt: u32, keys: Option<&HookKeys>) -> Sent {
         let started = Instant::now();
         let failed = |error: String| Sent {
             outcome: Outcome::Failed,
@@ -111,9 +112,9 @@ impl DeliveryClient {
                 };
             }
         };
-        if keys.is_empty() {
+        let Some(keys) = keys else {
             return failed("the hook's signing keys could not be read".to_owned());
-        }
+        };
         let request = match request(uri, delivery, attempt, keys) {
             Ok(request) => request,
             Err(_) => return failed(INVALID_URL.to_owned()),
@@ -167,11 +168,12 @@ fn request(
     uri: Uri,
     d: &DueDelivery,
     attempt: u32,
-    keys: &[SigningSecret],
+    keys: &HookKeys,
 ) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
     let value = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-    let signature = signature_header(keys, &d.event_id, now, &d.payload, now_ms());
+    let live: Vec<&[u8]> = keys.live(now_ms()).into_iter().map(|key| key.as_slice()).collect();
+    let signature = signature_header(&live, &d.event_id, now, &d.payload);
     Request::post(uri)
         .header(USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT))
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))

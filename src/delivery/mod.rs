@@ -35,9 +35,9 @@ pub use slots::Ticket;
 use slots::{CLEAR_FOR, HandOffs, Slots};
 
 use crate::metrics::{DeliveryOutcome, Metrics};
-use crate::model::{Attempt, AttemptRecord, DueDelivery, NextStep, SigningSecret, now_ms};
+use crate::model::{Attempt, AttemptRecord, DueDelivery, HookKeys, NextStep, now_ms};
 use crate::registry::Registry;
-use crate::store::{Claim, Fanout, FanoutHook, Store};
+use crate::store::{Claim, Fanout, FanoutHook, Store, StoreError};
 use crate::target::{HostPattern, host_matches};
 
 /// Delivery requests in flight at once, across all hooks.
@@ -311,12 +311,19 @@ impl Shared {
         }
         let number = d.attempts + 1;
         let at = now_ms();
-        let Some(keys) = self.signing_keys(&d).await else {
-            // The hook is gone from the store, and its deliveries with it: nothing to record.
-            tracing::info!("the hook was detached before its delivery; nothing sent");
-            return;
+        let keys = match self.signing_keys(&d).await {
+            Ok(Some(keys)) => Some(keys),
+            Ok(None) => {
+                // The hook is gone from the store, and its deliveries with it: nothing to record.
+                tracing::info!("the hook was detached before its delivery; nothing sent");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "reading the hook's signing keys failed");
+                None
+            }
         };
-        let sent = self.dispatcher.client.send(&d, number, &keys).await;
+        let sent = self.dispatcher.client.send(&d, number, keys.as_ref()).await;
         ticket.sent();
         let gone =
             if host_matches(&d.url, &self.dispatcher.make_hosts) { Gone::NotListening } else { Gone::Unsubscribed };
@@ -369,21 +376,14 @@ impl Shared {
     /// The keys that sign `d`'s delivery, as the registry has its hook; from the store when this
     /// instance has not heard of the hook yet (another instance attached it a moment ago).
     /// `None`: the hook no longer exists.
-    async fn signing_keys(&self, d: &DueDelivery) -> Option<Vec<SigningSecret>> {
+    async fn signing_keys(&self, d: &DueDelivery) -> Result<Option<HookKeys>, StoreError> {
         let registry = &self.dispatcher.registry;
-        let known = registry.get(&d.connection_id).and_then(|e| e.hook(&d.hook_id).map(|h| h.secrets.clone()));
+        let known = registry.get(&d.connection_id).and_then(|e| e.hook(&d.hook_id).map(|h| h.keys.clone()));
         if known.is_some() {
-            return known;
+            return Ok(known);
         }
-        match self.dispatcher.store.connection(&d.connection_id).await {
-            Ok(stored) => stored?.1.into_iter().find(|h| h.id == d.hook_id).map(|h| h.secrets),
-            Err(e) => {
-                // Sent unsigned would be refused by every verifying receiver: sign with no
-                // key only to record the attempt as failed and retry it.
-                tracing::warn!(cause = %e, "reading the hook's signing keys failed");
-                Some(Vec::new())
-            }
-        }
+        let stored = self.dispatcher.store.connection(&d.connection_id).await?;
+        Ok(stored.and_then(|(_, hooks)| hooks.into_iter().find(|h| h.id == d.hook_id)).map(|h| h.keys))
     }
 
     async fn detach(&self, d: &DueDelivery) {

@@ -20,8 +20,8 @@ use super::error::ApiError;
 use super::io::{empty, json, limit, read_json};
 use super::routes::Route;
 use crate::model::{
-    Attempt, Event, HOOK_ID_PREFIX, Hook, IMAGE_CREATED, MAX_TEMPLATE_ID_LEN, SigningSecret, event_type,
-    is_valid_template_id, new_hook_secret, now_ms, random_token, rfc3339,
+    Attempt, Event, HOOK_ID_PREFIX, Hook, HookKeys, IMAGE_CREATED, MAX_TEMPLATE_ID_LEN, event_type,
+    is_valid_template_id, now_ms, random_token, rfc3339,
 };
 use crate::registry::Entry;
 use crate::rejections::Summary;
@@ -52,8 +52,7 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
         }
         Route::HookSecret(id) => {
             let hook = own_hook(&entry, id)?;
-            let current = hook.secrets.first().ok_or_else(|| ApiError::not_found("hook"))?;
-            Ok(json(StatusCode::OK, &json!({ "secret": current.secret })))
+            Ok(json(StatusCode::OK, &json!({ "secret": hook.keys.current_secret() })))
         }
         Route::RotateHookSecret(id) => rotate_secret(state, &entry, id).await,
         Route::HookDeliveries(id) => {
@@ -151,7 +150,10 @@ async fn attach(state: &AppState, entry: &Arc<Entry>, req: Request<Incoming>) ->
     // Every hook costs each of the connection's events a delivery row: a connection may have a
     // bounded number. Attaching one it already has is not a new one.
     let cap = state.config.max_hooks_per_connection;
-    let known = entry.hooks.iter().any(|h| h.url == url && h.event == event && h.template_id == template_id);
+    let known = entry
+        .hooks
+        .iter()
+        .any(|h| h.url == url && h.event == event && h.template_id.as_deref() == template_id.as_deref());
     if !known && entry.hooks.len() >= cap {
         return Err(ApiError::validation(format!(
             "this connection has {cap} hooks, the most allowed; detach one first"
@@ -162,8 +164,8 @@ async fn attach(state: &AppState, entry: &Arc<Entry>, req: Request<Incoming>) ->
         connection_id: entry.connection.id.as_str().into(),
         url,
         event,
-        template_id,
-        secrets: vec![SigningSecret { secret: new_hook_secret(), expires_at: None }],
+        template_id: template_id.map(Into::into),
+        keys: HookKeys::generate(),
         created_at: now_ms(),
     };
     let (status, hook) = match state.store.attach_hook(hook).await? {
@@ -172,7 +174,7 @@ async fn attach(state: &AppState, entry: &Arc<Entry>, req: Request<Incoming>) ->
     };
     state.registry.add_hook(hook.clone());
     let mut body = hook_json(&hook);
-    body["secret"] = hook.secrets.first().map(|s| s.secret.clone()).into();
+    body["secret"] = hook.keys.current_secret().into();
     Ok(json(status, &body))
 }
 
@@ -186,16 +188,12 @@ async fn rotate_secret(state: &AppState, entry: &Entry, id: &str) -> Reply {
     let hook = own_hook(entry, id)?;
     let now = now_ms();
     let retire_at = now + HOOK_KEY_OVERLAP_MS;
-    let secret = new_hook_secret();
-    let mut secrets = vec![SigningSecret { secret: secret.clone(), expires_at: None }];
-    secrets.extend(hook.secrets.iter().filter(|s| s.is_live(now)).map(|s| SigningSecret {
-        secret: s.secret.clone(),
-        expires_at: Some(s.expires_at.map_or(retire_at, |at| at.min(retire_at))),
-    }));
-    if !state.store.set_hook_secrets(&entry.connection.id, id, secrets.clone()).await? {
+    let keys = hook.keys.rotated(now, retire_at);
+    if !state.store.set_hook_keys(&entry.connection.id, id, &keys).await? {
         return Err(ApiError::not_found("hook"));
     }
-    state.registry.set_hook_secrets(&entry.connection.id, id, secrets);
+    let secret = keys.current_secret();
+    state.registry.set_hook_keys(&entry.connection.id, id, keys);
     Ok(json(StatusCode::OK, &json!({ "secret": secret, "previous_expires_at": rfc3339(retire_at) })))
 }
 

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
 use crate::model::{
-    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, Hooks, IngestAuth, NextStep,
-    SigningSecret, event_type, new_hook_secret,
+    Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, HookKeys, Hooks, IngestAuth, NextStep,
+    SigningSecret, event_type,
 };
 
 pub use postgres::{ChangeFeed, PostgresStore};
@@ -196,13 +196,15 @@ fn stored_ingest_auth(name: &str) -> Result<IngestAuth, StoreError> {
 }
 
 /// A stored hook's signing keys.
-fn stored_hook_secrets(json: &str) -> Result<Vec<SigningSecret>, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("a hook's signing keys: {e}")))
+fn stored_hook_keys(json: &str) -> Result<HookKeys, StoreError> {
+    let stored: Vec<SigningSecret> =
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("a hook's signing keys: {e}")))?;
+    HookKeys::from_stored(&stored).map_err(|e| StoreError::Corrupt(format!("a hook's signing keys: {e}")))
 }
 
-/// The signing keys of a hook that has none yet: one fresh key.
-fn fresh_hook_secrets() -> Vec<SigningSecret> {
-    vec![SigningSecret { secret: new_hook_secret(), expires_at: None }]
+/// The signing keys of a hook that has none yet, as stored: one fresh key.
+fn fresh_hook_keys() -> Vec<SigningSecret> {
+    HookKeys::generate().to_stored()
 }
 
 /// What moves from one store to another (`stencil-relay migrate-store`): every connection and
@@ -418,13 +420,8 @@ impl Store {
     ///
     /// # Errors
     /// The write failed.
-    pub async fn set_hook_secrets(
-        &self,
-        connection_id: &str,
-        hook_id: &str,
-        secrets: Vec<SigningSecret>,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self.set_hook_secrets(connection_id.to_owned(), hook_id.to_owned(), secrets))
+    pub async fn set_hook_keys(&self, connection_id: &str, hook_id: &str, keys: &HookKeys) -> Result<bool, StoreError> {
+        dispatch!(self.set_hook_secrets(connection_id.to_owned(), hook_id.to_owned(), keys.to_stored()))
     }
 
     /// Attaches a hook, or returns the identical one already attached.
@@ -574,7 +571,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::IMAGE_CREATED;
+    use crate::model::{HookKeys, IMAGE_CREATED};
 
     /// An ingest's `on_commit` for tests that look only at what `ingest` returns.
     fn ignore(_: &mut Ingested) {}
@@ -600,7 +597,7 @@ mod tests {
                 url: "https://x".into(),
                 event: IMAGE_CREATED,
                 template_id: None,
-                secrets: Vec::new(),
+                keys: HookKeys::generate(),
                 created_at: 0,
             })
         }

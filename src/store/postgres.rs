@@ -28,7 +28,7 @@ use super::postgres_ingest::IngestQueue;
 use super::postgres_schema::{CHANGES_CHANNEL, MIGRATION_LOCK, MIGRATIONS};
 use super::{
     Attached, Claim, Claimed, Created, DEAD, Fanout, Ingested, PENDING, SnapshotBuilder, StoreError, Transfer, Waiting,
-    stored_event, stored_hook_secrets, stored_ingest_auth, stored_state,
+    stored_event, stored_hook_keys, stored_ingest_auth, stored_state,
 };
 use crate::metrics::Metrics;
 use crate::model::{
@@ -177,7 +177,15 @@ impl PostgresStore {
             tx.execute(
                 "INSERT INTO hooks (id, connection_id, url, event, template_id, created_at, secrets)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                &[&h.id, &&*h.connection_id, &h.url, &h.event, &template, &h.created_at, &secrets_json(&h.secrets)?],
+                &[
+                    &h.id,
+                    &&*h.connection_id,
+                    &h.url,
+                    &h.event,
+                    &template,
+                    &h.created_at,
+                    &secrets_json(&h.keys.to_stored())?,
+                ],
             )
             .await?;
         }
@@ -352,7 +360,7 @@ impl PostgresStore {
             self.pool.get().await?.query("SELECT id, connection_id FROM hooks WHERE secrets = '[]'", &[]).await?;
         for row in keyless {
             let (hook_id, connection_id): (String, String) = (row.get(0), row.get(1));
-            let json = secrets_json(&super::fresh_hook_secrets())?;
+            let json = secrets_json(&super::fresh_hook_keys())?;
             self.change(
                 &connection_id,
                 "UPDATE hooks SET secrets = $2 WHERE id = $1 AND secrets = '[]'",
@@ -398,7 +406,7 @@ impl PostgresStore {
                     &hook.event,
                     &template,
                     &hook.created_at,
-                    &secrets_json(&hook.secrets)?,
+                    &secrets_json(&hook.keys.to_stored())?,
                 ],
             )
             .await?;
@@ -737,8 +745,8 @@ fn hook_row(r: &Row, connection_id: Arc<str>) -> Result<Hook, StoreError> {
         connection_id,
         url: r.get(2),
         event: stored_event(r.get(3))?,
-        template_id: (!template.is_empty()).then_some(template),
-        secrets: stored_hook_secrets(r.get(6))?,
+        template_id: (!template.is_empty()).then(|| template.into()),
+        keys: stored_hook_keys(r.get(6))?,
         created_at: r.get(5),
     })
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use stencil_relay::config::DatabaseUrl;
 use stencil_relay::metrics::Metrics;
-use stencil_relay::model::{Attempt, AttemptRecord, Connection, Event, Hook, IMAGE_CREATED, NextStep};
+use stencil_relay::model::{Attempt, AttemptRecord, Connection, Event, Hook, HookKeys, IMAGE_CREATED, NextStep};
 use stencil_relay::store::{Attached, Claim, Fanout, FanoutHook, Ingested, Store};
 
 use crate::harness::{database_url, is_postgres};
@@ -58,7 +58,7 @@ fn hook(id: &str) -> Hook {
         url: format!("https://example.com/{id}"),
         event: IMAGE_CREATED,
         template_id: None,
-        secrets: Vec::new(),
+        keys: HookKeys::generate(),
         created_at: 0,
     }
 }
@@ -400,11 +400,12 @@ async fn a_registry_of_many_pages_loads_whole_grouped_and_oldest_first() {
     // opposite order of their age, and the other connection's hooks after them.
     bulk_load(
         &url,
-        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 25000)
-         INSERT INTO hooks (id, connection_id, url, event, template_id, created_at)
-         SELECT 'hk_' || (100000 + i), 'c', 'https://example.com/c/' || i, 'image.created', '', 25000 - i FROM n
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 25000),
+              key(k) AS (SELECT '[{\"secret\":\"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\",\"expires_at\":null}]')
+         INSERT INTO hooks (id, connection_id, url, event, template_id, created_at, secrets)
+         SELECT 'hk_' || (100000 + i), 'c', 'https://example.com/c/' || i, 'image.created', '', 25000 - i, k FROM n, key
          UNION ALL
-         SELECT 'hk_d' || i, 'd', 'https://example.com/d/' || i, 'image.created', '', 0 FROM n WHERE i < 3",
+         SELECT 'hk_d' || i, 'd', 'https://example.com/d/' || i, 'image.created', '', 0, k FROM n, key WHERE i < 3",
     )
     .await;
     let mut read = Vec::new();
