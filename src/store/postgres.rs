@@ -354,19 +354,25 @@ impl PostgresStore {
     }
 
     /// Gives every hook without a signing key (one attached before hooks had keys) a key of its
-    /// own, announcing each changed connection.
+    /// own, in one statement (32 random bytes from two random UUIDs, PostgreSQL 13's built-in
+    /// source), and announces each changed connection.
     async fn fill_hook_secrets(&self) -> Result<(), StoreError> {
-        let keyless =
-            self.pool.get().await?.query("SELECT id, connection_id FROM hooks WHERE secrets = '[]'", &[]).await?;
-        for row in keyless {
-            let (hook_id, connection_id): (String, String) = (row.get(0), row.get(1));
-            let json = secrets_json(&super::fresh_hook_keys())?;
-            self.change(
-                &connection_id,
-                "UPDATE hooks SET secrets = $2 WHERE id = $1 AND secrets = '[]'",
-                &[&hook_id, &json],
+        let client = self.pool.get().await?;
+        let filled = client
+            .query(
+                r#"WITH filled AS (
+                    UPDATE hooks SET secrets = '[{"secret":"whsec_' || encode(decode(
+                        replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', ''), 'hex'),
+                        'base64') || '","expires_at":null}]'
+                    WHERE secrets = '[]' RETURNING connection_id
+                 )
+                 SELECT DISTINCT connection_id FROM filled"#,
+                &[],
             )
             .await?;
+        for row in filled {
+            let connection_id: String = row.get(0);
+            client.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &connection_id]).await?;
         }
         Ok(())
     }

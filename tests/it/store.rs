@@ -418,6 +418,26 @@ async fn a_registry_of_many_pages_loads_whole_grouped_and_oldest_first() {
     assert_eq!(hooks_of("d").len(), 3);
 }
 
+/// Hooks attached before hooks had signing keys (their row says `[]`) get a key of their own
+/// when a store of this version opens, each a different one.
+#[tokio::test]
+async fn hooks_without_keys_get_one_each_when_the_store_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, url) = shared_store_with_connection(dir.path(), 1).await;
+    bulk_load(
+        &url,
+        "INSERT INTO hooks (id, connection_id, url, event, template_id, created_at, secrets)
+         VALUES ('hk_old1', 'c', 'https://example.com/1', 'image.created', '', 0, '[]'),
+                ('hk_old2', 'c', 'https://example.com/2', 'image.created', '', 0, '[]')",
+    )
+    .await;
+    drop(store);
+    let store = Store::open(&url, Metrics::default()).await.unwrap();
+    let (_, hooks) = store.connection("c").await.unwrap().unwrap();
+    assert_eq!(hooks.len(), 2);
+    assert_ne!(hooks[0].keys, hooks[1].keys, "a key each");
+}
+
 #[tokio::test]
 async fn registry_writes_are_announced_to_other_instances_when_they_change_something() {
     let dir = tempfile::tempdir().unwrap();
