@@ -1,5 +1,6 @@
 //! Several instances on one PostgreSQL database, as real processes on different ports. These
-//! need `RELAY_TEST_POSTGRES_URL` (`.ci/run` always sets it); without it they say so and pass.
+//! need `RELAY_TEST_POSTGRES_URL`: `cargo test` lists them as ignored, and `.ci/run` runs them
+//! (`--include-ignored`) with PostgreSQL.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -9,13 +10,13 @@ use reqwest::{Method, StatusCode};
 use crate::harness::process::test_env;
 use crate::harness::{Conn, RelayProcess, Sink, SinkReply, event, eventually};
 
-/// The shared-database settings, or `None` (with a note) when PostgreSQL is not configured.
-async fn cluster_env(dir: &std::path::Path) -> Option<Vec<(String, String)>> {
-    if std::env::var("RELAY_TEST_POSTGRES_URL").map_or(true, |u| u.is_empty()) {
-        eprintln!("RELAY_TEST_POSTGRES_URL is not set: multi-instance tests need PostgreSQL");
-        return None;
-    }
-    Some(test_env(dir).await)
+/// Why these tests are ignored by a plain `cargo test`.
+const NEEDS_POSTGRES: &str = "needs PostgreSQL: set RELAY_TEST_POSTGRES_URL (.ci/run does)";
+
+/// The shared-database settings.
+async fn cluster_env(dir: &std::path::Path) -> Vec<(String, String)> {
+    assert!(crate::harness::is_postgres(), "{NEEDS_POSTGRES}");
+    test_env(dir).await
 }
 
 /// Waits until `instance` serves `hook` of `conn` (it learns of an attach through another
@@ -40,9 +41,10 @@ async fn two_instances_one_hook(env: &[(String, String)]) -> (RelayProcess, Rela
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set RELAY_TEST_POSTGRES_URL (.ci/run does)"]
 async fn attach_through_one_ingest_through_the_other_delivers_once() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(env) = cluster_env(dir.path()).await else { return };
+    let env = cluster_env(dir.path()).await;
     let (_a, b, sink, conn) = two_instances_one_hook(&env).await; // `_a` keeps the first one running
     assert_eq!(b.ingest(&conn, &event("evt-shared", None)).await.body["deliveries"], 1);
     assert_eq!(sink.recv().await.header("webhook-id"), "evt-shared");
@@ -50,9 +52,10 @@ async fn attach_through_one_ingest_through_the_other_delivers_once() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set RELAY_TEST_POSTGRES_URL (.ci/run does)"]
 async fn events_through_both_instances_reach_a_hook_one_holds_each_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(env) = cluster_env(dir.path()).await else { return };
+    let env = cluster_env(dir.path()).await;
     let (a, b, sink, conn) = two_instances_one_hook(&env).await;
     // The first event makes a claim lease the hook to a; its next ones are handed off at a's
     // ingest, while b's wait in the store for a's next claim of the hook.
@@ -71,9 +74,10 @@ async fn events_through_both_instances_reach_a_hook_one_holds_each_exactly_once(
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set RELAY_TEST_POSTGRES_URL (.ci/run does)"]
 async fn an_instance_stopped_gracefully_gives_its_hooks_to_the_others_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut env) = cluster_env(dir.path()).await else { return };
+    let mut env = cluster_env(dir.path()).await;
     env.retain(|(k, _)| k != "RELAY_LEASE");
     env.push(("RELAY_LEASE".to_owned(), "120s".to_owned())); // far beyond the sink's patience
     let (a, b) = (RelayProcess::spawn(&env), RelayProcess::spawn(&env));
@@ -91,9 +95,10 @@ async fn an_instance_stopped_gracefully_gives_its_hooks_to_the_others_at_once() 
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set RELAY_TEST_POSTGRES_URL (.ci/run does)"]
 async fn a_key_rotated_through_one_is_refused_by_the_other_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(env) = cluster_env(dir.path()).await else { return };
+    let env = cluster_env(dir.path()).await;
     let (a, b) = (RelayProcess::spawn(&env), RelayProcess::spawn(&env));
     let conn = a.connection("acme").await;
     eventually("instance b to know the connection", || async {
@@ -115,9 +120,10 @@ async fn a_key_rotated_through_one_is_refused_by_the_other_within_a_second() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set RELAY_TEST_POSTGRES_URL (.ci/run does)"]
 async fn deliveries_leased_by_a_killed_instance_are_taken_over_after_the_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(env) = cluster_env(dir.path()).await else { return };
+    let env = cluster_env(dir.path()).await;
     let sink = Sink::start_with(SinkReply::Slow(Duration::from_secs(30))).await;
     let a = RelayProcess::spawn(&env);
     let conn = a.connection("acme").await;
@@ -144,9 +150,10 @@ async fn deliveries_leased_by_a_killed_instance_are_taken_over_after_the_lease()
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set RELAY_TEST_POSTGRES_URL (.ci/run does)"]
 async fn migrate_store_moves_an_sqlite_relay_to_postgresql_without_losing_pending_work() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(env) = cluster_env(dir.path()).await else { return };
+    let env = cluster_env(dir.path()).await;
     let sqlite = format!("sqlite://{}", dir.path().join("old.db").display());
     let sink = Sink::start_with(SinkReply::Status(503)).await;
     let mut args = crate::harness::TestServer::args();

@@ -103,8 +103,8 @@ impl RelayProcess {
 
     /// SIGTERM, then the exit status and the whole log.
     pub(crate) fn terminate(mut self) -> (ExitStatus, Vec<String>) {
-        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
-        assert!(status.success());
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("a pid fits an i32"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("the relay can be signalled");
         let deadline = std::time::Instant::now() + super::PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
