@@ -156,21 +156,7 @@ impl PostgresStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         for c in &transfer.connections {
-            let rate = c.ingest_rate.map(|r| i32::try_from(r).unwrap_or(i32::MAX));
-            tx.execute(
-                "INSERT INTO connections (id, name, api_key_hash, secrets, ingest_rate, created_at, ingest_auth)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                &[
-                    &c.id,
-                    &c.name,
-                    &c.api_key_hash.as_slice(),
-                    &secrets_json(&c.secrets)?,
-                    &rate,
-                    &c.created_at,
-                    &c.ingest_auth.as_str(),
-                ],
-            )
-            .await?;
+            insert_connection(&tx, c).await?;
         }
         for h in &transfer.hooks {
             let template = h.template_id.clone().unwrap_or_default();
@@ -290,22 +276,7 @@ impl PostgresStore {
     pub(super) async fn create_connection(&self, c: Connection) -> Result<Created, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let rate = c.ingest_rate.map(|r| i32::try_from(r).unwrap_or(i32::MAX));
-        let inserted = tx
-            .execute(
-                "INSERT INTO connections (id, name, api_key_hash, secrets, ingest_rate, created_at, ingest_auth)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                &[
-                    &c.id,
-                    &c.name,
-                    &c.api_key_hash.as_slice(),
-                    &secrets_json(&c.secrets)?,
-                    &rate,
-                    &c.created_at,
-                    &c.ingest_auth.as_str(),
-                ],
-            )
-            .await?;
+        let inserted = insert_connection(&tx, &c).await?;
         if inserted == 0 {
             let id_taken = tx.query_opt("SELECT 1 FROM connections WHERE id = $1", &[&c.id]).await?.is_some();
             return Ok(if id_taken { Created::IdTaken } else { Created::KeyTaken });
@@ -715,6 +686,27 @@ const CONNECTION_COLUMNS: &str =
 /// Hooks read per round trip when the registry is loaded.
 const SNAPSHOT_PAGE: i32 = 10_000;
 const HOOK_COLUMNS: &str = "SELECT id, connection_id, url, event, template_id, created_at, secrets FROM hooks";
+
+/// Inserts a connection unless its id or API key is taken; how many rows it added (0 or 1).
+async fn insert_connection(tx: &deadpool_postgres::Transaction<'_>, c: &Connection) -> Result<u64, StoreError> {
+    let rate = c.ingest_rate.map(|r| i32::try_from(r).unwrap_or(i32::MAX));
+    let inserted = tx
+        .execute(
+            "INSERT INTO connections (id, name, api_key_hash, secrets, ingest_rate, created_at, ingest_auth)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            &[
+                &c.id,
+                &c.name,
+                &c.api_key_hash.as_slice(),
+                &secrets_json(&c.secrets)?,
+                &rate,
+                &c.created_at,
+                &c.ingest_auth.as_str(),
+            ],
+        )
+        .await?;
+    Ok(inserted)
+}
 
 async fn notify(tx: &deadpool_postgres::Transaction<'_>, connection_id: &str) -> Result<(), StoreError> {
     tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &connection_id]).await?;
