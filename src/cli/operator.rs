@@ -36,7 +36,7 @@ pub enum ConnectionsCommand {
         #[arg(long)]
         ingest_rate: Option<u32>,
         /// How Stencil authenticates: `signature` (X-UseStencil-Signature), `token`
-        /// (Authorization: Bearer <signing secret>) or `either`.
+        /// (`Authorization: Bearer <signing secret>`) or `either`.
         #[arg(long, value_parser = ["signature", "token", "either"], default_value = "signature")]
         ingest_auth: String,
     },

@@ -4,15 +4,7 @@
 //! `metrics` only.
 
 mod postgres;
-mod postgres_in_flight;
-mod postgres_ingest;
-mod postgres_schema;
 mod sqlite;
-mod sqlite_checkpoint;
-mod sqlite_event_ids;
-mod sqlite_lists;
-mod sqlite_schema;
-mod sqlite_writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;

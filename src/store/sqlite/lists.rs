@@ -6,7 +6,7 @@
 //! and a commit rewrites every leaf it touched. The attempts' index alone was over two fifths of
 //! the WAL frames a commit wrote under load. Each list is now a table that the writer fills in
 //! bulk every [`CATCH_UP_EVERY`] inside a batch it commits anyway (see `Chore` in
-//! `sqlite_writer.rs`), a connection's or hook's rows arriving together on one leaf. A one-row
+//! `writer.rs`), a connection's or hook's rows arriving together on one leaf. A one-row
 //! table holds the mark up to which the list is complete; the rows after it, a fraction of a
 //! second's worth, are found by scanning them by their key range. Both source tables hand no
 //! key out twice (`AUTOINCREMENT`), so no row can arrive under a mark.
@@ -16,9 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use rusqlite::{Connection as Db, Row, params};
 
-use super::StoreError;
-use super::sqlite_writer::Chore;
+use super::writer::Chore;
 use crate::model::{Attempt, Event};
+use crate::store::StoreError;
 
 /// How often the lists catch up: the longest tail a listing scans, and the pause it adds to one
 /// commit (about 2 ms per list at 10,000 events/s).
@@ -166,7 +166,7 @@ fn newest<T>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::sqlite_schema::test_db as db;
+    use super::super::schema::test_db as db;
     use super::*;
 
     /// Stores event `id` for `connection`; returns its `seq`.

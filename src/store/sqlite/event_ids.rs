@@ -5,7 +5,7 @@
 //! frames of an ingest commit. The ids now live in `event_ids`, which the writer fills in sorted
 //! runs: the ids committed since are held in memory (the *tail*), and a chore of the writer
 //! moves the next slice of them, in key order, every [`SWEEP_EVERY`] (see `Chore` in
-//! `sqlite_writer.rs`). A slice covers a range of keys, so a sweep rewrites each leaf of that
+//! `writer.rs`). A slice covers a range of keys, so a sweep rewrites each leaf of that
 //! range once for all the ids that fall on it. An id is a duplicate when it is in the tail or
 //! in the table.
 //!
@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection as Db, params};
 
-use super::StoreError;
-use super::sqlite_writer::Chore;
+use super::writer::Chore;
+use crate::store::StoreError;
 
 /// How often a slice of the tail is moved into the table.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
@@ -188,7 +188,7 @@ impl Chore for Sweep {
 
 #[cfg(test)]
 mod tests {
-    use super::super::sqlite_schema::test_db as db;
+    use super::super::schema::test_db as db;
     use super::*;
 
     /// Stores event `id` for `connection` as an ingest does, unless it is a duplicate; whether

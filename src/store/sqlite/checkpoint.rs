@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rusqlite::Connection as Db;
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// How often the WAL is checked; a checkpoint with nothing to copy costs almost nothing.
 const INTERVAL: Duration = Duration::from_millis(100);

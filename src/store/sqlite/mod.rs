@@ -1,6 +1,6 @@
 //! The embedded SQLite backend.
 //!
-//! Writes go to one writer thread that commits them in batches (see `sqlite_writer`); reads
+//! Writes go to one writer thread that commits them in batches (see `writer`); reads
 //! use a second connection (WAL lets it run beside the writer) on the blocking pool.
 //!
 //! The hot path's statements are written so that SQLite needs no statement journal for them:
@@ -18,17 +18,22 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use rusqlite::{Connection as Db, OptionalExtension, Row, params};
 
-use super::sqlite_checkpoint::Checkpointer;
-use super::sqlite_event_ids::EventIds;
-use super::sqlite_lists as lists;
-use super::sqlite_schema::MIGRATIONS;
-use super::sqlite_writer::{Lane, Writer};
+mod checkpoint;
+mod event_ids;
+mod lists;
+mod schema;
+mod writer;
+
 use super::{
     Attached, Claim, Claimed, Created, DEAD, DELIVERED, Fanout, Ingested, PENDING, Snapshot, SnapshotBuilder,
     StoreError, Transfer, TransferDelivery, Waiting, stored_event, stored_hook_keys, stored_ingest_auth, stored_state,
 };
 use crate::metrics::Metrics;
 use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, SigningSecret};
+use checkpoint::Checkpointer;
+use event_ids::EventIds;
+use schema::MIGRATIONS;
+use writer::{Lane, Writer};
 
 /// Most attempt records written in one writer job (about a millisecond of work).
 const RECORDS_PER_JOB: usize = 64;

@@ -2,11 +2,11 @@
 //!
 //! Pooled connections (deadpool); every write is one transaction. A claim takes (or renews) the
 //! lease of hooks with due work in `hook_leases` and, in the same statement, their due
-//! deliveries; which of those are in flight the instance keeps in memory (`postgres_in_flight`).
+//! deliveries; which of those are in flight the instance keeps in memory (`in_flight`).
 //! So each hook is paced by exactly one instance, and a dead instance's hooks are taken over,
 //! with their deliveries, once their leases expire. While this instance holds a hook's lease and
 //! its last claim left nothing of it due, ingest hands the hook's new deliveries straight to it
-//! (`postgres_ingest`), so most deliveries under steady load cost no claim. Registry changes are announced with
+//! (`ingest`), so most deliveries under steady load cost no claim. Registry changes are announced with
 //! `NOTIFY` in the same transaction as the write.
 //!
 //! Claims and attempt records are planned with each call's values (unnamed statements), not
@@ -23,9 +23,10 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
-use super::postgres_in_flight::InFlight;
-use super::postgres_ingest::IngestQueue;
-use super::postgres_schema::{CHANGES_CHANNEL, MIGRATION_LOCK, MIGRATIONS};
+mod in_flight;
+mod ingest;
+mod schema;
+
 use super::{
     Attached, Claim, Claimed, Created, DEAD, Fanout, Ingested, PENDING, SnapshotBuilder, StoreError, Transfer, Waiting,
     stored_event, stored_hook_keys, stored_ingest_auth, stored_state,
@@ -34,6 +35,9 @@ use crate::metrics::Metrics;
 use crate::model::{
     Attempt, AttemptRecord, Connection, DeadLetter, DueDelivery, Event, Hook, Hooks, SigningSecret, random_token,
 };
+use in_flight::InFlight;
+use ingest::IngestQueue;
+use schema::{CHANGES_CHANNEL, MIGRATION_LOCK, MIGRATIONS};
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -411,7 +415,7 @@ impl PostgresStore {
         .await
     }
 
-    /// Batched with concurrent ingests (see `postgres_ingest.rs`).
+    /// Batched with concurrent ingests (see `ingest.rs`).
     pub(super) async fn ingest(
         &self,
         connection_id: String,

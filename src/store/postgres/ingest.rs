@@ -9,7 +9,7 @@
 //! writer, nobody gets an answer before the commit that holds their event.
 //!
 //! Deliveries handed off ([`Fanout::handed`]) are stored waiting like the others; the statement
-//! returns their ids, and they are entered in flight (`postgres_in_flight`) before anyone hears
+//! returns their ids, and they are entered in flight (`in_flight`) before anyone hears
 //! of the commit.
 //!
 //! An event for a connection that is gone is left out of its batch's insert and answered as
@@ -25,10 +25,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
-use super::postgres_in_flight::InFlight;
-use super::{Fanout, FanoutHook, Ingested, PENDING, StoreError};
+use super::in_flight::InFlight;
 use crate::metrics::Metrics;
 use crate::model::{DueDelivery, Event};
+use crate::store::{Fanout, FanoutHook, Ingested, PENDING, StoreError};
 
 /// Most events committed in one statement.
 const MAX_BATCH: usize = 256;

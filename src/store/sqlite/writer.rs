@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection as Db;
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
 use crate::metrics::Metrics;
+use crate::store::StoreError;
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 1024;

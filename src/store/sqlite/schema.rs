@@ -1,7 +1,7 @@
 //! The SQLite schema as an ordered list of migrations; `PRAGMA user_version` counts those applied.
 //!
 //! Delivery states: 0 pending, 1 delivered, 2 dead, and 3 in flight — handed off at ingest and
-//! leased until its first attempt is recorded (see `IN_FLIGHT` in `sqlite.rs`).
+//! leased until its first attempt is recorded (see `IN_FLIGHT` in `sqlite/mod.rs`).
 //!
 //! Migrations run with foreign keys off (a rebuilt table's old copy must drop without
 //! cascading), and the references are checked once they have all run.
@@ -77,7 +77,7 @@ CREATE INDEX deliveries_pending_by_hook ON deliveries (hook_id, lease_until, nex
     // Deliveries no longer reference their hook: an index on `hook_id` over every delivery was
     // the one the foreign key needed, and it cost a page at a random place in each ingest
     // commit per delivery. A detach now deletes the hook's deliveries by the narrower indexes
-    // (see `detach_hook` in `sqlite.rs`); a connection's go with its events.
+    // (see `detach_hook` in `sqlite/mod.rs`); a connection's go with its events.
     r"
 CREATE TABLE deliveries_new (
     id              INTEGER PRIMARY KEY,
@@ -103,7 +103,7 @@ CREATE INDEX deliveries_dead ON deliveries (connection_id, id) WHERE state = 2;
 CREATE INDEX deliveries_in_flight ON deliveries (lease_until) WHERE state = 3;
 ",
     // A connection's event list is filled in bulk off the ingest commit, instead of by an index
-    // every ingest paid a page for (see `sqlite_lists.rs`). Its rows go with their
+    // every ingest paid a page for (see `lists.rs`). Its rows go with their
     // connection; `connection_events_through` holds the one `seq` up to which it is complete.
     r"
 CREATE TABLE connection_events (
@@ -118,7 +118,7 @@ DROP INDEX events_by_connection;
 ",
     // The duplicate check no longer has a unique index on `events`: each ingest paid a page at
     // a random place for it. The ids go to `event_ids` in sorted runs instead (see
-    // `sqlite_event_ids.rs`), complete up to `event_ids_through`. The rebuilt `events` hands no
+    // `event_ids.rs`), complete up to `event_ids_through`. The rebuilt `events` hands no
     // `seq` out twice, so that nothing new arrives under either list's mark.
     r"
 CREATE TABLE events_new (
@@ -142,7 +142,7 @@ INSERT INTO event_ids SELECT connection_id, id FROM events;
 INSERT INTO event_ids_through SELECT COALESCE(MAX(seq), 0) FROM events;
 ",
     // A hook's attempts are listed in bulk off the commit, instead of by an index every commit
-    // paid a page per hook for (see `sqlite_lists.rs`), complete up to `hook_attempts_through`.
+    // paid a page per hook for (see `lists.rs`), complete up to `hook_attempts_through`.
     // The rebuilt `attempts` hands no id out twice, so that nothing new arrives under the mark.
     r"
 CREATE TABLE attempts_new (
