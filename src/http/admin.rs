@@ -18,7 +18,8 @@ use super::AppState;
 use super::auth::authorize;
 use super::error::ApiError;
 use super::hooks::{hook_json, ingest_url, rejections_json};
-use super::io::{empty, json, limit, query_param, read_json};
+use super::io::{limit, query_param, read_json};
+use super::response::{empty, json};
 use super::routes::Route;
 use crate::model::{
     Connection, DELIVERY_ID_PREFIX, DeadLetter, IngestAuth, SigningSecret, api_key_hash, now_ms, random_token, rfc3339,

@@ -196,7 +196,7 @@ impl ApiError {
     /// The JSON answer.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let body = serde_json::json!({ "error": self.code.as_str(), "message": self.message });
-        let mut response = super::io::json(self.status, &body);
+        let mut response = super::response::json(self.status, &body);
         response.headers_mut().extend(self.headers);
         response
     }

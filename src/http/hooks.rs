@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::authorize;
 use super::error::ApiError;
-use super::io::{empty, json, limit, read_json};
+use super::io::{limit, read_json};
+use super::response::{empty, json};
 use super::routes::Route;
 use crate::model::{
     Attempt, Event, HOOK_ID_PREFIX, Hook, HookKeys, IMAGE_CREATED, MAX_TEMPLATE_ID_LEN, event_type,

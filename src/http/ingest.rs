@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::ApiError;
-use super::io::{discard, json, query_param, read_body};
+use super::io::{discard, query_param, read_body};
+use super::response::json;
 use crate::model::{Event, IMAGE_CREATED, MAX_TEMPLATE_ID_LEN, is_valid_template_id, now_ms};
 use crate::ratelimit::RateStatus;
 use crate::registry::Entry;

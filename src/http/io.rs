@@ -1,35 +1,18 @@
-//! Request and response plumbing shared by the handlers: bounded body reads, JSON in and out,
-//! bearer tokens, client addresses and query parameters.
+//! Request plumbing shared by the handlers: bounded body reads, JSON in, bearer tokens and query
+//! parameters. Answers are built by `response`.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
-use hyper::{Response, StatusCode};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderMap};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
 /// Largest JSON body the hook and admin APIs read.
 pub(super) const MAX_API_BODY: usize = 64 * 1024;
-
-/// A JSON answer.
-pub(super) fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-/// An empty answer (204).
-pub(super) fn empty(status: StatusCode) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = status;
-    response
-}
 
 /// How much of a refused body is read and dropped, at most, so that a client still sending it
 /// gets to read the 413 (most write their whole body before they read): closing a connection
@@ -161,6 +144,8 @@ pub(super) fn limit(query: Option<&str>, default: usize, max: usize) -> Result<u
 
 #[cfg(test)]
 mod tests {
+    use hyper::header::HeaderValue;
+
     use super::*;
 
     #[test]

@@ -10,6 +10,7 @@ mod hooks;
 mod ingest;
 mod io;
 mod limits;
+mod response;
 mod routes;
 
 use std::convert::Infallible;
@@ -301,9 +302,9 @@ async fn dispatch(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     match route {
-        Route::Healthz => Ok(io::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))),
+        Route::Healthz => Ok(response::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))),
         Route::Readyz => match state.store.ping().await {
-            Ok(()) => Ok(io::json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))),
+            Ok(()) => Ok(response::json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))),
             Err(e) => Err(e.into()),
         },
         Route::Metrics => {
