@@ -1,0 +1,125 @@
+//! What the store's callers pass in and get back: outcomes of writes, an ingest's fan-out, a
+//! claim and what it leased, and the store's error.
+
+use std::sync::Arc;
+
+use crate::model::{DueDelivery, Hook};
+
+/// A failure of the store; ingest answers it with 503 and the admin/hook APIs with 503 too.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed an operation (full disk, IO error, corruption…).
+    #[error("database error")]
+    Backend(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// The store was shut down.
+    #[error("the store is closed")]
+    Closed,
+    /// Stored data could not be decoded.
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+/// The outcome of creating a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// Stored.
+    Created,
+    /// Another connection already has this id.
+    IdTaken,
+    /// Another connection already has this API key.
+    KeyTaken,
+}
+
+/// The outcome of attaching a hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attached {
+    /// A new hook was stored.
+    Created(Hook),
+    /// The same url + event + template was already attached; here it is.
+    Existing(Hook),
+}
+
+/// Where an ingested event's deliveries go: one per hook, each either queued for a claim or
+/// handed straight to this instance's workers.
+#[derive(Debug, Clone, Default)]
+pub struct Fanout {
+    /// Hooks whose deliveries wait in the store until claimed.
+    pub queued: Vec<FanoutHook>,
+    /// Hooks whose deliveries are leased to this instance in the commit, until `lease_until`
+    /// (a claim takes them back after that), and come back in [`Ingested::Accepted`], to be
+    /// attempted at once.
+    pub handed: Vec<FanoutHook>,
+    /// When the lease of handed deliveries ends (ms).
+    pub lease_until: i64,
+}
+
+/// One hook an event goes to, as the registry knows it: the store need not look it up again
+/// (a hook detached meanwhile gets no delivery).
+#[derive(Debug, Clone)]
+pub struct FanoutHook {
+    /// The hook.
+    pub id: String,
+    /// Where its delivery goes (a hook's URL never changes).
+    pub url: String,
+}
+
+/// The outcome of committing an ingested event.
+#[derive(Debug)]
+pub enum Ingested {
+    /// Committed with this many deliveries.
+    Accepted {
+        /// Deliveries created, one per matching hook that still exists.
+        deliveries: usize,
+        /// The handed deliveries, leased to this instance.
+        handed: Vec<DueDelivery>,
+    },
+    /// This event id was already accepted for the connection.
+    Duplicate,
+    /// The connection was deleted before the commit.
+    UnknownConnection,
+}
+
+/// What a claim asks for.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// Now (ms): deliveries due at or before it are eligible.
+    pub now: i64,
+    /// Until when the claimed deliveries are leased to this instance (ms).
+    pub lease_until: i64,
+    /// At most this many deliveries in all.
+    pub limit: usize,
+    /// At most this many per hook, and none for a hook with leased deliveries not yet recorded
+    /// (on PostgreSQL: not yet attempted, [`Store::attempted`](super::Store::attempted)).
+    pub per_hook: usize,
+    /// Only these hooks, each with at most its own number of deliveries (instead of `per_hook`
+    /// and the leased check). Where one instance owns every hook, its workers know which hooks
+    /// have deliveries waiting and how many of each are in flight; naming them makes a claim
+    /// cost a lookup per hook instead of a pass over every due delivery, so a backlog does not
+    /// slow the claims that drain it. `None`: any due hook.
+    pub hooks: Option<Vec<(String, usize)>>,
+}
+
+/// What a claim leased, and what it saw of the deliveries still waiting.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// The deliveries now leased to this instance, oldest first.
+    pub due: Vec<DueDelivery>,
+    /// For each hook the claim named, in the order named: when its earliest delivery still
+    /// waiting is due (ms), or `None` if nothing of it waits.
+    pub next_due: Vec<Option<i64>>,
+    /// Hand-offs whose lease ran out, back in the queue: their hook and when they are due.
+    pub taken_back: Vec<(String, i64)>,
+    /// PostgreSQL: each hook the claim leased deliveries of, with whether it took every
+    /// delivery of the hook then due; the hook is leased to this instance until the claim's
+    /// `lease_until`. A drained hook's next deliveries may be handed off at ingest for a while.
+    pub leased_hooks: Vec<(String, bool)>,
+}
+
+/// Deliveries of one hook waiting in the store (pending and not leased).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    /// How many.
+    pub count: u64,
+    /// When the earliest is due (ms).
+    pub due_at: i64,
+}
