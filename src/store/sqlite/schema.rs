@@ -6,6 +6,11 @@
 //! Migrations run with foreign keys off (a rebuilt table's old copy must drop without
 //! cascading), and the references are checked once they have all run.
 
+use rusqlite::{Connection as Db, OptionalExtension, params};
+
+use super::rows::secrets_json;
+use crate::store::{StoreError, fresh_hook_keys};
+
 /// Migration `i` brings the schema from version `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
     r"
@@ -179,6 +184,46 @@ ALTER TABLE connections ADD COLUMN ingest_auth TEXT NOT NULL DEFAULT 'signature'
 ALTER TABLE hooks ADD COLUMN secrets TEXT NOT NULL DEFAULT '[]';
 ",
 ];
+
+pub(super) fn migrate(db: &mut Db) -> Result<(), StoreError> {
+    let version: usize = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "schema version {version} is newer than this build knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    if version == MIGRATIONS.len() {
+        return Ok(());
+    }
+    db.execute_batch("PRAGMA foreign_keys = OFF")?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = db.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+    }
+    // Reads every reference in the file: once, after migrating, never at an ordinary start.
+    let broken: Option<String> = db.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
+    if let Some(table) = broken {
+        return Err(StoreError::Corrupt(format!("a row of {table} refers to one that does not exist")));
+    }
+    db.execute_batch("PRAGMA foreign_keys = ON")?;
+    Ok(())
+}
+
+/// Gives every hook without a signing key (one attached before hooks had keys) a key of its own.
+pub(super) fn fill_hook_secrets(db: &Db) -> Result<(), StoreError> {
+    let keyless: Vec<String> = db
+        .prepare("SELECT id FROM hooks WHERE secrets = '[]'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut fill = db.prepare("UPDATE hooks SET secrets = ?2 WHERE id = ?1")?;
+    for id in keyless {
+        fill.execute(params![id, secrets_json(&fresh_hook_keys())?])?;
+    }
+    Ok(())
+}
 
 /// A database at the current schema with connections `a` and `b`, for unit tests of what is
 /// built on the schema.

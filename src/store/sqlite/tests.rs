@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+use super::schema::{MIGRATIONS, fill_hook_secrets, migrate};
 use super::*;
 use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
-use crate::model::{Attempt, AttemptRecord, Event, Hook, HookKeys, IMAGE_CREATED, NextStep};
+use crate::model::{Attempt, AttemptRecord, Connection, Event, Hook, HookKeys, IMAGE_CREATED, NextStep};
 use crate::store::{Claim, Claimed, Fanout, FanoutHook, Ingested, Store, StoreError};
 
 /// Migrations 3, 5 and 6 rebuild `deliveries`, `events` and `attempts`: the rows must

@@ -1,0 +1,146 @@
+//! What the SQLite store does to deliveries in the writer thread: claims (by name or any due),
+//! recording attempts, taking back hand-offs whose lease ran out, and deleting a detached hook's.
+
+use rusqlite::{Connection as Db, Row, params};
+
+use super::{IN_FLIGHT, lists};
+use crate::model::AttemptRecord;
+use crate::store::{Claim, PENDING, StoreError, stored_state};
+
+/// A delivery a claim just leased, before its event is read.
+pub(super) struct Leased {
+    pub(super) id: i64,
+    pub(super) connection_id: String,
+    pub(super) hook_id: String,
+    pub(super) url: String,
+    pub(super) attempts: u32,
+    pub(super) event_seq: i64,
+}
+
+impl Leased {
+    const COLUMNS: &str = "id, connection_id, hook_id, url, attempts, event_seq";
+
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: r.get(0)?,
+            connection_id: r.get(1)?,
+            hook_id: r.get(2)?,
+            url: r.get(3)?,
+            attempts: r.get(4)?,
+            event_seq: r.get(5)?,
+        })
+    }
+}
+
+/// Leases due deliveries of any hook: at most `per_hook` of each, oldest first, none of a hook
+/// with leased deliveries. It passes over every due delivery; the workers name hooks instead
+/// ([`claim_hooks`]), and this stays for callers that cannot.
+pub(super) fn claim_any(db: &Db, claim: &Claim) -> Result<Vec<Leased>, StoreError> {
+    let mut stmt = db.prepare_cached(&format!(
+        "UPDATE OR FAIL deliveries SET lease_until = ?1 WHERE id IN (
+            SELECT id FROM (
+                SELECT d.id, d.next_attempt_at,
+                       ROW_NUMBER() OVER (PARTITION BY d.hook_id ORDER BY d.next_attempt_at, d.id) AS rn
+                FROM deliveries d
+                WHERE d.state = ?5 AND d.next_attempt_at <= ?2
+                  AND (d.lease_until IS NULL OR d.lease_until <= ?2)
+                  AND NOT EXISTS (SELECT 1 FROM deliveries x
+                                  WHERE x.hook_id = d.hook_id AND x.state = ?5 AND x.lease_until > ?2)
+            ) WHERE rn <= ?3 ORDER BY next_attempt_at, id LIMIT ?4)
+         RETURNING {}",
+        Leased::COLUMNS
+    ))?;
+    let params = params![claim.lease_until, claim.now, claim.per_hook as i64, claim.limit as i64, PENDING];
+    Ok(stmt.query_map(params, Leased::from_row)?.collect::<Result<_, _>>()?)
+}
+
+/// Leases (into `leased`) the due, unleased deliveries of the named hooks, oldest first and at
+/// most the number given for each, with one index range per hook; and reports when each hook's
+/// next waiting delivery is due.
+pub(super) fn claim_hooks(
+    db: &Db,
+    claim: &Claim,
+    hooks: &[(String, usize)],
+    leased: &mut Vec<Leased>,
+) -> Result<Vec<Option<i64>>, StoreError> {
+    let mut lease = db.prepare_cached(&format!(
+        "UPDATE OR FAIL deliveries SET lease_until = ?1 WHERE id IN (
+            SELECT id FROM deliveries
+            WHERE hook_id = ?2 AND state = ?3 AND lease_until IS NULL AND next_attempt_at <= ?4
+            ORDER BY next_attempt_at, id LIMIT ?5)
+         RETURNING {}",
+        Leased::COLUMNS
+    ))?;
+    let mut next = db.prepare_cached(
+        "SELECT MIN(next_attempt_at) FROM deliveries WHERE hook_id = ?1 AND state = ?2 AND lease_until IS NULL",
+    )?;
+    let mut next_due = Vec::with_capacity(hooks.len());
+    for (hook, limit) in hooks {
+        let room = claim.limit.saturating_sub(leased.len()).min(*limit);
+        if room > 0 {
+            let params = params![claim.lease_until, hook, PENDING, claim.now, room as i64];
+            for row in lease.query_map(params, Leased::from_row)? {
+                leased.push(row?);
+            }
+        }
+        next_due.push(next.query_row(params![hook, PENDING], |r| r.get(0))?);
+    }
+    Ok(next_due)
+}
+
+pub(super) fn record(db: &Db, records: &[AttemptRecord]) -> Result<(), StoreError> {
+    let mut update = db.prepare_cached(
+        "UPDATE OR FAIL deliveries SET attempts = ?2, state = ?3, next_attempt_at = ?4, lease_until = NULL,
+                last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1 AND attempts < ?2",
+    )?;
+    let mut insert = db.prepare_cached(
+        "INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for rec in records {
+        let a = &rec.attempt;
+        let (state, next_at) = stored_state(rec.next, a.at);
+        let updated =
+            update.execute(params![rec.delivery_id, a.attempt, state, next_at, a.status_code, a.error, a.at])?;
+        if updated == 1 {
+            insert.execute(params![
+                rec.delivery_id,
+                rec.hook_id,
+                a.event_id,
+                a.attempt,
+                a.status_code,
+                a.error,
+                a.duration_ms as i64,
+                a.at
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes every delivery of a detached hook, and with them their attempts. Deliveries carry no
+/// index on their hook alone (it would cost every ingest a page), so they are found by state:
+/// those attempted through the hook's attempts, those waiting through the pending index, and
+/// those in flight through theirs (a few hundred at most).
+pub(super) fn delete_deliveries_of(db: &Db, hook_id: &str) -> Result<(), StoreError> {
+    lists::delete_attempted(db, hook_id)?;
+    db.execute("DELETE FROM deliveries WHERE hook_id = ?1 AND state = ?2", params![hook_id, PENDING])?;
+    // A literal state, so that the partial index is known to apply when the plan is made.
+    db.execute(
+        &format!("DELETE FROM deliveries INDEXED BY deliveries_in_flight WHERE state = {IN_FLIGHT} AND hook_id = ?1"),
+        [hook_id],
+    )?;
+    Ok(())
+}
+
+/// Hands back to the claim queue every hand-off whose lease ran out before its attempt was
+/// recorded (the record kept failing, or the process that made it is gone); returns their
+/// hooks and due times.
+pub(super) fn expire_in_flight(db: &Db, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = db.prepare_cached(
+        "UPDATE OR FAIL deliveries SET state = ?1, lease_until = NULL WHERE state = ?2 AND lease_until <= ?3
+         RETURNING hook_id, next_attempt_at",
+    )?;
+    let rows = stmt.query_map(params![PENDING, IN_FLIGHT, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
