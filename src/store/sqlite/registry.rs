@@ -6,8 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rusqlite::{OptionalExtension, params};
 
-use super::rows::{connection_row, hook_row, secrets_json};
 use super::claims::delete_deliveries_of;
+use super::rows::{connection_row, hook_row, secrets_json};
 use super::{IN_FLIGHT, SqliteStore, lists};
 use crate::model::{Connection, Event, Hook, SigningSecret};
 use crate::store::{
@@ -161,7 +161,11 @@ impl SqliteStore {
         .await
     }
 
-    pub(in crate::store) async fn set_secrets(&self, id: String, secrets: Vec<SigningSecret>) -> Result<bool, StoreError> {
+    pub(in crate::store) async fn set_secrets(
+        &self,
+        id: String,
+        secrets: Vec<SigningSecret>,
+    ) -> Result<bool, StoreError> {
         self.write(move |db| {
             let n =
                 db.execute("UPDATE connections SET secrets = ?2 WHERE id = ?1", params![id, secrets_json(&secrets)?])?;
@@ -231,7 +235,11 @@ impl SqliteStore {
         .await
     }
 
-    pub(in crate::store) async fn detach_hook(&self, connection_id: String, hook_id: String) -> Result<bool, StoreError> {
+    pub(in crate::store) async fn detach_hook(
+        &self,
+        connection_id: String,
+        hook_id: String,
+    ) -> Result<bool, StoreError> {
         self.write(move |db| {
             let n = db.execute("DELETE FROM hooks WHERE id = ?1 AND connection_id = ?2", [&hook_id, &connection_id])?;
             if n == 1 {
