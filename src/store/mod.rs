@@ -15,6 +15,8 @@ mod postgres;
 mod rows;
 mod snapshot;
 mod sqlite;
+#[cfg(test)]
+mod test_records;
 mod transfer;
 mod types;
 

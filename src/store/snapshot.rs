@@ -79,34 +79,7 @@ impl<F: FnMut(Connection, Hooks)> SnapshotBuilder<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{HookKeys, IMAGE_CREATED};
-
-    fn connection(id: &str) -> Connection {
-        Connection {
-            id: id.into(),
-            name: id.into(),
-            api_key_hash: [0; 32],
-            secrets: Vec::new(),
-            ingest_rate: None,
-            ingest_auth: Default::default(),
-            created_at: 0,
-        }
-    }
-
-    fn hook(id: &str) -> impl FnOnce(Arc<str>) -> Result<Hook, StoreError> {
-        let id = id.to_owned();
-        move |connection_id| {
-            Ok(Hook {
-                id,
-                connection_id,
-                url: "https://x".into(),
-                event: IMAGE_CREATED,
-                template_id: None,
-                keys: HookKeys::generate(),
-                created_at: 0,
-            })
-        }
-    }
+    use crate::store::test_records::{connection, hook};
 
     #[test]
     fn snapshots_hand_over_each_group_as_it_ends_sharing_the_connection_id() {

@@ -7,8 +7,9 @@ use super::schema::{MIGRATIONS, fill_hook_secrets, migrate};
 use super::*;
 use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
-use crate::model::{Attempt, AttemptRecord, Connection, Event, Hook, HookKeys, IMAGE_CREATED, NextStep};
-use crate::store::{Claim, Claimed, Fanout, FanoutHook, Ingested, Store, StoreError};
+use crate::model::{Attempt, AttemptRecord, Event, Hook, IMAGE_CREATED, NextStep};
+use crate::store::test_records::{connection, hook};
+use crate::store::{Claim, Claimed, Fanout, FanoutHook, Ingested, Store};
 
 /// Migrations 3, 5 and 6 rebuild `deliveries`, `events` and `attempts`: the rows must
 /// survive, and the references must hold again afterwards.
@@ -57,33 +58,6 @@ fn the_rebuilds_keep_every_row_and_reference() {
 
 /// An ingest's `on_commit` for tests that look only at what `ingest` returns.
 fn ignore(_: &mut Ingested) {}
-
-fn connection(id: &str) -> Connection {
-    Connection {
-        id: id.into(),
-        name: id.into(),
-        api_key_hash: [0; 32],
-        secrets: Vec::new(),
-        ingest_rate: None,
-        ingest_auth: Default::default(),
-        created_at: 0,
-    }
-}
-
-fn hook(id: &str) -> impl FnOnce(Arc<str>) -> Result<Hook, StoreError> {
-    let id = id.to_owned();
-    move |connection_id| {
-        Ok(Hook {
-            id,
-            connection_id,
-            url: "https://x".into(),
-            event: IMAGE_CREATED,
-            template_id: None,
-            keys: HookKeys::generate(),
-            created_at: 0,
-        })
-    }
-}
 
 async fn sqlite(dir: &tempfile::TempDir) -> Store {
     let store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("relay.db")), Metrics::default()).await.unwrap();
