@@ -325,8 +325,10 @@ impl Shared {
         };
         let sent = self.dispatcher.client.send(&d, number, keys.as_ref()).await;
         ticket.sent();
-        let gone =
-            if host_matches(&d.url, &self.dispatcher.make_hosts) { Gone::NotListening } else { Gone::Unsubscribed };
+        // Who answered matters only for a 410; the URL is not parsed again for any other answer.
+        let from_make =
+            sent.outcome == retry::Outcome::Status(410) && host_matches(&d.url, &self.dispatcher.make_hosts);
+        let gone = if from_make { Gone::NotListening } else { Gone::Unsubscribed };
         let decision = retry::decide(sent.outcome, number, &self.dispatcher.schedule, sent.retry_after, gone);
         let status_code = match sent.outcome {
             retry::Outcome::Status(s) => Some(s),
