@@ -11,5 +11,8 @@ use clap::Parser;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    stencil_relay::cli::run(stencil_relay::cli::Cli::parse())
+    match stencil_relay::cli::Cli::try_parse() {
+        Ok(cli) => stencil_relay::cli::run(cli),
+        Err(e) => stencil_relay::cli::refuse(&e),
+    }
 }

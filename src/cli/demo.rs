@@ -9,15 +9,16 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
+use hyper::{Method, StatusCode};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::http::{DEFAULT_TIMEOUT, JsonClient};
 use super::operator::{AdminClient, Remote};
 use crate::app::App;
 use crate::config::{Config, ServeArgs};
@@ -52,14 +53,11 @@ async fn flow(dir: &std::path::Path, step: &impl Fn(String)) -> anyhow::Result<(
     step(format!("stand-in for a Make hook listening at {hook_url}"));
 
     let admin_token = random_token("demo_", 16);
-    let config = Config::from_args(&ServeArgs {
-        listen: Some("127.0.0.1:0".into()),
-        database_url: Some(format!("sqlite://{}", dir.join("relay.db").display())),
-        admin_token: Some(admin_token.clone()),
-        target_hosts: Some("*".into()),
-        allow_private_targets: Some("true".into()),
-        ..ServeArgs::default()
-    })?;
+    let database_url = format!("--database-url=sqlite://{}", dir.join("relay.db").display());
+    let admin_token_flag = format!("--admin-token={admin_token}");
+    let flags =
+        ["--listen=127.0.0.1:0", &database_url, &admin_token_flag, "--target-hosts=*", "--allow-private-targets=true"];
+    let config = Config::from_args(&ServeArgs::from_flags(flags)?)?;
     let app = App::build(config).await.context("starting the relay")?;
     let base = format!("http://{}", app.local_addr()?);
     let stop = CancellationToken::new();
@@ -72,29 +70,19 @@ async fn flow(dir: &std::path::Path, step: &impl Fn(String)) -> anyhow::Result<(
     let (api_key, secret) = (text(&created["api_key"])?, text(&created["signing_secret"])?);
     step(format!("created connection \"demo\"; Stencil posts to {}", text(&created["ingest_url"])?));
 
-    let http = reqwest::Client::new();
-    let hook: Value = http
-        .post(format!("{base}/v1/hooks"))
-        .bearer_auth(&api_key)
-        .json(&json!({ "url": hook_url, "event": "image.created" }))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let http = JsonClient::new(DEFAULT_TIMEOUT)?;
+    let attach = json!({ "url": hook_url, "event": "image.created" });
+    let hook = http.call(Method::POST, &format!("{base}/v1/hooks"), Some(&api_key), Some(&attach)).await?.body;
     step(format!("attached hook {} (what Make does when a scenario is switched on)", text(&hook["id"])?));
 
     let signature = crate::signature::sign(&secret, FIXTURE);
     step(format!("signed the fixture event: X-UseStencil-Signature: {}…", &signature[..16]));
     let sent_at = Instant::now();
-    let answer = http
-        .post(format!("{base}/v1/ingest/demo"))
-        .header("x-usestencil-signature", &signature)
-        .body(FIXTURE)
-        .send()
-        .await?;
-    let status = answer.status();
-    step(format!("Stencil's webhook answered {status}: {}", answer.text().await?));
-    if status != reqwest::StatusCode::ACCEPTED {
+    let headers = [("x-usestencil-signature", signature.as_str())];
+    let url = format!("{base}/v1/ingest/demo");
+    let answer = http.send(Method::POST, &url, None, &headers, Some(Bytes::from_static(FIXTURE))).await?;
+    step(format!("Stencil's webhook answered {}: {}", answer.status, answer.body));
+    if answer.status != StatusCode::ACCEPTED {
         bail!("the relay did not accept the event");
     }
 

@@ -6,9 +6,10 @@
 
 use std::fmt::Write as _;
 
-use reqwest::StatusCode;
+use hyper::{Method, StatusCode};
 use serde_json::Value;
 
+use super::http::JsonClient;
 use super::operator::text;
 
 /// Arguments of `doctor`.
@@ -55,12 +56,12 @@ impl Report {
 /// Never for what the relay answers (that is the report); only for a client that cannot be built.
 pub(super) async fn run(args: &DoctorArgs) -> anyhow::Result<Report> {
     let server = args.server.trim_end_matches('/');
-    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?;
+    let http = JsonClient::new(std::time::Duration::from_secs(10))?;
     let mut report = Report { text: String::new(), problems: 0 };
-    match http.get(format!("{server}/healthz")).send().await {
-        Ok(r) if r.status().is_success() => report.ok(format!("the relay at {server} answers")),
+    match http.call(Method::GET, &format!("{server}/healthz"), None, None).await {
+        Ok(r) if r.status.is_success() => report.ok(format!("the relay at {server} answers")),
         Ok(r) => {
-            report.problem(format!("the relay at {server} answered /healthz with {}", r.status()));
+            report.problem(format!("the relay at {server} answered /healthz with {}", r.status));
             return Ok(report);
         }
         Err(e) => {
@@ -69,24 +70,23 @@ pub(super) async fn run(args: &DoctorArgs) -> anyhow::Result<Report> {
             return Ok(report);
         }
     }
-    let get = |path: &str| http.get(format!("{server}/v1{path}")).bearer_auth(&args.api_key).send();
-    let connection = match get("/connection").await {
-        Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
+    let get = |path: String| {
+        let http = http.clone();
+        async move { http.call(Method::GET, &format!("{server}/v1{path}"), Some(&args.api_key), None).await }
+    };
+    let connection = match get("/connection".into()).await {
+        Ok(r) if r.status == StatusCode::UNAUTHORIZED => {
             report.problem("the API key is not valid for this relay (rotated, or another relay's)");
             return Ok(report);
         }
-        Ok(r) => r.json::<Value>().await.unwrap_or_default(),
+        Ok(r) => r.body,
         Err(e) => {
             report.problem(format!("GET /v1/connection failed: {e}"));
             return Ok(report);
         }
     };
     connection_checks(&mut report, &connection, args.template.as_deref());
-    let events = get("/events?limit=1").await.ok();
-    let events = match events {
-        Some(r) => r.json::<Value>().await.unwrap_or_default(),
-        None => Value::Null,
-    };
+    let events = get("/events?limit=1".into()).await.map_or(Value::Null, |r| r.body);
     match events["data"].get(0) {
         Some(event) => report.ok(format!(
             "last event received at {} (template {})",
@@ -96,20 +96,14 @@ pub(super) async fn run(args: &DoctorArgs) -> anyhow::Result<Report> {
         None => report
             .problem("no event has arrived yet: render an image in Stencil, or check the webhook URL and header above"),
     }
-    let hooks = match get("/hooks").await {
-        Ok(r) => r.json::<Value>().await.unwrap_or_default(),
-        Err(_) => Value::Null,
-    };
+    let hooks = get("/hooks".into()).await.map_or(Value::Null, |r| r.body);
     let hooks = hooks["data"].as_array().cloned().unwrap_or_default();
     if hooks.is_empty() {
         report.problem("no hooks: in Make, turn on the scenario with Watch Images; in Zapier, turn on the Zap");
     }
     for hook in hooks {
         let id = text(&hook["id"]);
-        let attempts = match get(&format!("/hooks/{id}/deliveries?limit=1")).await {
-            Ok(r) => r.json::<Value>().await.unwrap_or_default(),
-            Err(_) => Value::Null,
-        };
+        let attempts = get(format!("/hooks/{id}/deliveries?limit=1")).await.map_or(Value::Null, |r| r.body);
         let label = format!("hook {id} → {} (template {})", text(&hook["url"]), text(&hook["template_id"]));
         match attempts["data"].get(0) {
             None => report.ok(format!("{label}: nothing delivered yet")),

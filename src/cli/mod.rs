@@ -5,6 +5,7 @@
 
 mod demo;
 mod doctor;
+mod http;
 mod operator;
 
 use std::future::Future;
@@ -16,6 +17,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 pub use doctor::DoctorArgs;
+pub use http::{Answer, CallError, DEFAULT_TIMEOUT, JsonClient};
 pub use operator::{AdminClient, ConnectionsCommand, DeadLettersCommand, HooksCommand, OperatorError, Remote};
 
 use crate::app::App;
@@ -158,6 +160,21 @@ where
         Err(e) => {
             eprintln!("error: {e}");
             e.exit_code()
+        }
+    }
+}
+
+/// Answers a command line clap refused: a `serve` setting's bad value as one line naming its
+/// variable (exit 2), anything else (unknown flags, `--help`, `--version`) as clap says it.
+pub fn refuse(error: &clap::Error) -> ExitCode {
+    match crate::config::explain(error) {
+        Some(problem) => {
+            eprintln!("error: {problem}");
+            ExitCode::from(2)
+        }
+        None => {
+            let _ = error.print();
+            ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
         }
     }
 }

@@ -4,8 +4,10 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use reqwest::Method;
+use hyper::Method;
 use serde_json::{Value, json};
+
+use super::http::{DEFAULT_TIMEOUT, JsonClient};
 
 /// Where the admin API is and how to authenticate, shared by every operator command.
 #[derive(Debug, Clone, Args)]
@@ -158,7 +160,7 @@ impl OperatorError {
 pub struct AdminClient {
     server: String,
     token: String,
-    http: reqwest::Client,
+    http: JsonClient,
 }
 
 impl AdminClient {
@@ -169,7 +171,9 @@ impl AdminClient {
     pub fn new(remote: &Remote) -> Result<Self, OperatorError> {
         let token = remote.admin_token.clone().filter(|t| !t.is_empty()).ok_or(OperatorError::NoToken)?;
         let server = remote.server.trim_end_matches('/').to_owned();
-        Ok(Self { server, token, http: reqwest::Client::new() })
+        let http = JsonClient::new(DEFAULT_TIMEOUT)
+            .map_err(|e| OperatorError::Unreachable { server: server.clone(), cause: e.to_string() })?;
+        Ok(Self { server, token, http })
     }
 
     /// Calls `method /admin/v1{path}` and returns the JSON answer (`Null` when empty).
@@ -177,16 +181,13 @@ impl AdminClient {
     /// # Errors
     /// Unreachable, unauthorized, not found, or any other refusal.
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, OperatorError> {
-        let mut request = self.http.request(method, format!("{}/admin/v1{path}", self.server)).bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.map_err(|e| OperatorError::Unreachable {
-            server: self.server.clone(),
-            cause: std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string),
-        })?;
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let url = format!("{}/admin/v1{path}", self.server);
+        let answer = self
+            .http
+            .call(method, &url, Some(&self.token), body.as_ref())
+            .await
+            .map_err(|e| OperatorError::Unreachable { server: self.server.clone(), cause: e.to_string() })?;
+        let (status, body) = (answer.status.as_u16(), answer.body);
         let message = body["message"].as_str().unwrap_or("no message").to_owned();
         match status {
             200..=299 => Ok(body),

@@ -58,6 +58,19 @@ pub type ClientError = rustls::Error;
 
 type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
 
+/// TLS as every client of the relay speaks it: rustls with aws-lc-rs, the safe default
+/// protocol versions, and certificates verified against the operating system's roots.
+///
+/// # Errors
+/// The TLS backend cannot be initialised.
+pub fn tls_config() -> Result<rustls::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_platform_verifier()?
+        .with_no_client_auth())
+}
+
 /// Sends deliveries; clones share the connection pool.
 #[derive(Clone)]
 pub struct DeliveryClient {
@@ -73,11 +86,7 @@ impl DeliveryClient {
     /// The TLS backend cannot be initialised.
     pub fn new(policy: TargetPolicy, timeout: Duration) -> Result<Self, ClientError> {
         let policy = Arc::new(policy);
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_platform_verifier()?
-            .with_no_client_auth();
+        let tls = tls_config()?;
         let mut tcp = HttpConnector::new_with_resolver(GuardedResolver { policy: Arc::clone(&policy) });
         tcp.enforce_http(false);
         tcp.set_nodelay(true);

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub use client::{ClientError, DeliveryClient, MAX_RESPONSE_BYTES, USER_AGENT};
+pub use client::{ClientError, DeliveryClient, MAX_RESPONSE_BYTES, USER_AGENT, tls_config};
 use retry::{Decision, Gone};
 pub use slots::Ticket;
 use slots::{CLEAR_FOR, HandOffs, Slots};

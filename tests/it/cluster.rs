@@ -157,8 +157,8 @@ async fn migrate_store_moves_an_sqlite_relay_to_postgresql_without_losing_pendin
     let sqlite = format!("sqlite://{}", dir.path().join("old.db").display());
     let sink = Sink::start_with(SinkReply::Status(503)).await;
     let mut args = crate::harness::TestServer::args();
-    args.database_url = Some(sqlite.clone());
-    args.retry_schedule = Some("2s".into());
+    args.database_url = stencil_relay::config::DatabaseUrl::parse(&sqlite).unwrap();
+    args.retry_schedule = "2s".parse().unwrap();
     let mut old = crate::harness::TestServer::start_with(args).await;
     let conn = old.connection("acme").await;
     let hook = old.attach(&conn, &sink.url, Some("tpl")).await;

@@ -86,3 +86,23 @@ fn security_md_cites_only_tests_that_exist() {
         assert!(source.contains(&format!("fn {test}(")), "{citation}: no such test");
     }
 }
+
+/// Every relative link in the README and `docs/` names a file of the repository, so a page that
+/// moves cannot leave a reader at a dead end.
+#[test]
+fn docs_link_only_to_files_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md"), root.join("BENCHMARKS.md"), root.join("SECURITY.md")];
+    pages.extend(std::fs::read_dir(root.join("docs")).unwrap().map(|e| e.unwrap().path()));
+    for page in pages {
+        let text = std::fs::read_to_string(&page).unwrap();
+        for target in text.split("](").skip(1).filter_map(|rest| rest.split(')').next()) {
+            let file = target.split('#').next().unwrap();
+            if file.is_empty() || file.contains("://") {
+                continue;
+            }
+            let resolved = page.parent().unwrap().join(file);
+            assert!(resolved.exists(), "{}: link to {target} names no file", page.display());
+        }
+    }
+}

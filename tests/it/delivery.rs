@@ -141,7 +141,7 @@ async fn redirects_are_not_followed() {
 #[tokio::test]
 async fn slow_targets_time_out_and_are_retried() {
     let mut args = TestServer::args();
-    args.delivery_timeout = Some("200ms".into());
+    args.delivery_timeout = std::time::Duration::from_millis(200);
     let relay = TestServer::start_with(args).await;
     let sink = Sink::start().await;
     sink.script([SinkReply::Slow(Duration::from_secs(2))]);
@@ -158,7 +158,7 @@ async fn slow_targets_time_out_and_are_retried() {
 #[tokio::test]
 async fn deliveries_to_one_hook_are_paced() {
     let mut args = TestServer::args();
-    args.hook_rate = Some("2".into());
+    args.hook_rate = 2;
     let relay = TestServer::start_with(args).await;
     let paced = Sink::start().await;
     let conn = relay.connection("acme").await;
@@ -179,7 +179,7 @@ async fn a_waiting_retry_is_not_overtaken_by_a_stream_of_new_events() {
     // New events may skip the store's queue only while their hook has nothing waiting in it;
     // otherwise a steady stream would keep the hook busy and its retry would wait forever.
     let mut args = TestServer::args();
-    args.hook_rate = Some("2".into());
+    args.hook_rate = 2;
     let relay = TestServer::start_with(args).await;
     let sink = Sink::start().await;
     sink.script([SinkReply::Status(500)]);
@@ -207,7 +207,7 @@ async fn refuses_inward_addresses_at_delivery_time() {
     let by_name = relay.attach(&conn, &sink.url.replace("127.0.0.1", "localhost"), None).await;
     let by_ip = relay.attach(&conn, &sink.url, None).await;
     let mut strict_args = relay.args.clone();
-    strict_args.allow_private_targets = Some("false".into());
+    strict_args.allow_private_targets = false;
     let relay = relay.restart_with(strict_args).await;
     assert_eq!(relay.ingest(&conn, &stencil_event("evt-inward")).await.body["deliveries"], 2);
     for hook in [by_name, by_ip] {
@@ -227,8 +227,8 @@ async fn target_rules_in_force_apply_to_hooks_attached_under_looser_ones() {
     let conn = relay.connection("acme").await;
     let hook = relay.attach(&conn, "https://example.com:8443/hook", None).await;
     let mut strict_args = relay.args.clone();
-    strict_args.target_hosts = None;
-    strict_args.allow_private_targets = Some("false".into());
+    strict_args.target_hosts = stencil_relay::config::ServeArgs::default().target_hosts;
+    strict_args.allow_private_targets = false;
     let relay = relay.restart_with(strict_args).await;
     relay.ingest(&conn, &stencil_event("after-tightening")).await;
     let attempt = relay.await_attempts(&conn, &hook, 1).await.remove(0);

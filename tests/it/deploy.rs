@@ -11,12 +11,12 @@ fn fly_toml_matches_the_relay_settings() {
     let fly: toml::Value = toml::from_str(&read("fly.toml")).unwrap();
     let env = fly["env"].as_table().unwrap();
     let get = |k: &str| env.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    let config = Config::from_args(&ServeArgs {
-        listen: get("RELAY_LISTEN"),
-        database_url: get("RELAY_DATABASE_URL"),
-        ..ServeArgs::default()
-    })
-    .expect("fly.toml's environment is a valid configuration");
+    let flags = ["RELAY_LISTEN", "RELAY_DATABASE_URL"].map(|var| {
+        let flag = var.trim_start_matches("RELAY_").to_ascii_lowercase().replace('_', "-");
+        format!("--{flag}={}", get(var).unwrap_or_else(|| panic!("fly.toml sets {var}")))
+    });
+    let config = Config::from_args(&ServeArgs::from_flags(flags).expect("fly.toml's environment is valid"))
+        .expect("fly.toml's environment is a valid configuration");
 
     let port = fly["http_service"]["internal_port"].as_integer().unwrap();
     assert_eq!(i64::from(config.listen.port()), port, "internal_port is the listen port");

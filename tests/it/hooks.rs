@@ -192,8 +192,8 @@ async fn attach_status(relay: &TestServer, conn: &Conn, url: &str) -> (StatusCod
 #[tokio::test]
 async fn target_rules_in_production_settings() {
     let mut args = TestServer::args();
-    args.target_hosts = None;
-    args.allow_private_targets = None;
+    args.target_hosts = stencil_relay::config::ServeArgs::default().target_hosts;
+    args.allow_private_targets = false;
     let relay = TestServer::start_with(args).await;
     let conn = relay.connection("acme").await;
     for url in ["https://hook.eu1.make.com/abc", "https://hook.integromat.com/abc", "https://hook.make.com/x"] {
@@ -222,8 +222,8 @@ async fn target_rules_in_production_settings() {
 #[tokio::test]
 async fn custom_target_host_patterns() {
     let mut args = TestServer::args();
-    args.target_hosts = Some("hook.*.example.com, api.example.org".into());
-    args.allow_private_targets = None;
+    args.target_hosts = "hook.*.example.com, api.example.org".parse().unwrap();
+    args.allow_private_targets = false;
     let relay = TestServer::start_with(args).await;
     let conn = relay.connection("acme").await;
     assert_eq!(attach_status(&relay, &conn, "https://HOOK.eu.example.com/a").await.0, StatusCode::CREATED);
@@ -261,7 +261,7 @@ async fn failures_are_slowed_but_valid_credentials_always_get_through() {
 #[tokio::test]
 async fn behind_a_proxy_the_failure_limit_is_per_forwarded_client() {
     let mut args = TestServer::args();
-    args.client_ip_header = Some("Fly-Client-IP".into());
+    args.client_ip_header = Some(hyper::header::HeaderName::from_static("fly-client-ip"));
     let relay = TestServer::start_with(args).await;
     let attacker = [("fly-client-ip", "203.0.113.7")];
     for _ in 0..=stencil_relay::ratelimit::AUTH_FAILURE_BURST {

@@ -24,8 +24,8 @@ async fn read_to_close(socket: &mut TcpStream) -> String {
 
 fn quick_timeouts() -> stencil_relay::config::ServeArgs {
     let mut args = TestServer::args();
-    args.header_timeout = Some("300ms".into());
-    args.body_timeout = Some("300ms".into());
+    args.header_timeout = std::time::Duration::from_millis(300);
+    args.body_timeout = std::time::Duration::from_millis(300);
     args
 }
 
@@ -63,7 +63,7 @@ async fn slow_bodies_get_408() {
 #[tokio::test]
 async fn connections_over_the_cap_get_503_and_capacity_returns() {
     let mut args = TestServer::args();
-    args.max_connections = Some("4".into());
+    args.max_connections = 4;
     let relay = TestServer::start_with(args).await;
     let mut held = Vec::new();
     for _ in 0..4 {
@@ -88,8 +88,8 @@ async fn connections_over_the_cap_get_503_and_capacity_returns() {
 #[tokio::test]
 async fn ingest_over_the_in_flight_cap_gets_503_with_retry_after() {
     let mut args = quick_timeouts();
-    args.body_timeout = Some("2s".into());
-    args.max_inflight_ingest = Some("1".into());
+    args.body_timeout = std::time::Duration::from_secs(2);
+    args.max_inflight_ingest = 1;
     let relay = TestServer::start_with(args).await;
     let conn = relay.connection("acme").await;
     let mut slow = connect(&relay).await;

@@ -89,7 +89,7 @@ async fn event_id_falls_back_to_the_body_hash_and_type_is_read() {
 #[tokio::test]
 async fn oversized_bodies_are_refused_while_streaming() {
     let mut args = TestServer::args();
-    args.max_body = Some("1024".into());
+    args.max_body = 1024;
     let relay = TestServer::start_with(args).await;
     let conn = relay.connection("acme").await;
     let big = vec![b' '; 2048];

@@ -59,7 +59,7 @@ async fn metrics_count_ingest_outcomes_deliveries_and_levels() {
 #[tokio::test]
 async fn metrics_can_live_on_their_own_address() {
     let mut args = TestServer::args();
-    args.metrics_listen = Some("127.0.0.1:0".into());
+    args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let relay = TestServer::start_with(args).await;
     let metrics = relay.metrics_base.clone().expect("a metrics listener");
     let (status, text) = scrape(&metrics).await;

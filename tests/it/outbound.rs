@@ -93,7 +93,7 @@ async fn untrusted_tls_target() -> String {
 /// returns the hostile hook's first attempt once the well-behaved one has been delivered.
 async fn first_attempt_against(url: &str) -> (serde_json::Value, Duration) {
     let mut args = TestServer::args();
-    args.delivery_timeout = Some("500ms".into());
+    args.delivery_timeout = std::time::Duration::from_millis(500);
     let relay = TestServer::start_with(args).await;
     let hostile = relay.connection("hostile").await;
     let good = relay.connection("good").await;

@@ -90,8 +90,8 @@ async fn the_database_and_its_directory_are_created_owner_only() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fresh").join("relay.db");
     let args = stencil_relay::config::ServeArgs {
-        database_url: Some(format!("sqlite://{}", path.display())),
-        listen: Some("127.0.0.1:0".into()),
+        database_url: stencil_relay::config::DatabaseUrl::Sqlite(path.clone()),
+        listen: "127.0.0.1:0".parse().unwrap(),
         ..stencil_relay::config::ServeArgs::default()
     };
     let config = stencil_relay::config::Config::from_args(&args).unwrap();

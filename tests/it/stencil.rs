@@ -202,7 +202,7 @@ async fn default_settings_accept_zapier_and_make_targets_only() {
 async fn a_410_from_make_keeps_the_hook_and_from_others_detaches_it() {
     let sink = Sink::start_with(SinkReply::Status(410)).await;
     let make = TestServer::start_with(stencil_relay::config::ServeArgs {
-        make_hosts: Some("127.0.0.1".into()),
+        make_hosts: "127.0.0.1".parse().unwrap(),
         ..TestServer::args()
     })
     .await;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use stencil_relay::app::App;
-use stencil_relay::config::{Config, ServeArgs};
+use stencil_relay::config::{Config, DatabaseUrl, ServeArgs};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
@@ -35,19 +35,19 @@ impl std::ops::Deref for TestServer {
 impl TestServer {
     /// Settings for tests: fast retries, loopback targets, admin on.
     pub(crate) fn args() -> ServeArgs {
-        ServeArgs {
-            listen: Some("127.0.0.1:0".into()),
-            admin_token: Some(ADMIN_TOKEN.into()),
-            retry_schedule: Some("100ms,200ms,300ms".into()),
-            delivery_timeout: Some("2s".into()),
-            target_hosts: Some("*".into()),
-            allow_private_targets: Some("true".into()),
-            hook_rate: Some("100".into()),
-            ingest_rate: Some("1000".into()),
-            shutdown_grace: Some("2s".into()),
-            lease: Some("2s".into()),
-            ..ServeArgs::default()
-        }
+        ServeArgs::from_flags([
+            "--listen=127.0.0.1:0",
+            &format!("--admin-token={ADMIN_TOKEN}"),
+            "--retry-schedule=100ms,200ms,300ms",
+            "--delivery-timeout=2s",
+            "--target-hosts=*",
+            "--allow-private-targets=true",
+            "--hook-rate=100",
+            "--ingest-rate=1000",
+            "--shutdown-grace=2s",
+            "--lease=2s",
+        ])
+        .expect("test settings are valid")
     }
 
     /// Starts a relay with the test settings.
@@ -58,8 +58,8 @@ impl TestServer {
     /// Starts a relay with these settings (the database is always a fresh temp file).
     pub(crate) async fn start_with(mut args: ServeArgs) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        if args.database_url.is_none() {
-            args.database_url = Some(super::database_url(dir.path()).await);
+        if args.database_url == ServeArgs::default().database_url {
+            args.database_url = DatabaseUrl::parse(&super::database_url(dir.path()).await).unwrap();
         }
         Self::start_in(dir, args).await
     }

@@ -1,7 +1,7 @@
 //! `relay-bench`: measures the real relay binary against a bare hyper server in the same run.
 //!
 //! ```text
-//! cargo run --release --bin relay-bench -- --scenario all [--database-url postgres://…] [--json out.json]
+//! cargo run --release -p relay-bench -- --scenario all [--database-url postgres://…] [--json out.json]
 //! ```
 //!
 //! Scenarios: `smoke` (a few seconds; checks every accepted event arrived; asserts no speed),

@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use hyper::Method;
 use serde_json::{Value, json};
+use stencil_relay::cli::{DEFAULT_TIMEOUT, JsonClient};
 
 /// The admin token the harness gives every relay it starts.
 const ADMIN_TOKEN: &str = "bench-admin-token";
@@ -17,7 +19,7 @@ const ADMIN_TOKEN: &str = "bench-admin-token";
 pub(crate) struct Relay {
     child: Child,
     pub(crate) addr: SocketAddr,
-    http: reqwest::Client,
+    http: JsonClient,
     /// How long from spawning to serving (`/readyz` answering 200).
     pub(crate) ready_after: Duration,
 }
@@ -65,10 +67,10 @@ impl Relay {
             }
         });
         let addr: SocketAddr = rx.recv_timeout(Duration::from_secs(120)).context("the relay did not start")?.parse()?;
-        let http = reqwest::Client::new();
+        let http = JsonClient::new(DEFAULT_TIMEOUT)?;
         loop {
-            let ready = http.get(format!("http://{addr}/readyz")).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
+            let ready = http.call(Method::GET, &format!("http://{addr}/readyz"), None, None).await;
+            if ready.is_ok_and(|r| r.status.is_success()) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -97,15 +99,9 @@ impl Relay {
 
     /// Creates a connection through the admin API.
     pub(crate) async fn connection(&self, id: &str) -> anyhow::Result<BenchConn> {
-        let body: Value = self
-            .http
-            .post(format!("http://{}/admin/v1/connections", self.addr))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({ "name": id, "id": id }))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let url = format!("http://{}/admin/v1/connections", self.addr);
+        let body =
+            self.http.call(Method::POST, &url, Some(ADMIN_TOKEN), Some(&json!({ "name": id, "id": id }))).await?.body;
         let text = |k: &str| body[k].as_str().map(str::to_owned).with_context(|| format!("no {k} in {body}"));
         Ok(BenchConn { id: text("id")?, api_key: text("api_key")?, secret: text("signing_secret")? })
     }
@@ -116,15 +112,11 @@ impl Relay {
     }
 }
 
-async fn attach(http: &reqwest::Client, addr: SocketAddr, conn: &BenchConn, url: &str) -> anyhow::Result<()> {
-    let response = http
-        .post(format!("http://{addr}/v1/hooks"))
-        .bearer_auth(&conn.api_key)
-        .json(&json!({ "url": url }))
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!("attach answered {}", response.status());
+async fn attach(http: &JsonClient, addr: SocketAddr, conn: &BenchConn, url: &str) -> anyhow::Result<()> {
+    let hooks = format!("http://{addr}/v1/hooks");
+    let answer = http.call(Method::POST, &hooks, Some(&conn.api_key), Some(&json!({ "url": url }))).await?;
+    if !answer.status.is_success() {
+        bail!("attach answered {}", answer.status);
     }
     Ok(())
 }
@@ -142,7 +134,7 @@ pub(crate) fn attach_series(
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async move {
-            let http = reqwest::Client::new();
+            let http = JsonClient::new(DEFAULT_TIMEOUT)?;
             let mut took = Vec::with_capacity(count);
             for n in 0..count {
                 tokio::time::sleep(spacing).await;

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 use crate::relay::BenchConn;
 
-const FIXTURE: &str = include_str!("../../../fixtures/payloads/legacy-image-created-with-id.json");
+const FIXTURE: &str = include_str!("../../fixtures/payloads/legacy-image-created-with-id.json");
 const FIXTURE_ID: &str = "7d2a3c1e-5b4f-4e8a-9c6d-2f1e0a9b8c7d";
 
 /// Where load goes: an address and the connections whose ingest URLs are spread over.
