@@ -1,17 +1,43 @@
-//! Fan-out workers: attempt deliveries, pace them per hook, and record what happened.
+//! Fan-out workers: attempt deliveries, pace them per hook, and record what happened. This
+//! module and `slots` and `recorder` are the scheduler; the store's claims are the only part
+//! that differs by backend ([`Scheduling`]).
 //!
-//! Deliveries reach the workers two ways. The fast path: when a hook has room and nothing
-//! waiting, the ingest commit stores its delivery leased to this instance and hands it straight
-//! over ([`DeliveryQueue::plan`], [`DeliveryQueue::accepted`]), so a first attempt costs no
-//! claim. On PostgreSQL, where instances share the store, that also needs this instance to hold
-//! the hook's lease and a claim to have lately found nothing else of it due (see `slots`). The
-//! store-backed path: everything else waits in the store and is claimed under a lease — at most
-//! `hook_rate` deliveries of one hook per claim and none of a hook with deliveries in flight, so
-//! one busy hook cannot starve the others. On SQLite the claims name the hooks the workers know
-//! to have deliveries due, so their cost follows the hooks served, not the size of the backlog.
-//! On PostgreSQL a claim finds the due hooks itself, so a lost wake-up costs at most the
-//! one-second poll. The store's counts replace the workers' every minute. Imports `store`,
-//! `registry`, `model`, `target`, `metrics`.
+//! # One delivery, from ingest commit to recorded outcome
+//!
+//! 1. **Plan** ([`DeliveryQueue::plan`]): at ingest, each matching hook either gets a *hand-off*
+//!    ticket (the hook has room and nothing waiting, a request slot is free, and — leasing only
+//!    — this instance holds the hook's lease and a claim lately found nothing else of it due) or
+//!    is *queued*. The commit stores both kinds; a handed-off delivery is stored already leased
+//!    to this instance.
+//! 2. **Start**: after the commit, [`DeliveryQueue::accepted`] sends hand-offs straight to an
+//!    attempt; queued hooks are marked waiting and the dispatcher woken.
+//! 3. **Claim** ([`Dispatcher::run`]'s loop, the only caller, so one claim runs at a time):
+//!    *owning* (SQLite) names the hooks `slots` knows to be due with how many of each to take;
+//!    *leasing* (PostgreSQL) lets the store find due hooks and lease each whole hook with at
+//!    most `hook_rate` of its deliveries. Either way a claim takes none of a hook with an
+//!    attempt under way, so one hook's backlog cannot starve the others and retries are not
+//!    overtaken.
+//! 4. **Attempt** (`Shared::attempt`): wait for the hook's pace (holding no request slot),
+//!    then a slot, then send; the answer becomes a [`Decision`].
+//! 5. **Record** (`recorder`): outcomes finishing close together share one commit (attempt row
+//!    and the delivery's new state together); only then is the ticket returned and the lease
+//!    gone.
+//!
+//! # Invariants
+//!
+//! - A delivery is in flight on at most one instance: it is leased (hand-off or claim) until
+//!   its outcome is recorded, and a lease that runs out (crash, lost instance) puts it back in
+//!   the queue, to be attempted again — at least once, never lost.
+//! - Per hook, at most `hook_rate` attempts are in flight and requests are spaced
+//!   `1/hook_rate` s apart (see `pacing`); on PostgreSQL the hook's lease makes one instance
+//!   its only sender, so the pace holds across instances.
+//! - At most [`MAX_IN_FLIGHT`] requests run at once; a delivery holds a slot only while its
+//!   request runs.
+//! - The waiting counts in `slots` may drift from the store (a missed wake-up, another
+//!   process's writes); they are replaced from the store every `RESYNC_EVERY`, and on
+//!   PostgreSQL the claim does not depend on them at all.
+//!
+//! Imports `store`, `registry`, `model`, `target`, `metrics`.
 
 mod client;
 mod recorder;
@@ -37,7 +63,7 @@ use slots::{CLEAR_FOR, HandOffs, Slots};
 use crate::metrics::{DeliveryOutcome, Metrics};
 use crate::model::{Attempt, AttemptRecord, DueDelivery, HookKeys, NextStep, now_ms};
 use crate::registry::Registry;
-use crate::store::{Claim, Fanout, FanoutHook, Store, StoreError};
+use crate::store::{Claim, Fanout, FanoutHook, Scheduling, Store, StoreError};
 use crate::target::{HostPattern, host_matches};
 
 /// Delivery requests in flight at once, across all hooks.
@@ -76,7 +102,10 @@ impl DeliveryQueue {
     /// A queue for `store`; `lease` is how long a delivery stays leased to its attempt.
     pub fn new(store: &Store, hook_rate: u32, lease: Duration) -> (Self, HandedOff) {
         let (handed, receiver) = mpsc::unbounded_channel();
-        let hand_offs = if store.owns_every_hook() { HandOffs::Owner } else { HandOffs::Leased };
+        let hand_offs = match store.scheduling() {
+            Scheduling::Owning(_) => HandOffs::Owner,
+            Scheduling::Leasing(_) => HandOffs::Leased,
+        };
         let slots = Slots::new(MAX_IN_FLIGHT, hook_rate.max(1), hand_offs);
         (Self { shared: Arc::new(QueueShared { wake: Notify::new(), slots, handed, lease }) }, HandedOff(receiver))
     }
@@ -231,7 +260,9 @@ impl Shared {
         }
     }
 
-    /// Claims as much as there is room for; `true` if the claim came back full (more may wait).
+    /// Claims as much as there is room for, by the store's protocol; `true` if the claim came
+    /// back full or took hand-offs back (more may wait). Only [`Dispatcher::run`]'s loop calls
+    /// it, so claims of this instance never overlap.
     async fn claim_and_spawn(self: &Arc<Self>, tracker: &TaskTracker) -> bool {
         let slots = self.dispatcher.queue.slots();
         let room = slots.available();
@@ -239,40 +270,44 @@ impl Shared {
             return false;
         }
         let now = now_ms();
-        // Where this instance owns every hook, the claim looks only at the hooks known to have
-        // deliveries due (still a store call when there are none: it takes back expired hand-offs).
-        let asked = self.dispatcher.store.owns_every_hook().then(|| slots.claimable(now, room));
-        let since = slots.latest_news();
-        let claim_lease_until = self.dispatcher.queue.lease_until(now);
-        let claim = Claim {
-            now,
-            lease_until: claim_lease_until,
-            limit: room,
-            per_hook: self.dispatcher.hook_rate.max(1) as usize,
-            hooks: asked.as_ref().map(|asked| asked.iter().map(|a| (a.hook_id.clone(), a.limit)).collect()),
-        };
-        let claimed = match self.dispatcher.store.claim(claim).await {
-            Ok(claimed) => claimed,
-            Err(e) => {
-                tracing::error!(cause = %e, "claiming due deliveries failed");
-                return false;
+        let claim = Claim { now, lease_until: self.dispatcher.queue.lease_until(now), limit: room };
+        let failed = |e: StoreError| tracing::error!(cause = %e, "claiming due deliveries failed");
+        match self.dispatcher.store.scheduling() {
+            Scheduling::Owning(store) => {
+                // Only the hooks known to have deliveries due (still a store call when there are
+                // none: it takes back expired hand-offs).
+                let asked = slots.claimable(now, room);
+                let named = asked.iter().map(|a| (a.hook_id.clone(), a.limit)).collect();
+                let Ok(claimed) = store.claim(claim, named).await.map_err(failed) else { return false };
+                for (hook, due_at) in &claimed.taken_back {
+                    slots.waiting(hook, *due_at);
+                }
+                let full = claimed.due.len() == room;
+                self.spawn_claimed(tracker, claimed.due).await;
+                slots.after_claim(&asked, &claimed.next_due);
+                full || !claimed.taken_back.is_empty()
             }
-        };
-        for (hook, due_at) in &claimed.taken_back {
-            slots.waiting(hook, *due_at);
+            Scheduling::Leasing(store) => {
+                let since = slots.latest_news();
+                let per_hook = self.dispatcher.hook_rate.max(1) as usize;
+                let Ok(claimed) = store.claim(claim, per_hook).await.map_err(failed) else { return false };
+                let full = claimed.due.len() == room;
+                self.spawn_claimed(tracker, claimed.due).await;
+                let clear_until = self.dispatcher.queue.clear_until(now);
+                slots.after_leased_claim(&claimed.leased_hooks, since, clear_until, claim.lease_until);
+                full
+            }
         }
-        let full = claimed.due.len() == room;
-        for delivery in claimed.due {
+    }
+
+    /// Starts the attempts of claimed deliveries, each with a request slot's permit.
+    async fn spawn_claimed(self: &Arc<Self>, tracker: &TaskTracker, due: Vec<DueDelivery>) {
+        let slots = self.dispatcher.queue.slots();
+        for delivery in due {
             let Some(permit) = slots.permit().await else { break };
             let ticket = slots.claimed(&delivery.hook_id, permit);
             self.spawn_attempt(tracker, delivery, ticket);
         }
-        if let Some(asked) = asked {
-            slots.after_claim(&asked, &claimed.next_due);
-        }
-        let queue = &self.dispatcher.queue;
-        slots.after_leased_claim(&claimed.leased_hooks, since, queue.clear_until(now), claim_lease_until);
-        full || !claimed.taken_back.is_empty()
     }
 
     /// Re-reads how many deliveries wait in the store per hook, and forgets idle pacers.
@@ -370,7 +405,9 @@ impl Shared {
             },
             next,
         };
-        self.dispatcher.store.attempted(record.delivery_id);
+        if let Scheduling::Leasing(store) = self.dispatcher.store.scheduling() {
+            store.attempted(record.delivery_id);
+        }
         // The recorder outlives every attempt (it stops once all senders are gone).
         let _ = self.records.send((record, ticket));
     }

@@ -34,7 +34,7 @@ use rows::{
 use snapshot::{Snapshot, SnapshotBuilder};
 pub use sqlite::SqliteStore;
 pub use transfer::{Transfer, TransferDelivery};
-pub use types::{Attached, Claim, Claimed, Created, Fanout, FanoutHook, Ingested, StoreError, Waiting};
+pub use types::{Attached, Claim, Created, Fanout, FanoutHook, Ingested, LeasedClaim, OwnedClaim, StoreError, Waiting};
 
 /// The store handle; clones share the same backend.
 #[derive(Clone)]
@@ -43,6 +43,24 @@ pub enum Store {
     Sqlite(SqliteStore),
     /// PostgreSQL shared by several instances.
     Postgres(PostgresStore),
+}
+
+/// The two ways deliveries are scheduled, one per backend; the dispatcher speaks the one its
+/// store uses (`delivery/mod.rs` says how). Both lease deliveries until a deadline and take
+/// back what is not recorded by then; they differ in who may claim which hook:
+///
+/// - **Owning** (SQLite): one process owns every hook. Its workers know which hooks have
+///   deliveries waiting and how many of each are in flight, so a claim names hooks and says how
+///   many of each to take, and costs a lookup per named hook however large the backlog is.
+/// - **Leasing** (PostgreSQL): instances share the store and lease whole hooks, one owner per
+///   hook at a time. A claim finds the due hooks itself, leases each together with at most
+///   `per_hook` of its deliveries, and keeps which of them are in flight in memory, so the
+///   owner alone decides a hook's pace.
+pub enum Scheduling<'a> {
+    /// One process owns every hook.
+    Owning(&'a SqliteStore),
+    /// Instances lease hooks from the shared store.
+    Leasing(&'a PostgresStore),
 }
 
 macro_rules! dispatch {
@@ -55,6 +73,14 @@ macro_rules! dispatch {
 }
 
 impl Store {
+    /// The scheduling protocol of this store.
+    pub fn scheduling(&self) -> Scheduling<'_> {
+        match self {
+            Store::Sqlite(s) => Scheduling::Owning(s),
+            Store::Postgres(s) => Scheduling::Leasing(s),
+        }
+    }
+
     /// Opens (creating and migrating if needed) the store named by `url`.
     ///
     /// # Errors
@@ -185,14 +211,6 @@ impl Store {
         dispatch!(self.detach_hook(connection_id.to_owned(), hook_id.to_owned()))
     }
 
-    /// Whether this instance owns every hook (SQLite), so that everything waiting in the store
-    /// is known to it. Shared stores lease each hook to one instance at a time instead: a
-    /// delivery is handed off at ingest ([`Fanout::handed`]) only while this instance holds its
-    /// hook's lease, and claims find the due hooks themselves.
-    pub fn owns_every_hook(&self) -> bool {
-        matches!(self, Store::Sqlite(_))
-    }
-
     /// Commits an event and one delivery for each hook of `fanout` that still exists.
     /// `on_commit` runs with the outcome once it is committed, even if the caller has stopped
     /// waiting by then (a client hung up mid-commit): committed deliveries are handed over
@@ -226,14 +244,6 @@ impl Store {
         dispatch!(self.attempts(hook_id.to_owned(), limit))
     }
 
-    /// Leases due deliveries to this instance.
-    ///
-    /// # Errors
-    /// The write failed.
-    pub async fn claim(&self, claim: Claim) -> Result<Claimed, StoreError> {
-        dispatch!(self.claim(claim))
-    }
-
     /// The earliest future time (ms) at which an unleased delivery becomes due.
     ///
     /// # Errors
@@ -259,18 +269,6 @@ impl Store {
     /// The store failed.
     pub async fn waiting_by_hook(&self, now: i64) -> Result<HashMap<String, Waiting>, StoreError> {
         dispatch!(self.waiting_by_hook(now))
-    }
-
-    /// The attempt of leased delivery `id` is over and its record is on its way to
-    /// [`Store::record`]. PostgreSQL claims a hook's deliveries one batch at a time: from now on
-    /// the hook's next ones may be claimed, so records can wait to share a commit without
-    /// holding the hook back; the delivery itself stays leased until recorded. SQLite's claims
-    /// are bounded per hook by the dispatcher's own counts instead, so there it changes nothing.
-    pub fn attempted(&self, id: i64) {
-        match self {
-            Store::Sqlite(_) => {}
-            Store::Postgres(s) => s.attempted(id),
-        }
     }
 
     /// At shutdown, once attempts are over: gives back the hooks this instance leased

@@ -79,8 +79,9 @@ pub enum Ingested {
     UnknownConnection,
 }
 
-/// What a claim asks for.
-#[derive(Debug, Clone)]
+/// The terms every claim has, whichever scheduling protocol makes it
+/// ([`Scheduling`](super::Scheduling)).
+#[derive(Debug, Clone, Copy)]
 pub struct Claim {
     /// Now (ms): deliveries due at or before it are eligible.
     pub now: i64,
@@ -88,30 +89,29 @@ pub struct Claim {
     pub lease_until: i64,
     /// At most this many deliveries in all.
     pub limit: usize,
-    /// At most this many per hook, and none for a hook with leased deliveries not yet recorded
-    /// (on PostgreSQL: not yet attempted, [`Store::attempted`](super::Store::attempted)).
-    pub per_hook: usize,
-    /// Only these hooks, each with at most its own number of deliveries (instead of `per_hook`
-    /// and the leased check). Where one instance owns every hook, its workers know which hooks
-    /// have deliveries waiting and how many of each are in flight; naming them makes a claim
-    /// cost a lookup per hook instead of a pass over every due delivery, so a backlog does not
-    /// slow the claims that drain it. `None`: any due hook.
-    pub hooks: Option<Vec<(String, usize)>>,
 }
 
-/// What a claim leased, and what it saw of the deliveries still waiting.
+/// What an owning claim (SQLite) leased, and what it saw of the named hooks.
 #[derive(Debug, Default)]
-pub struct Claimed {
-    /// The deliveries now leased to this instance, oldest first.
+pub struct OwnedClaim {
+    /// The deliveries now leased to this process, oldest first.
     pub due: Vec<DueDelivery>,
     /// For each hook the claim named, in the order named: when its earliest delivery still
     /// waiting is due (ms), or `None` if nothing of it waits.
     pub next_due: Vec<Option<i64>>,
-    /// Hand-offs whose lease ran out, back in the queue: their hook and when they are due.
+    /// Hand-offs whose lease ran out (their process stopped before recording them), back in
+    /// the queue: their hook and when they are due.
     pub taken_back: Vec<(String, i64)>,
-    /// PostgreSQL: each hook the claim leased deliveries of, with whether it took every
-    /// delivery of the hook then due; the hook is leased to this instance until the claim's
-    /// `lease_until`. A drained hook's next deliveries may be handed off at ingest for a while.
+}
+
+/// What a leasing claim (PostgreSQL) leased.
+#[derive(Debug, Default)]
+pub struct LeasedClaim {
+    /// The deliveries now leased to this instance, oldest first.
+    pub due: Vec<DueDelivery>,
+    /// Each hook the claim leased deliveries of, with whether it took every delivery of the
+    /// hook then due; the hook is leased to this instance until the claim's `lease_until`. A
+    /// drained hook's next deliveries may be handed off at ingest for a while.
     pub leased_hooks: Vec<(String, bool)>,
 }
 

@@ -28,7 +28,7 @@ mod ingest;
 mod registry;
 mod schema;
 
-use super::{Claim, Claimed, DEAD, Fanout, Ingested, PENDING, StoreError, Waiting, stored_state};
+use super::{Claim, DEAD, Fanout, Ingested, LeasedClaim, PENDING, StoreError, Waiting, stored_state};
 use crate::metrics::Metrics;
 use crate::model::{Attempt, AttemptRecord, DeadLetter, DueDelivery, Event, random_token};
 use in_flight::InFlight;
@@ -57,6 +57,8 @@ pub struct PostgresStore {
     owner: Arc<str>,
     /// The deliveries this instance has claimed and not yet settled.
     in_flight: Arc<InFlight>,
+    /// Held for the whole of a claim: [`InFlight`] tracks one running claim at a time.
+    claiming: Arc<tokio::sync::Mutex<()>>,
     metrics: Metrics,
 }
 
@@ -91,7 +93,8 @@ impl PostgresStore {
         let in_flight: Arc<InFlight> = Arc::default();
         let ingests = IngestQueue::start(pool.clone(), metrics.clone(), Arc::clone(&in_flight));
         let owner = Arc::from(random_token("instance_", 8));
-        let store = Self { pool, ingests, config: Arc::new(config), owner, in_flight, metrics };
+        let store =
+            Self { pool, ingests, config: Arc::new(config), owner, in_flight, claiming: Arc::default(), metrics };
         store.migrate().await?;
         store.fill_hook_secrets().await?;
         Ok(store)
@@ -216,13 +219,19 @@ impl PostgresStore {
             .collect())
     }
 
-    /// Claims ignore named hooks: here a hook's deliveries are claimed together with the hook's
-    /// lease, in one statement that writes only `hook_leases`; what is in flight is this
-    /// instance's to know (`InFlight`), so no delivery row is rewritten to lease it. Each hook
-    /// comes back with whether the claim took all of it that was due, which clears it for
-    /// hand-offs at ingest for a while.
-    pub(super) async fn claim(&self, claim: Claim) -> Result<Claimed, StoreError> {
-        let (limit, per_hook) = (claim.limit as i64, claim.per_hook as i64);
+    /// The leasing claim: a hook's deliveries (at most `per_hook`, none of a hook with an
+    /// attempt under way here) are claimed together with the hook's lease, in one statement
+    /// that writes only `hook_leases` and compares against the database's lease rows, so two
+    /// instances never hold one hook. What is in flight is this instance's to know
+    /// (`InFlight`), so no delivery row is rewritten to lease it. Each hook comes back with
+    /// whether the claim took all of it that was due, which clears it for hand-offs at ingest
+    /// for a while. Claims of one instance run one at a time (`claiming`).
+    ///
+    /// # Errors
+    /// The statement failed: nothing was leased.
+    pub async fn claim(&self, claim: Claim, per_hook: usize) -> Result<LeasedClaim, StoreError> {
+        let _one_at_a_time = self.claiming.lock().await;
+        let (limit, per_hook) = (claim.limit as i64, per_hook as i64);
         let owner: &str = &self.owner;
         let excluded = self.in_flight.excluded(claim.now);
         let client = self.pool.get().await?;
@@ -281,7 +290,7 @@ impl PostgresStore {
             .collect();
         self.in_flight.claimed(&mut due, claim.lease_until);
         due.sort_by_key(|d| d.id);
-        Ok(Claimed { due, leased_hooks, ..Claimed::default() })
+        Ok(LeasedClaim { due, leased_hooks })
     }
 
     pub(super) async fn next_due(&self, now: i64) -> Result<Option<i64>, StoreError> {
@@ -350,8 +359,9 @@ impl PostgresStore {
     }
 
     /// The attempt of delivery `id` is over and its record on its way: the hook may be claimed
-    /// again before the record is written.
-    pub(super) fn attempted(&self, id: i64) {
+    /// again before the record is written, so records can wait to share a commit without
+    /// holding the hook back; the delivery itself stays leased until recorded.
+    pub fn attempted(&self, id: i64) {
         self.in_flight.attempted(id);
     }
 

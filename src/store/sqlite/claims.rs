@@ -32,28 +32,6 @@ impl Leased {
     }
 }
 
-/// Leases due deliveries of any hook: at most `per_hook` of each, oldest first, none of a hook
-/// with leased deliveries. It passes over every due delivery; the workers name hooks instead
-/// ([`claim_hooks`]), and this stays for callers that cannot.
-pub(super) fn claim_any(db: &Db, claim: &Claim) -> Result<Vec<Leased>, StoreError> {
-    let mut stmt = db.prepare_cached(&format!(
-        "UPDATE OR FAIL deliveries SET lease_until = ?1 WHERE id IN (
-            SELECT id FROM (
-                SELECT d.id, d.next_attempt_at,
-                       ROW_NUMBER() OVER (PARTITION BY d.hook_id ORDER BY d.next_attempt_at, d.id) AS rn
-                FROM deliveries d
-                WHERE d.state = ?5 AND d.next_attempt_at <= ?2
-                  AND (d.lease_until IS NULL OR d.lease_until <= ?2)
-                  AND NOT EXISTS (SELECT 1 FROM deliveries x
-                                  WHERE x.hook_id = d.hook_id AND x.state = ?5 AND x.lease_until > ?2)
-            ) WHERE rn <= ?3 ORDER BY next_attempt_at, id LIMIT ?4)
-         RETURNING {}",
-        Leased::COLUMNS
-    ))?;
-    let params = params![claim.lease_until, claim.now, claim.per_hook as i64, claim.limit as i64, PENDING];
-    Ok(stmt.query_map(params, Leased::from_row)?.collect::<Result<_, _>>()?)
-}
-
 /// Leases (into `leased`) the due, unleased deliveries of the named hooks, oldest first and at
 /// most the number given for each, with one index range per hook; and reports when each hook's
 /// next waiting delivery is due.

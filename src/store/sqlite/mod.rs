@@ -27,11 +27,11 @@ mod rows;
 mod schema;
 mod writer;
 
-use super::{Claim, Claimed, DEAD, Fanout, Ingested, PENDING, StoreError, Waiting};
+use super::{Claim, DEAD, Fanout, Ingested, OwnedClaim, PENDING, StoreError, Waiting};
 use crate::metrics::Metrics;
 use crate::model::{Attempt, AttemptRecord, DeadLetter, DueDelivery, Event};
 use checkpoint::Checkpointer;
-use claims::{Leased, claim_any, claim_hooks, expire_in_flight, record};
+use claims::{Leased, claim_hooks, expire_in_flight, record};
 use event_ids::EventIds;
 use rows::is_foreign_key_violation;
 use schema::{fill_hook_secrets, migrate};
@@ -266,17 +266,19 @@ impl SqliteStore {
         self.read(move |db| lists::attempts(db, &hook_id, limit)).await
     }
 
-    pub(super) async fn claim(&self, claim: Claim) -> Result<Claimed, StoreError> {
+    /// The owning claim: this process owns every hook, so its workers name the hooks they know
+    /// to have deliveries due, each with how many of it to take; the claim leases those (one
+    /// index range per hook, however large the backlog), reports when each named hook's next
+    /// waiting delivery is due, and first takes back hand-offs whose lease ran out (a process
+    /// that stopped before recording them).
+    ///
+    /// # Errors
+    /// The write failed: nothing was leased.
+    pub async fn claim(&self, claim: Claim, hooks: Vec<(String, usize)>) -> Result<OwnedClaim, StoreError> {
         self.write_bulk(move |db| {
             let taken_back = expire_in_flight(db, claim.now)?;
             let mut leased = Vec::new();
-            let next_due = match &claim.hooks {
-                Some(hooks) => claim_hooks(db, &claim, hooks, &mut leased)?,
-                None => {
-                    leased = claim_any(db, &claim)?;
-                    Vec::new()
-                }
-            };
+            let next_due = claim_hooks(db, &claim, &hooks, &mut leased)?;
             let mut event = db.prepare_cached("SELECT id, payload, received_at FROM events WHERE seq = ?1")?;
             let mut due = Vec::with_capacity(leased.len());
             for Leased { id, connection_id, hook_id, url, attempts, event_seq } in leased {
@@ -294,7 +296,7 @@ impl SqliteStore {
                 });
             }
             due.sort_by_key(|d| d.id);
-            Ok(Claimed { due, next_due, taken_back, ..Claimed::default() })
+            Ok(OwnedClaim { due, next_due, taken_back })
         })
         .await
     }

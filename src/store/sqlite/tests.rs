@@ -9,7 +9,7 @@ use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
 use crate::model::{Attempt, AttemptRecord, Event, Hook, IMAGE_CREATED, NextStep};
 use crate::store::test_records::{connection, hook};
-use crate::store::{Claim, Claimed, Fanout, FanoutHook, Ingested, Store};
+use crate::store::{Claim, Fanout, FanoutHook, Ingested, OwnedClaim, Store};
 
 /// Migrations 3, 5 and 6 rebuild `deliveries`, `events` and `attempts`: the rows must
 /// survive, and the references must hold again afterwards.
@@ -142,15 +142,20 @@ async fn hand_offs_go_back_to_the_claim_queue_when_released_expired_or_orphaned(
         ids.push(handed[0].id);
     }
     assert_eq!(store.pending_count().await.unwrap(), 3, "hand-offs in flight are pending");
-    let claim = |now| Claim { now, lease_until: 1_000_000, limit: 10, per_hook: 10, hooks: None };
-    let claimed = |claimed: Claimed| claimed.due.into_iter().map(|d| d.id).collect::<Vec<_>>();
-    assert_eq!(claimed(store.claim(claim(50)).await.unwrap()), [0_i64; 0], "leased hand-offs are not claimed");
+    let claim = |store: Store, now| async move {
+        let Store::Sqlite(store) = store else { unreachable!() };
+        let every_hook = (1..=3).map(|n| (format!("hk_{n}"), 10)).collect();
+        let claimed: OwnedClaim =
+            store.claim(Claim { now, lease_until: 1_000_000, limit: 10 }, every_hook).await.unwrap();
+        claimed.due.into_iter().map(|d| d.id).collect::<Vec<_>>()
+    };
+    assert_eq!(claim(store.clone(), 50).await, [0_i64; 0], "leased hand-offs are not claimed");
     store.release(vec![ids[0]]).await.unwrap();
-    assert_eq!(claimed(store.claim(claim(50)).await.unwrap()), [ids[0]], "a released hand-off is");
-    assert_eq!(claimed(store.claim(claim(150)).await.unwrap()), [ids[1]], "and one whose lease ran out");
+    assert_eq!(claim(store.clone(), 50).await, [ids[0]], "a released hand-off is");
+    assert_eq!(claim(store.clone(), 150).await, [ids[1]], "and one whose lease ran out");
     drop(store);
     store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("relay.db")), Metrics::default()).await.unwrap();
-    let after_restart = claimed(store.claim(claim(150)).await.unwrap());
+    let after_restart = claim(store.clone(), 150).await;
     assert!(after_restart.contains(&ids[2]), "a hand-off of a process that is gone is claimed at once");
 }
 
@@ -172,14 +177,15 @@ async fn claims_naming_hooks_take_each_ones_oldest_and_say_what_waits() {
     let fanout = Fanout { queued: vec![hooks[1].clone()], handed: vec![], lease_until: 0 };
     store.ingest("a", Event { received_at: 500, ..event("later") }, fanout, ignore).await.unwrap();
     let named = |limit| vec![("busy".to_owned(), limit), ("retrying".to_owned(), 5), ("idle".to_owned(), 5)];
-    let claim = |limit| Claim { now: 100, lease_until: 1_000, limit: 10, per_hook: 1, hooks: Some(named(limit)) };
-    let claimed = store.claim(claim(3)).await.unwrap();
+    let Store::Sqlite(store) = store else { unreachable!() };
+    let claim = Claim { now: 100, lease_until: 1_000, limit: 10 };
+    let claimed = store.claim(claim, named(3)).await.unwrap();
     let received = claimed.due.iter().map(|d| (d.hook_id.as_str(), d.received_at)).collect::<Vec<_>>();
     assert_eq!(received.len(), 3, "three of the busy hook, none due of the others: {received:?}");
     assert!(received.iter().all(|(h, at)| *h == "busy" && *at <= 3), "its oldest first: {received:?}");
     let order = named(3);
     let next = |hook: &str| claimed.next_due[order.iter().position(|(h, _)| h == hook).unwrap()];
     assert_eq!((next("busy"), next("retrying"), next("idle")), (Some(4), Some(500), None));
-    let again = store.claim(claim(3)).await.unwrap();
+    let again = store.claim(claim, named(3)).await.unwrap();
     assert_eq!(again.due.len(), 2, "leased deliveries are not claimed twice");
 }
