@@ -99,6 +99,11 @@ impl App {
         self.listener.local_addr()
     }
 
+    /// The instance's store (for reaching behind the API: tests, embedding).
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
     /// The bound metrics address, when `/metrics` has its own listener.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
@@ -116,6 +121,8 @@ impl App {
         tracing::info!(addr = %addr, metrics_addr = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()), "listening");
         tracker.spawn(dispatcher.run(handed, tracker.clone(), token.clone()));
         tracker.spawn(housekeeping(Arc::clone(&state), token.clone()));
+        let retention = crate::retention::Retention::new(state.config.retention);
+        tracker.spawn(retention.run(state.store.clone(), state.metrics.clone(), token.clone()));
         tracker.spawn(crate::sync::follow(state.store.clone(), state.registry.clone(), changes, token.clone()));
         let mut servers =
             vec![tokio::spawn(http::serve(listener, Surface::Api, Arc::clone(&state), token.clone(), grace))];
@@ -144,15 +151,15 @@ impl App {
     }
 }
 
-/// How often the pending-deliveries count that `/metrics` shows is read from the store: so that
-/// scraping, which needs no credentials, never waits on (or adds to) the store's reads.
-const PENDING_REFRESH: Duration = Duration::from_secs(2);
+/// How often the store's figures that `/metrics` shows are read: so that scraping, which needs
+/// no credentials, never waits on (or adds to) the store's reads.
+const STATS_REFRESH: Duration = Duration::from_secs(2);
 
 /// Periodic upkeep: the cached pending count, and forgetting quiet addresses of the
 /// failed-authentication limits so that their memory stays bounded.
 async fn housekeeping(state: Arc<AppState>, shutdown: CancellationToken) {
     let mut prune = tokio::time::interval(Duration::from_secs(60));
-    let mut count = tokio::time::interval(PENDING_REFRESH);
+    let mut count = tokio::time::interval(STATS_REFRESH);
     count.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -160,9 +167,9 @@ async fn housekeeping(state: Arc<AppState>, shutdown: CancellationToken) {
                 state.auth_failures.prune();
                 state.admin_auth_failures.prune();
             }
-            _ = count.tick() => match state.store.pending_count().await {
-                Ok(pending) => state.pending_deliveries.store(pending, std::sync::atomic::Ordering::Relaxed),
-                Err(e) => tracing::warn!(cause = %e, "counting pending deliveries failed"),
+            _ = count.tick() => match state.store.stats().await {
+                Ok(stats) => *state.store_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = stats,
+                Err(e) => tracing::warn!(cause = %e, "reading the store's figures failed"),
             },
             () = shutdown.cancelled() => return,
         }

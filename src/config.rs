@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// Comma-separated waits between attempts; its length is the number of retries.
     #[arg(long, env = "RELAY_RETRY_SCHEDULE", default_value = "5s,30s,2m,10m,30m,1h,3h,6h,12h,24h", value_parser = parse_schedule)]
     pub retry_schedule: Schedule,
+    /// How long events, their finished deliveries and attempts are kept (an event with a
+    /// delivery still pending is kept until it finishes); also the duplicate check's window.
+    #[arg(long, env = "RELAY_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    pub retention: Duration,
     /// Timeout of one delivery attempt.
     #[arg(long, env = "RELAY_DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub delivery_timeout: Duration,
@@ -198,6 +202,7 @@ const VARIABLES: &[&str] = &[
     "RELAY_INGEST_RATE",
     "RELAY_HOOK_RATE",
     "RELAY_RETRY_SCHEDULE",
+    "RELAY_RETENTION",
     "RELAY_DELIVERY_TIMEOUT",
     "RELAY_MAX_BODY",
     "RELAY_TARGET_HOSTS",
@@ -260,6 +265,8 @@ pub struct Config {
     pub hook_rate: u32,
     /// Waits between attempts; its length is the number of retries.
     pub retry_schedule: Vec<Duration>,
+    /// How long finished history is kept.
+    pub retention: Duration,
     /// Per-attempt timeout.
     pub delivery_timeout: Duration,
     /// Largest ingest body in bytes.
@@ -334,6 +341,7 @@ impl Config {
             ingest_rate: a.ingest_rate,
             hook_rate: a.hook_rate,
             retry_schedule: a.retry_schedule.0.clone(),
+            retention: a.retention,
             delivery_timeout: a.delivery_timeout,
             max_body: a.max_body,
             targets: TargetPolicy {
@@ -433,6 +441,13 @@ fn parse_positive_duration(v: &str) -> Result<Duration, String> {
     }
 }
 
+fn parse_retention(v: &str) -> Result<Duration, String> {
+    match parse_duration(v)? {
+        d if d < Duration::from_secs(1) => Err("expected a duration of at least 1s".to_owned()),
+        d => Ok(d),
+    }
+}
+
 fn parse_schedule(v: &str) -> Result<Schedule, String> {
     let waits = v
         .split(',')
@@ -489,6 +504,7 @@ mod tests {
         assert_eq!(c.retry_schedule[2], Duration::from_secs(120));
         assert_eq!(c.retry_schedule[9], Duration::from_secs(86_400));
         assert_eq!(c.delivery_timeout, Duration::from_secs(10));
+        assert_eq!(c.retention, Duration::from_secs(30 * 86_400));
         assert!(c.admin_token.is_none() && !c.targets.allow_private);
         assert!(c.targets.check("https://hooks.zapier.com/hooks/standard/1/abc/").is_ok(), "Zapier is allowed");
         assert!(c.targets.check("https://hook.eu2.make.com/abc").is_ok());
@@ -504,6 +520,7 @@ mod tests {
             ("--hook-rate", "0", "RELAY_HOOK_RATE"),
             ("--retry-schedule", "5s,soon", "RELAY_RETRY_SCHEDULE"),
             ("--delivery-timeout", "0s", "RELAY_DELIVERY_TIMEOUT"),
+            ("--retention", "500ms", "RELAY_RETENTION"),
             ("--listen", "nowhere", "RELAY_LISTEN"),
             ("--database-url", "mysql://x", "RELAY_DATABASE_URL"),
             ("--allow-private-targets", "maybe", "RELAY_ALLOW_PRIVATE_TARGETS"),

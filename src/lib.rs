@@ -28,6 +28,7 @@ pub mod model;
 pub mod ratelimit;
 pub mod registry;
 pub mod rejections;
+pub mod retention;
 pub mod shutdown;
 pub mod signature;
 pub mod store;

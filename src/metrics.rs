@@ -75,6 +75,33 @@ struct Outcome {
     outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Status {
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Table {
+    table: &'static str,
+}
+
+/// The levels `/metrics` shows, as last read (off the request path, so that scraping never
+/// waits on the store).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Levels {
+    /// Deliveries neither delivered nor dead-lettered.
+    pub pending: u64,
+    /// How long the oldest of them has waited since its event arrived (zero without one): the
+    /// backlog's age, which is what to alert on.
+    pub oldest_pending_age: Duration,
+    /// Bytes the store takes on disk.
+    pub store_bytes: u64,
+    /// Hooks attached.
+    pub hooks: usize,
+    /// Connections.
+    pub connections: usize,
+}
+
 /// Cheap-to-clone handle to the instance's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -89,7 +116,10 @@ struct Inner {
     delivered_after_seconds: Histogram,
     commit_batch: Histogram,
     pending: Gauge,
-    hooks: Gauge,
+    oldest_pending_age: Gauge,
+    store_bytes: Gauge,
+    pruned: Family<Table, Counter>,
+    hooks: Family<Status, Gauge>,
     connections: Gauge,
 }
 
@@ -116,8 +146,18 @@ impl Default for Metrics {
         );
         let pending = Gauge::default();
         registry.register("pending_deliveries", "Deliveries not yet delivered or dead-lettered", pending.clone());
-        let hooks = Gauge::default();
-        registry.register("hooks", "Attached hooks", hooks.clone());
+        let oldest_pending_age = Gauge::default();
+        registry.register(
+            "oldest_pending_delivery_age_seconds",
+            "Time since the event of the oldest pending delivery arrived (0: none pending)",
+            oldest_pending_age.clone(),
+        );
+        let store_bytes = Gauge::default();
+        registry.register("store_size_bytes", "Bytes the store takes on disk", store_bytes.clone());
+        let pruned = Family::<Table, Counter>::default();
+        registry.register("store_pruned_rows", "Rows deleted by retention, by table", pruned.clone());
+        let hooks = Family::<Status, Gauge>::default();
+        registry.register("hooks", "Attached hooks by status", hooks.clone());
         let connections = Gauge::default();
         registry.register("connections", "Connections", connections.clone());
         Self {
@@ -129,6 +169,9 @@ impl Default for Metrics {
                 delivered_after_seconds,
                 commit_batch,
                 pending,
+                oldest_pending_age,
+                store_bytes,
+                pruned,
                 hooks,
                 connections,
             }),
@@ -158,12 +201,23 @@ impl Metrics {
         self.inner.commit_batch.observe(size as f64);
     }
 
+    /// Counts rows deleted by retention.
+    pub fn pruned(&self, events: u64, deliveries: u64, attempts: u64) {
+        for (table, rows) in [("events", events), ("deliveries", deliveries), ("attempts", attempts)] {
+            self.inner.pruned.get_or_create(&Table { table }).inc_by(rows);
+        }
+    }
+
     /// Renders the Prometheus text exposition with the given current levels.
-    pub fn render(&self, pending: u64, hooks: usize, connections: usize) -> String {
+    pub fn render(&self, levels: &Levels) -> String {
         let level = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        self.inner.pending.set(level(pending));
-        self.inner.hooks.set(level(hooks as u64));
-        self.inner.connections.set(level(connections as u64));
+        self.inner.pending.set(level(levels.pending));
+        self.inner.oldest_pending_age.set(level(levels.oldest_pending_age.as_secs()));
+        self.inner.store_bytes.set(level(levels.store_bytes));
+        for (status, n) in [("active", levels.hooks), ("paused", 0), ("disabled", 0)] {
+            self.inner.hooks.get_or_create(&Status { status }).set(level(n as u64));
+        }
+        self.inner.connections.set(level(levels.connections as u64));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)
             .expect("writing to a String cannot fail");
@@ -182,12 +236,23 @@ mod tests {
         m.ingest(IngestOutcome::RateLimited);
         m.attempt(DeliveryOutcome::Delivered, Duration::from_millis(20));
         m.commit_batch(3);
-        let text = m.render(7, 2, 1);
+        m.pruned(4, 3, 2);
+        let levels = Levels {
+            pending: 7,
+            oldest_pending_age: Duration::from_secs(90),
+            store_bytes: 4096,
+            hooks: 2,
+            connections: 1,
+        };
+        let text = m.render(&levels);
         assert!(text.contains("relay_ingest_requests_total{outcome=\"accepted\"} 1"), "{text}");
         assert!(text.contains("relay_ingest_requests_total{outcome=\"rate_limited\"} 1"));
         assert!(text.contains("relay_deliveries_total{outcome=\"delivered\"} 1"));
         assert!(text.contains("relay_pending_deliveries 7"));
-        assert!(text.contains("relay_hooks 2") && text.contains("relay_connections 1"));
+        assert!(text.contains("relay_hooks{status=\"active\"} 2") && text.contains("relay_connections 1"));
+        assert!(text.contains("relay_oldest_pending_delivery_age_seconds 90"), "{text}");
+        assert!(text.contains("relay_store_size_bytes 4096"));
+        assert!(text.contains("relay_store_pruned_rows_total{table=\"events\"} 4"));
         assert!(text.contains("relay_delivery_attempt_seconds_count 1"));
         assert!(text.contains("relay_store_commit_batch_size_sum 3"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {

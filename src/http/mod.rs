@@ -38,7 +38,7 @@ pub use routes::{PATTERNS, Route};
 
 use crate::config::Config;
 use crate::delivery::DeliveryQueue;
-use crate::metrics::{IngestOutcome, Metrics};
+use crate::metrics::{IngestOutcome, Levels, Metrics};
 use crate::ratelimit::AuthFailures;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -63,9 +63,9 @@ pub struct AppState {
     pub admin_token_hash: Option<[u8; 32]>,
     /// Counters and histograms served at `/metrics`.
     pub metrics: Metrics,
-    /// Deliveries neither delivered nor dead-lettered, as last counted in the background
-    /// (`/metrics` shows it without touching the store).
-    pub pending_deliveries: std::sync::atomic::AtomicU64,
+    /// The store's figures as last read in the background (`/metrics` shows them without
+    /// touching the store).
+    pub store_stats: std::sync::Mutex<crate::store::StoreStats>,
     /// Ingest requests in progress, in all, per address and per connection id.
     ingest_slots: limits::IngestSlots,
     /// Mints request ids: a random prefix per instance and a counter, so no request pays for
@@ -109,7 +109,7 @@ impl AppState {
             admin_token_hash,
             metrics,
             ingest_slots,
-            pending_deliveries: std::sync::atomic::AtomicU64::new(0),
+            store_stats: std::sync::Mutex::default(),
             request_ids: RequestIds::new(),
         }
     }
@@ -308,8 +308,15 @@ async fn dispatch(
             Err(e) => Err(e.into()),
         },
         Route::Metrics => {
-            let pending = state.pending_deliveries.load(std::sync::atomic::Ordering::Relaxed);
-            let text = state.metrics.render(pending, state.registry.hook_count(), state.registry.len());
+            let stats = *state.store_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let waited = stats.oldest_pending_at.map_or(0, |at| crate::model::now_ms().saturating_sub(at));
+            let text = state.metrics.render(&Levels {
+                pending: stats.pending,
+                oldest_pending_age: Duration::from_millis(u64::try_from(waited).unwrap_or(0)),
+                store_bytes: stats.size_bytes,
+                hooks: state.registry.hook_count(),
+                connections: state.registry.len(),
+            });
             let mut response = Response::new(Full::new(Bytes::from(text)));
             response.headers_mut().insert(
                 CONTENT_TYPE,

@@ -34,7 +34,10 @@ use rows::{
 use snapshot::{Snapshot, SnapshotBuilder};
 pub use sqlite::SqliteStore;
 pub use transfer::{Transfer, TransferDelivery};
-pub use types::{Attached, Claim, Created, Fanout, FanoutHook, Ingested, LeasedClaim, OwnedClaim, StoreError, Waiting};
+pub use types::{
+    Attached, Claim, Created, Fanout, FanoutHook, Ingested, LeasedClaim, OwnedClaim, Pruned, StoreError, StoreStats,
+    Waiting,
+};
 
 /// The store handle; clones share the same backend.
 #[derive(Clone)]
@@ -100,12 +103,34 @@ impl Store {
         dispatch!(self.ping())
     }
 
-    /// Deliveries neither delivered nor dead-lettered yet.
+    /// What `/metrics` shows of the store: pending deliveries, the oldest one's age, the size.
     ///
     /// # Errors
     /// The read failed.
-    pub async fn pending_count(&self) -> Result<u64, StoreError> {
-        dispatch!(self.pending_count())
+    pub async fn stats(&self) -> Result<StoreStats, StoreError> {
+        dispatch!(self.stats())
+    }
+
+    /// One step of a retention pass: deletes up to `limit` events received before `cutoff` (ms)
+    /// with `seq` above `after`, whose deliveries are all finished, with those deliveries and
+    /// their attempts. Small on purpose: ingest and delivery writes go between two steps.
+    ///
+    /// # Errors
+    /// The write failed; nothing of this step was deleted.
+    pub async fn prune(&self, cutoff: i64, after: i64, limit: usize) -> Result<Pruned, StoreError> {
+        dispatch!(self.prune(cutoff, after, limit))
+    }
+
+    /// Makes the space pruned rows took reusable: PostgreSQL vacuums the pruned tables; SQLite
+    /// reuses freed pages by itself.
+    ///
+    /// # Errors
+    /// The vacuum failed (autovacuum does the same later).
+    pub async fn reclaim(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.vacuum().await,
+        }
     }
 
     /// Reads every connection with its hooks, handing each to `each` as it is read, to build or

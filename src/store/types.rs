@@ -17,6 +17,9 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// A write failed unexpectedly (a bug, not the database): its transaction was rolled back.
+    #[error("the write was abandoned")]
+    Abandoned,
 }
 
 /// The outcome of creating a connection.
@@ -122,4 +125,37 @@ pub struct Waiting {
     pub count: u64,
     /// When the earliest is due (ms).
     pub due_at: i64,
+}
+
+/// What one pruning step removed, and where the next step of the pass starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Events deleted.
+    pub events: u64,
+    /// Finished deliveries deleted with them (delivered, dead-lettered).
+    pub deliveries: u64,
+    /// Attempts deleted with those deliveries.
+    pub attempts: u64,
+    /// The event `seq` the next step starts after; `None`: the pass has reached the events
+    /// inside the window (or the end), and is over.
+    pub next: Option<i64>,
+}
+
+impl Pruned {
+    /// Rows deleted in all.
+    pub fn rows(&self) -> u64 {
+        self.events + self.deliveries + self.attempts
+    }
+}
+
+/// What `/metrics` shows of the store, read now and then off the request path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Deliveries neither delivered nor dead-lettered.
+    pub pending: u64,
+    /// When the event of the oldest such delivery was received (ms), if there is one.
+    pub oldest_pending_at: Option<i64>,
+    /// Bytes the store takes on disk (SQLite: the file and its WAL; PostgreSQL: the relay's
+    /// tables with their indexes and TOAST).
+    pub size_bytes: u64,
 }

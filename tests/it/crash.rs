@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 
 use crate::harness::process::{ingest_until_stopped, sqlite_env, test_env};
 use crate::harness::{RelayProcess, Sink, event, eventually, stencil_event};
@@ -66,7 +66,13 @@ async fn a_store_that_cannot_write_answers_503_then_recovers() {
         let reply = relay.ingest(&conn, &stencil_event(&format!("full-{n}"))).await;
         assert_eq!((reply.status, reply.error()), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"), "full-{n}");
     }
+    let ready = relay.send(Method::GET, "/readyz", None, None, &[]).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "no commit can happen: not ready");
     limit("unlimited:unlimited");
+    eventually("/readyz to answer 200 again", || async {
+        (relay.send(Method::GET, "/readyz", None, None, &[]).await.status == StatusCode::OK).then_some(())
+    })
+    .await;
     let recovered = eventually("the store to accept again", || async {
         let reply = relay.ingest(&conn, &event("after", None)).await;
         (reply.status == StatusCode::ACCEPTED).then_some(())

@@ -19,5 +19,6 @@ mod isolation;
 mod ops;
 mod outbound;
 mod restart;
+mod retention;
 mod stencil;
 mod store;

@@ -46,7 +46,10 @@ async fn metrics_count_ingest_outcomes_deliveries_and_levels() {
     assert_eq!(sample(&text, "relay_ingest_to_delivered_seconds_count"), 1.0);
     assert!(sample(&text, "relay_store_commit_batch_size_count") >= 3.0);
     assert_eq!(sample(&text, "relay_pending_deliveries"), 0.0);
-    assert_eq!((sample(&text, "relay_hooks"), sample(&text, "relay_connections")), (1.0, 1.0));
+    assert_eq!((sample(&text, "relay_hooks{status=\"active\"}"), sample(&text, "relay_connections")), (1.0, 1.0));
+    assert_eq!(sample(&text, "relay_hooks{status=\"disabled\"}"), 0.0);
+    assert_eq!(sample(&text, "relay_oldest_pending_delivery_age_seconds"), 0.0, "nothing pending");
+    assert!(sample(&text, "relay_store_size_bytes") > 0.0);
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         assert!(line.starts_with("relay_"), "{line}");
         assert!(

@@ -109,7 +109,7 @@ async fn a_batch_of_records_written_again_after_a_failure_is_applied_once() {
     let statuses: Vec<_> =
         store.attempts(&hook.id, 10).await.unwrap().iter().map(|a| (a.attempt, a.status_code)).collect();
     assert_eq!(statuses, [(2, Some(200)), (1, Some(500))], "each attempt once, newest first");
-    assert_eq!(store.pending_count().await.unwrap(), 0, "and the delivery is delivered");
+    assert_eq!(store.stats().await.unwrap().pending, 0, "and the delivery is delivered");
 }
 
 #[tokio::test]
@@ -257,14 +257,14 @@ async fn a_detach_deletes_the_hooks_deliveries_in_every_state_and_no_other() {
     // Not yet attempted: waiting for each hook, and one in flight to the gone hook.
     ingest("e3", fanout_to(&[&gone, &kept]), vec![]).await.unwrap();
     ingest("e4", vec![], fanout_to(&[&gone])).await.unwrap();
-    assert_eq!(store.pending_count().await.unwrap(), 3);
+    assert_eq!(store.stats().await.unwrap().pending, 3);
     assert_eq!(store.dead_letters(Some("c"), 10).await.unwrap().len(), 1);
 
     assert!(store.detach_hook("c", &gone.id).await.unwrap());
 
     assert!(store.attempts(&gone.id, 10).await.unwrap().is_empty(), "its attempts are gone");
     assert!(store.dead_letters(Some("c"), 10).await.unwrap().is_empty(), "and its dead letter");
-    assert_eq!(store.pending_count().await.unwrap(), 1, "only the kept hook's delivery still waits");
+    assert_eq!(store.stats().await.unwrap().pending, 1, "only the kept hook's delivery still waits");
     let claimed = claim(&store, Claim { now: 2_000_000, lease_until: 3_000_000, limit: 10 }, 10).await;
     let due: Vec<_> = claimed.into_iter().map(|d| (d.hook_id, d.event_id)).collect();
     assert_eq!(
@@ -302,7 +302,7 @@ async fn ingests_that_share_a_commit_succeed_or_fail_each_on_its_own() {
             (n, other) => panic!("event {n}: {other:?}"),
         }
     }
-    assert_eq!(store.pending_count().await.unwrap(), 32, "every accepted event's delivery is committed");
+    assert_eq!(store.stats().await.unwrap().pending, 32, "every accepted event's delivery is committed");
     assert!(matches!(store.ingest("c", event("e0"), fanout, |_| {}).await.unwrap(), Ingested::Duplicate));
     assert_eq!(store.events("c", 100).await.unwrap().len(), 32);
     let (writes, commits) = commit_batches(&metrics);
@@ -332,7 +332,7 @@ async fn an_id_sent_several_times_at_once_is_accepted_once() {
         }
     }
     assert_eq!((accepted, duplicates), (3, 45), "each of the three ids is accepted once");
-    assert_eq!(store.pending_count().await.unwrap(), 3, "with one delivery each");
+    assert_eq!(store.stats().await.unwrap().pending, 3, "with one delivery each");
     assert_eq!(store.events("c", 100).await.unwrap().len(), 3);
 }
 
@@ -510,7 +510,7 @@ fn leasing(store: &Store) -> &PostgresStore {
 
 /// How many writes the store's commits carried, and how many commits there were.
 fn commit_batches(metrics: &Metrics) -> (f64, f64) {
-    let text = metrics.render(0, 0, 0);
+    let text = metrics.render(&stencil_relay::metrics::Levels::default());
     let value = |name: &str| -> f64 {
         let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {text}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()

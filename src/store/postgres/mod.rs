@@ -26,6 +26,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 mod in_flight;
 mod ingest;
 mod registry;
+mod retention;
 mod schema;
 
 use super::{Claim, DEAD, Fanout, Ingested, LeasedClaim, PENDING, StoreError, Waiting, stored_state};
@@ -153,12 +154,6 @@ impl PostgresStore {
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         self.pool.get().await?.execute("SELECT 1", &[]).await?;
         Ok(())
-    }
-
-    pub(super) async fn pending_count(&self) -> Result<u64, StoreError> {
-        let row =
-            self.pool.get().await?.query_one("SELECT COUNT(*) FROM deliveries WHERE state = $1", &[&PENDING]).await?;
-        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
     /// Batched with concurrent ingests (see `ingest.rs`).

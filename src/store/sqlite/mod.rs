@@ -23,11 +23,12 @@ mod claims;
 mod event_ids;
 mod lists;
 mod registry;
+mod retention;
 mod rows;
 mod schema;
 mod writer;
 
-use super::{Claim, DEAD, Fanout, Ingested, OwnedClaim, PENDING, StoreError, Waiting};
+use super::{Claim, DEAD, Fanout, Ingested, OwnedClaim, PENDING, Pruned, StoreError, StoreStats, Waiting};
 use crate::metrics::Metrics;
 use crate::model::{Attempt, AttemptRecord, DeadLetter, DueDelivery, Event};
 use checkpoint::Checkpointer;
@@ -68,6 +69,8 @@ pub struct SqliteStore {
     /// A connection of its own for `/readyz`, so that long reads on `reader` (large event
     /// listings, counts) never make the relay look unready.
     health: Arc<Mutex<Db>>,
+    /// The database file (its size is a metric; `-wal` next to it).
+    path: Arc<Path>,
     _checkpointer: Arc<Checkpointer>,
 }
 
@@ -115,6 +118,7 @@ impl SqliteStore {
             event_ids,
             reader: Arc::new(Mutex::new(reader)),
             health: Arc::new(Mutex::new(health)),
+            path: Arc::from(path),
             _checkpointer: checkpointer,
         })
     }
@@ -151,24 +155,65 @@ impl SqliteStore {
         .map_err(|_| StoreError::Closed)?
     }
 
+    /// Ready when the file reads and a commit can happen: the writer runs, and its last commit
+    /// succeeded — or, after one failed (a full disk, an I/O error), a small write commits now.
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        if self.writer.stopped() {
+            return Err(StoreError::Closed);
+        }
         let health = Arc::clone(&self.health);
         tokio::task::spawn_blocking(move || {
             let db = health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            Ok(db.query_row("SELECT 1", [], |_| Ok(()))?)
+            Ok::<_, StoreError>(db.query_row("SELECT 1", [], |_| Ok(()))?)
         })
         .await
-        .map_err(|_| StoreError::Closed)?
+        .map_err(|_| StoreError::Closed)??;
+        if self.writer.failing() {
+            // It commits only if the disk takes a page (`write_probe` in `schema.rs`).
+            let now = crate::model::now_ms();
+            self.write(move |db| Ok(db.execute("UPDATE write_probe SET at = ?1", [now]).map(drop)?)).await?;
+        }
+        Ok(())
     }
 
-    pub(super) async fn pending_count(&self) -> Result<u64, StoreError> {
-        self.read(|db| {
-            let count = "SELECT COUNT(*) FROM deliveries WHERE state = ?1";
-            let pending: u64 = db.prepare_cached(count)?.query_row([PENDING], |r| r.get(0))?;
-            let in_flight: u64 = db.prepare_cached(count)?.query_row([IN_FLIGHT], |r| r.get(0))?;
-            Ok(pending + in_flight)
+    pub(super) async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let path = Arc::clone(&self.path);
+        self.read(move |db| {
+            let count = "SELECT COUNT(*), MIN(event_seq) FROM deliveries WHERE state = ?1";
+            let mut pending = 0;
+            let mut oldest_seq: Option<i64> = None;
+            for state in [PENDING, IN_FLIGHT] {
+                let (n, seq): (u64, Option<i64>) =
+                    db.prepare_cached(count)?.query_row([state], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                pending += n;
+                oldest_seq = oldest_seq.into_iter().chain(seq).min();
+            }
+            let oldest_pending_at = match oldest_seq {
+                Some(seq) => {
+                    db.query_row("SELECT received_at FROM events WHERE seq = ?1", [seq], |r| r.get(0)).optional()?
+                }
+                None => None,
+            };
+            let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            let size_bytes = size(&path) + size(Path::new(&wal));
+            Ok(StoreStats { pending, oldest_pending_at, size_bytes })
         })
         .await
+    }
+
+    /// One pruning step (see `retention.rs`), batched with the hot path's writes.
+    pub(super) async fn prune(&self, cutoff: i64, after: i64, limit: usize) -> Result<Pruned, StoreError> {
+        self.write_bulk(move |db| retention::prune(db, cutoff, after, limit)).await
+    }
+
+    /// Queues a write that panics on the writer thread: the tests of what follows use it. Not in
+    /// release builds.
+    #[cfg(debug_assertions)]
+    #[doc(hidden)]
+    pub async fn write_that_panics(&self) -> Result<(), StoreError> {
+        self.write_bulk(|_| -> Result<(), StoreError> { panic!("a writer job panicked (test)") }).await
     }
 
     pub(super) async fn ingest(

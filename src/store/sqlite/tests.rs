@@ -99,7 +99,7 @@ async fn a_record_written_twice_is_applied_once() {
     store.record(Arc::from([record(500, NextStep::RetryAt(10)), record(200, NextStep::Delivered)])).await.unwrap();
     let attempts = store.attempts(&h.id, 10).await.unwrap();
     assert_eq!(attempts.iter().map(|a| a.status_code).collect::<Vec<_>>(), [Some(500)], "attempt 1 is recorded once");
-    assert_eq!(store.pending_count().await.unwrap(), 1, "and its retry stays scheduled");
+    assert_eq!(store.stats().await.unwrap().pending, 1, "and its retry stays scheduled");
 }
 
 #[tokio::test]
@@ -121,7 +121,7 @@ async fn a_hook_detached_after_the_plan_gets_no_delivery() {
         }
         other => panic!("not accepted: {other:?}"),
     }
-    assert_eq!(store.pending_count().await.unwrap(), 1);
+    assert_eq!(store.stats().await.unwrap().pending, 1);
 }
 
 #[tokio::test]
@@ -141,7 +141,7 @@ async fn hand_offs_go_back_to_the_claim_queue_when_released_expired_or_orphaned(
         };
         ids.push(handed[0].id);
     }
-    assert_eq!(store.pending_count().await.unwrap(), 3, "hand-offs in flight are pending");
+    assert_eq!(store.stats().await.unwrap().pending, 3, "hand-offs in flight are pending");
     let claim = |store: Store, now| async move {
         let Store::Sqlite(store) = store else { unreachable!() };
         let every_hook = (1..=3).map(|n| (format!("hk_{n}"), 10)).collect();

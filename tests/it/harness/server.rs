@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use stencil_relay::app::App;
 use stencil_relay::config::{Config, DatabaseUrl, ServeArgs};
+use stencil_relay::store::Store;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,8 @@ pub(crate) struct TestServer {
     pub(crate) metrics_base: Option<String>,
     /// Settings it was started with (reused on restart).
     pub(crate) args: ServeArgs,
+    /// Its store, for what a test checks behind the API.
+    pub(crate) store: Store,
     dir: Arc<TempDir>,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -69,10 +72,12 @@ impl TestServer {
         let app = App::build(config).await.expect("the relay starts");
         let base = format!("http://{}", app.local_addr().unwrap());
         let metrics_base = app.metrics_addr().map(|a| format!("http://{a}"));
+        let store = app.store().clone();
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let task = tokio::spawn(async move { app.run(signal.cancelled_owned()).await });
-        Self { base: base.clone(), metrics_base, args, dir, stop, task: Some(task), client: RelayClient::new(base) }
+        let client = RelayClient::new(base.clone());
+        Self { base, metrics_base, args, store, dir, stop, task: Some(task), client }
     }
 
     /// Stops gracefully and starts again on the same database (a new port).

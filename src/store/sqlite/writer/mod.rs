@@ -9,6 +9,11 @@
 //! back and every job in it gets the error, which their callers already answer (a 503 for
 //! ingest) or retry (claims, records).
 //!
+//! A job that panics does not take the writer down: its batch is rolled back and every job in
+//! it fails (their callers answer 503, as for any failed commit), and the writer goes on with
+//! the next batch. Whether the last commit succeeded is kept in [`Writer::failing`], for
+//! `/readyz`.
+//!
 //! Two lanes feed it. The bulk lane carries the hot path (ingest commits, claims, attempt
 //! records), which is what makes batches large under load. The API lane carries everything a
 //! person or Make waits on (attaching a hook, rotating a key…): between two bulk jobs the writer
@@ -16,6 +21,9 @@
 //! waits for one bulk job and one commit, not for a whole batch; and since every batch still
 //! runs at least one bulk job, a stream of API writes cannot stall ingest either.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection as Db;
@@ -63,6 +71,8 @@ struct Scheduled {
 pub(super) struct Writer {
     bulk: mpsc::Sender<Box<dyn WriteJob>>,
     api: mpsc::Sender<Box<dyn WriteJob>>,
+    /// Whether the last commit failed (set by the writer thread after every commit).
+    failing: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -72,8 +82,22 @@ impl Writer {
         let (api, api_jobs) = mpsc::channel(API_QUEUE_DEPTH);
         let queues = Queues { bulk: bulk_jobs, api: api_jobs, first: None };
         let chores = chores.into_iter().map(|chore| Scheduled { chore, ran: Instant::now() }).collect();
-        std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || run(db, queues, chores, &metrics))?;
-        Ok(Self { bulk, api })
+        let failing = Arc::new(AtomicBool::new(false));
+        let status = Arc::clone(&failing);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run(db, queues, chores, &metrics, &status))?;
+        Ok(Self { bulk, api, failing })
+    }
+
+    /// Whether the writer thread is gone (every write fails then).
+    pub(super) fn stopped(&self) -> bool {
+        self.bulk.is_closed()
+    }
+
+    /// Whether the last commit failed; the next one that succeeds clears it.
+    pub(super) fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
     }
 
     /// Runs `op` in the writer's next transaction and returns its result once that committed.
@@ -234,10 +258,17 @@ impl Queues {
     }
 }
 
-fn run(db: Db, mut queues: Queues, mut chores: Vec<Scheduled>, metrics: &Metrics) {
+fn run(db: Db, mut queues: Queues, mut chores: Vec<Scheduled>, metrics: &Metrics, failing: &AtomicBool) {
     let mut done: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
     while queues.wait() {
-        let committed = commit(&db, &mut queues, &mut done, &mut chores);
+        let committed = catch_unwind(AssertUnwindSafe(|| commit(&db, &mut queues, &mut done, &mut chores)))
+            .unwrap_or_else(|_| {
+                // The panicking job is gone (its caller sees the writer hang up); the rest of the
+                // batch is rolled back with it and fails, like any batch whose commit failed.
+                let _ = run_statement(&db, "ROLLBACK");
+                Err(StoreError::Abandoned)
+            });
+        failing.store(committed.is_err(), Ordering::Relaxed);
         metrics.commit_batch(done.len());
         if let Err(e) = &committed {
             tracing::error!(jobs = done.len(), cause = %error_chain(e), "store commit failed");
@@ -246,7 +277,10 @@ fn run(db: Db, mut queues: Queues, mut chores: Vec<Scheduled>, metrics: &Metrics
             }
         }
         for job in done.drain(..) {
-            job.complete(&committed);
+            // What follows a commit (`then`) must not take the writer down either.
+            if catch_unwind(AssertUnwindSafe(|| job.complete(&committed))).is_err() {
+                tracing::error!("completing a committed write panicked; its caller gets no answer");
+            }
         }
     }
 }
