@@ -46,6 +46,9 @@ pub enum Command {
     /// Copy connections, hooks and undelivered deliveries from an SQLite store into PostgreSQL
     /// (stop the relay first).
     MigrateStore(MigrateArgs),
+    /// Write a consistent copy of the SQLite store to PATH while the relay serves (on
+    /// PostgreSQL, use pg_dump).
+    Backup(BackupArgs),
     /// Tell why a connection's images do not arrive: the relay's reachability, how Stencil must
     /// authenticate, refused ingests, the last event, and each hook's last delivery.
     Doctor(DoctorArgs),
@@ -89,6 +92,16 @@ pub struct MigrateArgs {
     pub to: String,
 }
 
+/// Arguments of `backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Where the copy goes; a file that does not exist yet.
+    pub path: PathBuf,
+    /// The store to copy, as `serve` names it.
+    #[arg(long, env = "RELAY_DATABASE_URL", default_value = "sqlite://./data/relay.db", value_parser = DatabaseUrl::parse)]
+    pub database_url: DatabaseUrl,
+}
+
 /// Arguments of `sign`.
 #[derive(Debug, Args)]
 pub struct SignArgs {
@@ -107,6 +120,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Sign(args) => report(sign(&args).map(|signature| println!("{signature}"))),
         Command::Demo => report(block_on(demo::run())),
         Command::MigrateStore(args) => report(block_on(migrate_store(args))),
+        Command::Backup(args) => report(backup(&args)),
         Command::Doctor(args) => match block_on(doctor::run(&args)) {
             Ok(found) => {
                 print!("{}", found.text);
@@ -214,6 +228,22 @@ async fn migrate_store(args: MigrateArgs) -> anyhow::Result<()> {
         (transfer.connections.len(), transfer.hooks.len(), transfer.deliveries.len());
     let added = target.import(transfer).await.context("writing to PostgreSQL")?;
     println!("copied {connections} connections, {hooks} hooks and {added} of {deliveries} undelivered deliveries");
+    Ok(())
+}
+
+fn backup(args: &BackupArgs) -> anyhow::Result<()> {
+    let DatabaseUrl::Sqlite(source) = &args.database_url else {
+        anyhow::bail!(
+            "the store is PostgreSQL: back it up with PostgreSQL's own tools, e.g. pg_dump --format=custom \"$RELAY_DATABASE_URL\" > relay.dump"
+        );
+    };
+    let bytes = crate::store::backup_sqlite(source, &args.path)
+        .with_context(|| format!("backing up {} to {}", source.display(), args.path.display()))?;
+    println!(
+        "copied {} to {} ({bytes} bytes), consistent as of the moment the copy began",
+        source.display(),
+        args.path.display()
+    );
     Ok(())
 }
 

@@ -33,6 +33,15 @@ use rows::{
 };
 use snapshot::{Snapshot, SnapshotBuilder};
 pub use sqlite::SqliteStore;
+
+/// Writes a consistent copy of the SQLite store at `source` to the new file `target`, while a
+/// relay may be serving from it; returns the copy's size in bytes.
+///
+/// # Errors
+/// `source` does not exist, `target` does, or the copy failed.
+pub fn backup_sqlite(source: &std::path::Path, target: &std::path::Path) -> Result<u64, StoreError> {
+    sqlite::backup(source, target)
+}
 pub use transfer::{Transfer, TransferDelivery};
 pub use types::{
     Attached, Claim, Created, Fanout, FanoutHook, Ingested, LeasedClaim, OwnedClaim, Pruned, StoreError, StoreStats,

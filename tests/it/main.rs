@@ -4,6 +4,7 @@
 mod harness;
 
 mod admin;
+mod backup;
 mod cli;
 mod cluster;
 mod contract;

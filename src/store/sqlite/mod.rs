@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use rusqlite::{Connection as Db, OptionalExtension, params};
 
+mod backup;
 mod checkpoint;
 mod claims;
 mod event_ids;
@@ -31,6 +32,7 @@ mod writer;
 use super::{Claim, DEAD, Fanout, Ingested, OwnedClaim, PENDING, Pruned, StoreError, StoreStats, Waiting};
 use crate::metrics::Metrics;
 use crate::model::{Attempt, AttemptRecord, DeadLetter, DueDelivery, Event};
+pub(super) use backup::backup;
 use checkpoint::Checkpointer;
 use claims::{Leased, claim_hooks, expire_in_flight, record};
 use event_ids::EventIds;
