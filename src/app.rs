@@ -123,6 +123,7 @@ impl App {
         tracker.spawn(housekeeping(Arc::clone(&state), token.clone()));
         let retention = crate::retention::Retention::new(state.config.retention);
         tracker.spawn(retention.run(state.store.clone(), state.metrics.clone(), token.clone()));
+        tracker.spawn(crate::retention::reap_removals(state.store.clone(), token.clone()));
         tracker.spawn(crate::sync::follow(state.store.clone(), state.registry.clone(), changes, token.clone()));
         let mut servers =
             vec![tokio::spawn(http::serve(listener, Surface::Api, Arc::clone(&state), token.clone(), grace))];

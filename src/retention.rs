@@ -8,6 +8,9 @@
 //! accepted again after it. A pass runs every minute, or every quarter of the window when that
 //! is shorter than four minutes, so history lives at most one pass interval past the window.
 //!
+//! Deleted connections and detached hooks go the same way on SQLite ([`reap_removals`]): the
+//! request's own write makes them invisible, the rest is deleted in steps of [`REAP_STEP`] rows.
+//!
 //! A pass deletes in steps of [`STEP`] events, each its own small write, with a pause between
 //! them: ingest and delivery writes go in between, so pruning never holds them up for long.
 //! Imports `store` and `metrics`.
@@ -20,6 +23,10 @@ use crate::metrics::Metrics;
 use crate::model::now_ms;
 use crate::store::Store;
 
+/// Rows deleted per step of a removal (a deleted connection, a detached hook).
+const REAP_STEP: usize = 500;
+/// How often the store is asked whether a removal is queued (a check in memory).
+const REAP_EVERY: Duration = Duration::from_millis(250);
 /// Events looked at per step: with their deliveries and attempts, a few hundred rows.
 const STEP: usize = 256;
 /// Pause between two steps of a pass.
@@ -94,6 +101,29 @@ impl Retention {
             tracing::debug!(rows, "pruned history past the retention window");
         }
         rows
+    }
+}
+
+/// Removes what deleted connections and detached hooks left behind, step by step, until
+/// `shutdown`; a removal left by a previous process is finished too.
+pub async fn reap_removals(store: Store, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(REAP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        while !shutdown.is_cancelled() {
+            match store.reap(REAP_STEP).await {
+                Ok(Some(_)) => tokio::time::sleep(BETWEEN_STEPS).await,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "removing a deleted connection's or hook's rows failed; it goes on later");
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -5,12 +5,14 @@
 //! ```
 //!
 //! Scenarios: `smoke` (a few seconds; checks every accepted event arrived; asserts no speed),
-//! `ingest`, `latency`, `fanout`, `sustained`, `registry`, `attack`, `all`. See BENCHMARKS.md.
+//! `ingest`, `latency`, `fanout`, `sustained`, `registry`, `attack`, `pruning`, `all`, and `soak`
+//! (only by name: it runs for `--seconds`). See BENCHMARKS.md.
 
 mod attack;
 mod load;
 mod relay;
 mod report;
+mod retention;
 mod scenarios;
 mod servers;
 
@@ -31,6 +33,8 @@ enum Scenario {
     Sustained,
     Registry,
     Attack,
+    Pruning,
+    Soak,
     All,
 }
 
@@ -131,6 +135,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     if all || args.scenario == Scenario::Attack {
         attack::attack(&bench, &mut rows).await?;
+    }
+    if all || args.scenario == Scenario::Pruning {
+        retention::pruning(&bench, &mut rows).await?;
+    }
+    if args.scenario == Scenario::Soak {
+        retention::soak(&bench, &mut rows).await?;
     }
     println!("{}", report::table(&rows));
     if let Some(path) = args.json {

@@ -35,6 +35,16 @@ pub(crate) struct BenchConn {
 impl Relay {
     /// Starts `binary serve` on `database` with pacing that never limits the benchmark.
     pub(crate) async fn start(binary: &Path, database: &str, hook_rate: u32) -> anyhow::Result<Self> {
+        Self::start_with(binary, database, hook_rate, &[]).await
+    }
+
+    /// [`Relay::start`] with more settings (`RELAY_*` variables).
+    pub(crate) async fn start_with(
+        binary: &Path,
+        database: &str,
+        hook_rate: u32,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let mut child = Command::new(binary)
             .arg("serve")
@@ -48,6 +58,7 @@ impl Relay {
             .env("RELAY_MAX_INFLIGHT_INGEST", "4096")
             .env("RELAY_LOG", "warn,stencil_relay::app=info")
             .env("RELAY_LOG_FORMAT", "json")
+            .envs(settings.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -104,6 +115,13 @@ impl Relay {
             self.http.call(Method::POST, &url, Some(ADMIN_TOKEN), Some(&json!({ "name": id, "id": id }))).await?.body;
         let text = |k: &str| body[k].as_str().map(str::to_owned).with_context(|| format!("no {k} in {body}"));
         Ok(BenchConn { id: text("id")?, api_key: text("api_key")?, secret: text("signing_secret")? })
+    }
+
+    /// A sample's value in `/metrics` (0 when absent).
+    pub(crate) async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let answer = self.http.call(Method::GET, &format!("http://{}/metrics", self.addr), None, None).await?;
+        let text = String::from_utf8_lossy(&answer.raw);
+        Ok(text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0))
     }
 
     /// Attaches `url` to `conn`.

@@ -91,8 +91,18 @@ pub(crate) struct Setup {
 }
 
 pub(crate) async fn setup(bench: &Bench, connections: usize, hooks: usize) -> anyhow::Result<Setup> {
+    setup_with(bench, connections, hooks, &[]).await
+}
+
+/// [`setup`] with more relay settings (`RELAY_*` variables).
+pub(crate) async fn setup_with(
+    bench: &Bench,
+    connections: usize,
+    hooks: usize,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<Setup> {
     let (database, scratch) = fresh_store(bench).await?;
-    let relay = Relay::start(&bench.relay, &database, UNPACED).await?;
+    let relay = Relay::start_with(&bench.relay, &database, UNPACED, settings).await?;
     let sink = Arc::new(Sink::default());
     let sink_addr = start_sink(Arc::clone(&sink)).await?;
     let mut conns = Vec::with_capacity(connections);

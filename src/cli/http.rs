@@ -19,13 +19,16 @@ use crate::delivery::tls_config;
 /// How long one call may take unless the client says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A relay's answer: its status and its body as JSON (`Null` when empty or not JSON).
+/// A relay's answer: its status and its body, as sent and as JSON (`Null` when empty or not
+/// JSON).
 #[derive(Debug, Clone)]
 pub struct Answer {
     /// The HTTP status.
     pub status: StatusCode,
     /// The body, parsed.
     pub body: Value,
+    /// The body's bytes.
+    pub raw: Bytes,
 }
 
 /// Why a call got no answer.
@@ -103,8 +106,8 @@ impl JsonClient {
         let exchange = async {
             let response = self.http.request(request).await.map_err(|e| CallError::Transport(describe(&e)))?;
             let status = response.status();
-            let bytes = response.into_body().collect().await.map_err(|e| CallError::Transport(describe(&e)))?;
-            Ok(Answer { status, body: serde_json::from_slice(&bytes.to_bytes()).unwrap_or(Value::Null) })
+            let raw = response.into_body().collect().await.map_err(|e| CallError::Transport(describe(&e)))?.to_bytes();
+            Ok(Answer { status, body: serde_json::from_slice(&raw).unwrap_or(Value::Null), raw })
         };
         tokio::time::timeout(self.timeout, exchange).await.map_err(|_| CallError::Timeout(self.timeout))?
     }

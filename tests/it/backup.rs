@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use stencil_relay::config::DatabaseUrl;
 
 use crate::harness::process::{BIN, ingest_until_stopped, sqlite_env};
-use crate::harness::{RelayProcess, Sink, SinkReply, TestServer, event_id, stencil_event};
+use crate::harness::{RelayProcess, Sink, SinkReply, TestServer, event_id, eventually, stencil_event};
 
 #[tokio::test]
 async fn a_backup_taken_while_serving_restores_every_committed_hook_event_and_pending_delivery() {
@@ -24,6 +24,7 @@ async fn a_backup_taken_while_serving_restores_every_committed_hook_event_and_pe
     }
 
     let (during, writers) = ingest_until_stopped(&relay.base, &conn, "during", 2); // the backup runs under load
+    eventually("ingest under way", || async { (!during.lock().unwrap().is_empty()).then_some(()) }).await;
     let copy = dir.path().join("copy.db");
     let source = env.iter().find(|(k, _)| k == "RELAY_DATABASE_URL").unwrap().1.clone();
     let backup = |copy: std::path::PathBuf, source: String| {
@@ -41,7 +42,6 @@ async fn a_backup_taken_while_serving_restores_every_committed_hook_event_and_pe
     for writer in writers {
         writer.await.unwrap();
     }
-    assert!(!during.lock().unwrap().is_empty(), "ingest went on while the backup ran");
 
     let mut args = TestServer::args();
     args.database_url = DatabaseUrl::Sqlite(copy);

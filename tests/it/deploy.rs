@@ -29,6 +29,7 @@ fn fly_toml_matches_the_relay_settings() {
 
     let checks = fly["http_service"]["checks"].as_array().unwrap();
     assert!(checks.iter().any(|c| c["path"].as_str() == Some("/healthz")));
+    assert!(checks.iter().any(|c| c["path"].as_str() == Some("/readyz")), "a full disk takes the machine out");
 }
 
 #[test]

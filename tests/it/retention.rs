@@ -175,3 +175,59 @@ async fn a_writer_job_that_panics_fails_alone_and_the_writer_goes_on() {
     assert_eq!(relay.ingest(&conn, &body).await.status, StatusCode::ACCEPTED);
     assert_eq!(sink.recv().await.header("webhook-id"), event_id(&body));
 }
+
+/// A connection with 100,000 waiting deliveries is deleted: the API answers at once, another
+/// connection's ingests keep their pace while the rows go in steps, and then nothing is left.
+/// SQLite (one writer): on PostgreSQL the delete is one statement other writers do not wait on.
+#[tokio::test]
+async fn deleting_a_connection_with_a_large_backlog_answers_at_once_and_holds_up_no_other_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = TestServer::args();
+    args.database_url = DatabaseUrl::Sqlite(dir.path().join("relay.db"));
+    args.hook_rate = 1; // the backlog stays a backlog
+    args.retry_schedule = "1h".parse().unwrap();
+    let relay = TestServer::start_with(args).await;
+    let (stuck, ok) = (Sink::start_with(SinkReply::Status(503)).await, Sink::start().await);
+    let big = relay.connection("big").await;
+    for h in 0..100 {
+        relay.attach(&big, &format!("{}?h={h}", stuck.url), None).await;
+    }
+    for n in 0..1000 {
+        assert_eq!(relay.ingest(&big, &stencil_event(&format!("big-{n}"))).await.status, StatusCode::ACCEPTED);
+    }
+    assert!(relay.store.stats().await.unwrap().pending >= 99_000, "a backlog of 100,000 deliveries");
+    let other = relay.connection("other").await;
+    relay.attach(&other, &ok.url, None).await;
+
+    let asked = Instant::now();
+    assert_eq!(relay.admin(Method::DELETE, "/connections/big", None).await.status, StatusCode::NO_CONTENT);
+    let answered = asked.elapsed();
+    assert_eq!(relay.api(&big, Method::GET, "/hooks", None).await.status, StatusCode::UNAUTHORIZED, "gone at once");
+    let mut took = Vec::new();
+    for n in 0..200 {
+        let sent = Instant::now();
+        assert_eq!(relay.ingest(&other, &stencil_event(&format!("other-{n}"))).await.status, StatusCode::ACCEPTED);
+        took.push(sent.elapsed());
+    }
+    let still_removing = relay.store.stats().await.unwrap().pending > 10_000;
+    took.sort();
+    let p99 = took[took.len() * 99 / 100];
+    println!(
+        "delete answered in {answered:?}; other ingests p99 {p99:?} (still removing after them: {still_removing})"
+    );
+    assert!(answered < Duration::from_millis(500), "the delete answered at once: {answered:?}");
+    assert!(p99 < Duration::from_millis(50), "other ingests kept their pace: p99 {p99:?}");
+    // Until everything of it is gone its id stays taken (409); then it is free again.
+    let recreate = serde_json::json!({ "name": "big", "id": "big" });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let again = loop {
+        let again = relay.admin(Method::POST, "/connections", Some(recreate.clone())).await;
+        if again.status != StatusCode::CONFLICT || Instant::now() > deadline {
+            break again;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("removed {:?} after the delete", asked.elapsed());
+    assert!(relay.store.stats().await.unwrap().pending < 1000, "the backlog went with it");
+    assert_eq!(again.status, StatusCode::CREATED, "once removed, its id is free again");
+}

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection as Db, Row, params};
 
-use super::{IN_FLIGHT, lists};
+use super::IN_FLIGHT;
 use crate::model::AttemptRecord;
 use crate::store::{Claim, PENDING, StoreError, stored_state};
 
@@ -52,8 +52,14 @@ pub(super) fn claim_hooks(
     let mut next = db.prepare_cached(
         "SELECT MIN(next_attempt_at) FROM deliveries WHERE hook_id = ?1 AND state = ?2 AND lease_until IS NULL",
     )?;
+    // A hook detached a moment ago may still be named: what is left of it is being removed.
+    let mut exists = db.prepare_cached("SELECT 1 FROM hooks WHERE id = ?1")?;
     let mut next_due = Vec::with_capacity(hooks.len());
     for (hook, limit) in hooks {
+        if !exists.exists([hook])? {
+            next_due.push(None);
+            continue;
+        }
         let room = claim.limit.saturating_sub(leased.len()).min(*limit);
         if room > 0 {
             let params = params![claim.lease_until, hook, PENDING, claim.now, room as i64];
@@ -93,21 +99,6 @@ pub(super) fn record(db: &Db, records: &[AttemptRecord]) -> Result<(), StoreErro
             ])?;
         }
     }
-    Ok(())
-}
-
-/// Deletes every delivery of a detached hook, and with them their attempts. Deliveries carry no
-/// index on their hook alone (it would cost every ingest a page), so they are found by state:
-/// those attempted through the hook's attempts, those waiting through the pending index, and
-/// those in flight through theirs (a few hundred at most).
-pub(super) fn delete_deliveries_of(db: &Db, hook_id: &str) -> Result<(), StoreError> {
-    lists::delete_attempted(db, hook_id)?;
-    db.execute("DELETE FROM deliveries WHERE hook_id = ?1 AND state = ?2", params![hook_id, PENDING])?;
-    // A literal state, so that the partial index is known to apply when the plan is made.
-    db.execute(
-        &format!("DELETE FROM deliveries INDEXED BY deliveries_in_flight WHERE state = {IN_FLIGHT} AND hook_id = ?1"),
-        [hook_id],
-    )?;
     Ok(())
 }
 

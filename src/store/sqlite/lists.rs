@@ -116,31 +116,6 @@ pub(super) fn attempts(db: &Db, hook_id: &str, limit: usize) -> Result<Vec<Attem
     })
 }
 
-/// Deletes every delivery a hook has attempted (their attempts go with them), and its list.
-/// Rare statements like this one are not cached: they would push the hot path's out of the
-/// writer's statement cache.
-pub(super) fn delete_attempted(db: &Db, hook_id: &str) -> Result<(), StoreError> {
-    db.execute(
-        "DELETE FROM deliveries WHERE id IN (
-             SELECT a.delivery_id FROM hook_attempts h JOIN attempts a ON a.id = h.attempt_id WHERE h.hook_id = ?1
-             UNION ALL
-             SELECT delivery_id FROM attempts WHERE id > (SELECT id FROM hook_attempts_through) AND hook_id = ?1)",
-        [hook_id],
-    )?;
-    db.execute("DELETE FROM hook_attempts WHERE hook_id = ?1", [hook_id])?;
-    Ok(())
-}
-
-/// A connection is about to be deleted: its hooks' lists go too (their attempts go with its
-/// events).
-pub(super) fn forget_hooks_of(db: &Db, connection_id: &str) -> Result<(), StoreError> {
-    db.execute(
-        "DELETE FROM hook_attempts WHERE hook_id IN (SELECT id FROM hooks WHERE connection_id = ?1)",
-        [connection_id],
-    )?;
-    Ok(())
-}
-
 /// An owner's newest `limit` rows of `list`: those past the mark by a scan, the rest from the
 /// list, both in one read transaction so that the mark cannot move in between.
 fn newest<T>(
@@ -283,50 +258,5 @@ mod tests {
         assert_eq!(listed_events(&db, "a", 10), ["3", "1"]);
         catch_up(&db, &EVENTS).unwrap();
         assert_eq!(listed_events(&db, "a", 10), ["3", "1"]);
-    }
-
-    #[test]
-    fn a_detach_deletes_what_the_hook_attempted_on_both_sides_of_the_mark() {
-        let db = db();
-        let listed = attempted(&db, "h1", "1");
-        let other = attempted(&db, "h2", "2");
-        catch_up(&db, &ATTEMPTS).unwrap();
-        let tail = attempted(&db, "h1", "3");
-        delete_attempted(&db, "h1").unwrap();
-        let left = |id: i64| count(&db, &format!("SELECT COUNT(*) FROM deliveries WHERE id = {id}"));
-        assert_eq!((left(listed), left(tail), left(other)), (0, 0, 1));
-        assert_eq!(count(&db, "SELECT COUNT(*) FROM attempts WHERE hook_id = 'h1'"), 0, "attempts go with them");
-        assert_eq!(count(&db, "SELECT COUNT(*) FROM hook_attempts WHERE hook_id = 'h1'"), 0);
-        catch_up(&db, &ATTEMPTS).unwrap();
-        assert!(listed_attempts(&db, "h1", 10).is_empty());
-        assert_eq!(listed_attempts(&db, "h2", 10), ["2"]);
-    }
-
-    #[test]
-    fn an_attempt_after_the_newest_deleted_one_is_listed() {
-        let db = db();
-        attempted(&db, "h1", "1");
-        attempted(&db, "h2", "2");
-        catch_up(&db, &ATTEMPTS).unwrap();
-        delete_attempted(&db, "h2").unwrap();
-        attempted(&db, "h1", "3");
-        catch_up(&db, &ATTEMPTS).unwrap();
-        assert_eq!(listed_attempts(&db, "h1", 10), ["3", "1"], "a deleted attempt's id is not handed out again");
-    }
-
-    #[test]
-    fn a_deleted_connection_takes_its_hooks_lists_along() {
-        let db = db();
-        db.execute_batch(
-            "INSERT INTO hooks VALUES ('ha', 'a', 'https://example.com', 'image.created', '', 0, '[]'),
-                                      ('hb', 'b', 'https://example.com', 'image.created', '', 0, '[]');",
-        )
-        .unwrap();
-        attempted(&db, "ha", "1");
-        attempted(&db, "hb", "2");
-        catch_up(&db, &ATTEMPTS).unwrap();
-        forget_hooks_of(&db, "a").unwrap();
-        assert_eq!(count(&db, "SELECT COUNT(*) FROM hook_attempts WHERE hook_id = 'ha'"), 0);
-        assert_eq!(count(&db, "SELECT COUNT(*) FROM hook_attempts WHERE hook_id = 'hb'"), 1);
     }
 }

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -24,6 +25,7 @@ mod claims;
 mod event_ids;
 mod lists;
 mod registry;
+mod removals;
 mod retention;
 mod rows;
 mod schema;
@@ -73,6 +75,8 @@ pub struct SqliteStore {
     health: Arc<Mutex<Db>>,
     /// The database file (its size is a metric; `-wal` next to it).
     path: Arc<Path>,
+    /// Whether a removal may be queued (`removals.rs`): set by deletes, cleared by the reaper.
+    removals_queued: Arc<AtomicBool>,
     _checkpointer: Arc<Checkpointer>,
 }
 
@@ -109,6 +113,7 @@ impl SqliteStore {
         let health = Db::open(path)?;
         health.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")?;
         let event_ids = EventIds::load(&db)?;
+        let removals_queued = Arc::new(AtomicBool::new(removals::queued(&db)?));
         let writer = Writer::spawn(
             db,
             vec![lists::chore(&lists::EVENTS), lists::chore(&lists::ATTEMPTS), event_ids.sweep()],
@@ -121,6 +126,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             health: Arc::new(Mutex::new(health)),
             path: Arc::from(path),
+            removals_queued,
             _checkpointer: checkpointer,
         })
     }
@@ -203,6 +209,24 @@ impl SqliteStore {
             Ok(StoreStats { pending, oldest_pending_at, size_bytes })
         })
         .await
+    }
+
+    /// One step of the queued removals, batched with the hot path's writes; `None` when none is
+    /// queued (then no write is made).
+    pub(super) async fn reap(&self, limit: usize) -> Result<Option<u64>, StoreError> {
+        if !self.removals_queued.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        // Cleared on the writer thread right after the commit, in commit order with the deletes
+        // that set it: a delete committed after this step's read sets it again afterwards.
+        let queued = Arc::clone(&self.removals_queued);
+        let cleared = move |step: &mut removals::Reaped| {
+            if step.done {
+                queued.store(false, Ordering::Relaxed);
+            }
+        };
+        let step = self.writer.write_then(Lane::Bulk, move |db| removals::reap(db, limit), cleared).await?;
+        Ok((!step.done).then_some(step.rows))
     }
 
     /// One pruning step (see `retention.rs`), batched with the hot path's writes.
@@ -397,7 +421,9 @@ impl SqliteStore {
             let mut stmt = db.prepare_cached(
                 "SELECT d.id, d.connection_id, e.id, d.hook_id, d.attempts, d.last_status, d.last_error, d.updated_at
                  FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                 WHERE d.state = ?1 AND (?2 IS NULL OR d.connection_id = ?2) ORDER BY d.id DESC LIMIT ?3",
+                 WHERE d.state = ?1 AND (?2 IS NULL OR d.connection_id = ?2)
+                   AND EXISTS (SELECT 1 FROM hooks h WHERE h.id = d.hook_id)
+                 ORDER BY d.id DESC LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![DEAD, connection_id, limit as i64], |r| {
                 Ok(DeadLetter {
@@ -422,7 +448,8 @@ impl SqliteStore {
                 .query_row(
                     "UPDATE deliveries SET state = ?2, attempts = 0, next_attempt_at = ?3, lease_until = NULL,
                             updated_at = ?3
-                     WHERE id = ?1 AND state = ?4 RETURNING hook_id",
+                     WHERE id = ?1 AND state = ?4 AND EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id)
+                     RETURNING hook_id",
                     params![id, PENDING, now, DEAD],
                     |r| r.get(0),
                 )

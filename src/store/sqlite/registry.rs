@@ -6,19 +6,21 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rusqlite::{OptionalExtension, params};
 
-use super::claims::delete_deliveries_of;
 use super::rows::{connection_row, hook_row, secrets_json};
-use super::{IN_FLIGHT, SqliteStore, lists};
+use super::writer::Lane;
+use super::{IN_FLIGHT, SqliteStore, removals};
 use crate::model::{Connection, Event, Hook, SigningSecret};
 use crate::store::{
     Attached, Created, DELIVERED, PENDING, Snapshot, SnapshotBuilder, StoreError, Transfer, TransferDelivery,
 };
+use std::sync::atomic::Ordering::Relaxed;
 
 impl SqliteStore {
     pub(in crate::store) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         self.read(|db| {
             let mut stmt = db.prepare(
-                "SELECT id, name, api_key_hash, secrets, ingest_rate, created_at, ingest_auth FROM connections",
+                "SELECT id, name, api_key_hash, secrets, ingest_rate, created_at, ingest_auth FROM connections
+                 WHERE removing = 0",
             )?;
             let connections = stmt
                 .query_map([], connection_row)?
@@ -50,7 +52,8 @@ impl SqliteStore {
         self.read(move |db| {
             let mut stmt = db.prepare(
                 "SELECT event_seq, hook_id, connection_id, url, CASE state WHEN ?2 THEN ?3 ELSE state END, attempts,
-                        next_attempt_at, last_status, last_error, updated_at FROM deliveries WHERE state != ?1 ORDER BY id",
+                        next_attempt_at, last_status, last_error, updated_at FROM deliveries
+                 WHERE state != ?1 AND EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id) ORDER BY id",
             )?;
             let deliveries = stmt
                 .query_map([DELIVERED, IN_FLIGHT, PENDING], |r| {
@@ -70,7 +73,9 @@ impl SqliteStore {
                 .collect::<Result<Vec<_>, _>>()?;
             let mut stmt = db.prepare(
                 "SELECT seq, connection_id, id, type, payload, received_at, template_id FROM events
-                 WHERE seq IN (SELECT event_seq FROM deliveries WHERE state != ?1) ORDER BY seq",
+                 WHERE seq IN (SELECT event_seq FROM deliveries d
+                               WHERE state != ?1 AND EXISTS (SELECT 1 FROM hooks h WHERE h.id = d.hook_id))
+                 ORDER BY seq",
             )?;
             let events = stmt
                 .query_map([DELIVERED], |r| {
@@ -92,7 +97,7 @@ impl SqliteStore {
     pub(in crate::store) async fn connection(&self, id: String) -> Result<Option<(Connection, Vec<Hook>)>, StoreError> {
         self.read(move |db| {
             let connection = db
-                .prepare_cached("SELECT id, name, api_key_hash, secrets, ingest_rate, created_at, ingest_auth FROM connections WHERE id = ?1")?
+                .prepare_cached("SELECT id, name, api_key_hash, secrets, ingest_rate, created_at, ingest_auth FROM connections WHERE id = ?1 AND removing = 0")?
                 .query_row([&id], connection_row)
                 .optional()?;
             let Some(connection) = connection else { return Ok(None) };
@@ -139,17 +144,22 @@ impl SqliteStore {
         .await
     }
 
+    /// Answers once the connection is invisible; the rest goes in steps (`removals.rs`).
     pub(in crate::store) async fn delete_connection(&self, id: String) -> Result<bool, StoreError> {
         let event_ids = self.event_ids.clone();
-        self.write(move |db| {
-            lists::forget_hooks_of(db, &id)?;
-            let deleted = db.execute("DELETE FROM connections WHERE id = ?1", [&id])? == 1;
-            if deleted {
-                event_ids.forget_connection(db, &id)?;
+        let queued = Arc::clone(&self.removals_queued);
+        let remove = move |db: &rusqlite::Connection| {
+            let removed = removals::remove_connection(db, &id)?;
+            if removed {
+                event_ids.forget_connection(&id);
             }
-            Ok(deleted)
-        })
-        .await
+            Ok(removed)
+        };
+        self.writer
+            .write_then(Lane::Api, remove, move |removed: &mut bool| {
+                queued.fetch_or(*removed, Relaxed);
+            })
+            .await
     }
 
     pub(in crate::store) async fn set_api_key_hash(&self, id: String, hash: [u8; 32]) -> Result<bool, StoreError> {
@@ -240,13 +250,12 @@ impl SqliteStore {
         connection_id: String,
         hook_id: String,
     ) -> Result<bool, StoreError> {
-        self.write(move |db| {
-            let n = db.execute("DELETE FROM hooks WHERE id = ?1 AND connection_id = ?2", [&hook_id, &connection_id])?;
-            if n == 1 {
-                delete_deliveries_of(db, &hook_id)?;
-            }
-            Ok(n == 1)
-        })
-        .await
+        let queued = Arc::clone(&self.removals_queued);
+        let detach = move |db: &rusqlite::Connection| removals::detach(db, &connection_id, &hook_id);
+        self.writer
+            .write_then(Lane::Api, detach, move |detached: &mut bool| {
+                queued.fetch_or(*detached, Relaxed);
+            })
+            .await
     }
 }

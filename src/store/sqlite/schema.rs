@@ -189,6 +189,16 @@ ALTER TABLE hooks ADD COLUMN secrets TEXT NOT NULL DEFAULT '[]';
 CREATE TABLE write_probe (at INTEGER NOT NULL);
 INSERT INTO write_probe VALUES (0);
 ",
+    // Deleting a connection or detaching a hook queues what is left of it here and deletes it
+    // in steps (`removals.rs`); a connection being removed keeps its row, marked, until then.
+    r"
+ALTER TABLE connections ADD COLUMN removing INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE removals (
+    kind TEXT NOT NULL,
+    id   TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+",
 ];
 
 pub(super) fn migrate(db: &mut Db) -> Result<(), StoreError> {
@@ -241,7 +251,7 @@ pub(super) fn test_db() -> rusqlite::Connection {
     }
     db.execute_batch(
         "PRAGMA foreign_keys = ON;
-         INSERT INTO connections VALUES ('a', 'a', x'01', '[]', NULL, 0, 'signature'), ('b', 'b', x'02', '[]', NULL, 0, 'signature');",
+         INSERT INTO connections VALUES ('a', 'a', x'01', '[]', NULL, 0, 'signature', 0), ('b', 'b', x'02', '[]', NULL, 0, 'signature', 0);",
     )
     .unwrap();
     db
