@@ -27,9 +27,10 @@ use crate::store::Store;
 const REAP_STEP: usize = 500;
 /// How often the store is asked whether a removal is queued (a check in memory).
 const REAP_EVERY: Duration = Duration::from_millis(250);
-/// Events looked at per step: with their deliveries and attempts, a few hundred rows.
-const STEP: usize = 256;
-/// Pause between two steps of a pass.
+/// Events looked at per step: with their deliveries and attempts, a hundred-odd rows, a fraction
+/// of a millisecond of the writer's time (a commit shares it with ingests).
+const STEP: usize = 32;
+/// Pause between two steps of a pass: still room to delete several thousand events a second.
 const BETWEEN_STEPS: Duration = Duration::from_millis(5);
 /// Longest time between two passes.
 const MAX_EVERY: Duration = Duration::from_secs(60);

@@ -161,7 +161,8 @@ async fn create(state: &AppState, req: Request<Incoming>) -> Reply {
     match state.store.create_connection(connection.clone()).await? {
         Created::Created => {}
         Created::IdTaken => {
-            return Err(ApiError::conflict(format!("a connection with id {id:?} already exists")));
+            let taken = format!("a connection with id {id:?} already exists (or is still being removed)");
+            return Err(ApiError::conflict(taken));
         }
         Created::KeyTaken => {
             return Err(ApiError::conflict("that api_key belongs to another connection"));

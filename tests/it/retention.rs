@@ -176,17 +176,16 @@ async fn a_writer_job_that_panics_fails_alone_and_the_writer_goes_on() {
     assert_eq!(sink.recv().await.header("webhook-id"), event_id(&body));
 }
 
-/// A connection with 100,000 waiting deliveries is deleted: the API answers at once, another
-/// connection's ingests keep their pace while the rows go in steps, and then nothing is left.
-/// SQLite (one writer): on PostgreSQL the delete is one statement other writers do not wait on.
+/// A connection with 100,000 waiting deliveries is deleted while another connection ingests:
+/// the API answers within a second (SQLite: at once, the rows go in steps afterwards;
+/// PostgreSQL: one statement the other writers do not wait on), and the other connection's
+/// ingests keep their pace throughout.
 #[tokio::test]
 async fn deleting_a_connection_with_a_large_backlog_answers_at_once_and_holds_up_no_other_ingest() {
-    let dir = tempfile::tempdir().unwrap();
     let mut args = TestServer::args();
-    args.database_url = DatabaseUrl::Sqlite(dir.path().join("relay.db"));
     args.hook_rate = 1; // the backlog stays a backlog
     args.retry_schedule = "1h".parse().unwrap();
-    let relay = TestServer::start_with(args).await;
+    let relay = std::sync::Arc::new(TestServer::start_with(args).await);
     let (stuck, ok) = (Sink::start_with(SinkReply::Status(503)).await, Sink::start().await);
     let big = relay.connection("big").await;
     for h in 0..100 {
@@ -199,23 +198,26 @@ async fn deleting_a_connection_with_a_large_backlog_answers_at_once_and_holds_up
     let other = relay.connection("other").await;
     relay.attach(&other, &ok.url, None).await;
 
+    let (server, other) = (std::sync::Arc::clone(&relay), other.clone());
+    let ingests = tokio::spawn(async move {
+        let mut took = Vec::new();
+        for n in 0..300 {
+            let sent = Instant::now();
+            assert_eq!(server.ingest(&other, &stencil_event(&format!("other-{n}"))).await.status, StatusCode::ACCEPTED);
+            took.push(sent.elapsed());
+        }
+        took
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await; // the other connection's ingests are under way
     let asked = Instant::now();
     assert_eq!(relay.admin(Method::DELETE, "/connections/big", None).await.status, StatusCode::NO_CONTENT);
     let answered = asked.elapsed();
     assert_eq!(relay.api(&big, Method::GET, "/hooks", None).await.status, StatusCode::UNAUTHORIZED, "gone at once");
-    let mut took = Vec::new();
-    for n in 0..200 {
-        let sent = Instant::now();
-        assert_eq!(relay.ingest(&other, &stencil_event(&format!("other-{n}"))).await.status, StatusCode::ACCEPTED);
-        took.push(sent.elapsed());
-    }
-    let still_removing = relay.store.stats().await.unwrap().pending > 10_000;
+    let mut took = ingests.await.unwrap();
     took.sort();
     let p99 = took[took.len() * 99 / 100];
-    println!(
-        "delete answered in {answered:?}; other ingests p99 {p99:?} (still removing after them: {still_removing})"
-    );
-    assert!(answered < Duration::from_millis(500), "the delete answered at once: {answered:?}");
+    println!("delete answered in {answered:?}; the other connection's ingests meanwhile: p99 {p99:?}");
+    assert!(answered < Duration::from_secs(1), "the delete answered at once: {answered:?}");
     assert!(p99 < Duration::from_millis(50), "other ingests kept their pace: p99 {p99:?}");
     // Until everything of it is gone its id stays taken (409); then it is free again.
     let recreate = serde_json::json!({ "name": "big", "id": "big" });

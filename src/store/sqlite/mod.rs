@@ -51,6 +51,10 @@ const RECORDS_PER_JOB: usize = 64;
 /// no index entries that are written only to be deleted a few milliseconds later.
 const IN_FLIGHT: i32 = 3;
 
+/// Statements the writer keeps prepared: the hot path's (ingest, claims, records, commits), the
+/// chores' and the retention steps', with room to spare, so that none of them is parsed again.
+const WRITER_STATEMENTS: usize = 64;
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Backend(Arc::new(e))
@@ -103,6 +107,7 @@ impl SqliteStore {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 5000; PRAGMA wal_autocheckpoint = 16384; PRAGMA cache_size = -8192;",
         )?;
+        db.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
         migrate(&mut db)?;
         fill_hook_secrets(&db)?;
         // Single instance: a lease still set was held by a process that is gone.

@@ -1,6 +1,8 @@
 //! Settings of `stencil-relay serve`: flags and `RELAY_*` variables (flags win, clap reads
-//! both), validated into a typed [`Config`]. The only module that declares environment
-//! variables. A bad value becomes a [`ConfigError`] naming the variable.
+//! both), each parsed by its value parser (`parse.rs`) with its default in one place, then
+//! checked together into a typed [`Config`]. The only module that declares the relay's
+//! variables (the client commands in `cli` declare their own few: the server, the key). A bad
+//! value becomes a one-line [`ConfigError`] naming the variable.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +13,14 @@ use hyper::header::HeaderName;
 use url::Url;
 
 use crate::target::{DEFAULT_HOSTS, DEFAULT_PORTS, HostPattern, MAKE_HOSTS, TargetPolicy};
+
+mod parse;
+
+use parse::{
+    parse_addr, parse_bool, parse_count, parse_database, parse_duration, parse_header_name, parse_hosts,
+    parse_log_filter, parse_log_format, parse_ports, parse_positive_duration, parse_public_url, parse_rate,
+    parse_retention, parse_schedule, parse_token,
+};
 
 /// The settings of `stencil-relay serve`, parsed and checked value by value by clap (each
 /// field's parser is the one place its rules live, its `default_value` the one place its
@@ -371,202 +381,5 @@ impl Config {
     }
 }
 
-fn parse_token(v: &str) -> Result<String, String> {
-    match v.trim() {
-        "" => Err("must not be empty".to_owned()),
-        t => Ok(t.to_owned()),
-    }
-}
-
-fn parse_hosts(v: &str) -> Result<Hosts, String> {
-    TargetPolicy::parse_hosts(v).map(Hosts)
-}
-
-fn parse_ports(v: &str) -> Result<Ports, String> {
-    TargetPolicy::parse_ports(v).map(Ports)
-}
-
-fn parse_log_filter(v: &str) -> Result<String, String> {
-    tracing_subscriber::EnvFilter::try_new(v.trim())
-        .map(|_| v.trim().to_owned())
-        .map_err(|e| format!("not a log filter ({e})"))
-}
-
-fn parse_log_format(v: &str) -> Result<LogFormat, String> {
-    match v.trim() {
-        "text" | "pretty" => Ok(LogFormat::Text),
-        "json" => Ok(LogFormat::Json),
-        _ => Err("expected text or json".to_owned()),
-    }
-}
-
-fn parse_header_name(v: &str) -> Result<HeaderName, String> {
-    HeaderName::try_from(v.trim()).map_err(|_| "expected an HTTP header name such as Fly-Client-IP".to_owned())
-}
-
-fn parse_addr(v: &str) -> Result<SocketAddr, String> {
-    v.trim().parse().map_err(|_| "expected an address such as 127.0.0.1:8080".to_owned())
-}
-
-fn parse_count(v: &str) -> Result<usize, String> {
-    match v.trim().parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err("expected a whole number above 0".to_owned()),
-    }
-}
-
-fn parse_rate(v: &str) -> Result<u32, String> {
-    match v.trim().parse::<u32>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err("expected a whole number per second above 0".to_owned()),
-    }
-}
-
-fn parse_bool(v: &str) -> Result<bool, String> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err("expected true or false".to_owned()),
-    }
-}
-
-fn parse_duration(v: &str) -> Result<Duration, String> {
-    humantime::parse_duration(v.trim()).map_err(|_| "expected a duration such as 500ms, 10s or 2m".to_owned())
-}
-
-fn parse_positive_duration(v: &str) -> Result<Duration, String> {
-    match parse_duration(v)? {
-        Duration::ZERO => Err("expected a duration above zero".to_owned()),
-        d => Ok(d),
-    }
-}
-
-fn parse_retention(v: &str) -> Result<Duration, String> {
-    match parse_duration(v)? {
-        d if d < Duration::from_secs(1) => Err("expected a duration of at least 1s".to_owned()),
-        d => Ok(d),
-    }
-}
-
-fn parse_schedule(v: &str) -> Result<Schedule, String> {
-    let waits = v
-        .split(',')
-        .map(|part| parse_duration(part.trim()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| "expected comma-separated durations such as 5s,30s,2m".to_owned())?;
-    Ok(Schedule(waits))
-}
-
-impl DatabaseUrl {
-    /// Parses `sqlite://PATH` or `postgres://…`.
-    ///
-    /// # Errors
-    /// Anything else, with what is expected.
-    pub fn parse(v: &str) -> Result<Self, String> {
-        parse_database(v)
-    }
-}
-
-fn parse_database(v: &str) -> Result<DatabaseUrl, String> {
-    let v = v.trim();
-    if let Some(path) = v.strip_prefix("sqlite://").or_else(|| v.strip_prefix("sqlite:")) {
-        if path.is_empty() {
-            return Err("the sqlite URL names no file".to_owned());
-        }
-        return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
-    }
-    if v.starts_with("postgres://") || v.starts_with("postgresql://") {
-        return Ok(DatabaseUrl::Postgres(v.to_owned()));
-    }
-    Err("expected sqlite://PATH or postgres://USER@HOST/DATABASE".to_owned())
-}
-
-fn parse_public_url(v: &str) -> Result<Url, String> {
-    match Url::parse(v) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(u),
-        _ => Err("expected an http(s) base URL such as https://relay.example.com".to_owned()),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    #[test]
-    fn defaults_match_the_contract() {
-        let c = Config::default();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.database, DatabaseUrl::Sqlite("./data/relay.db".into()));
-        assert_eq!((c.ingest_rate, c.hook_rate, c.max_body), (50, 5, 1_048_576));
-        assert_eq!(c.retry_schedule.len(), 10);
-        assert_eq!(c.retry_schedule[2], Duration::from_secs(120));
-        assert_eq!(c.retry_schedule[9], Duration::from_secs(86_400));
-        assert_eq!(c.delivery_timeout, Duration::from_secs(10));
-        assert_eq!(c.retention, Duration::from_secs(30 * 86_400));
-        assert!(c.admin_token.is_none() && !c.targets.allow_private);
-        assert!(c.targets.check("https://hooks.zapier.com/hooks/standard/1/abc/").is_ok(), "Zapier is allowed");
-        assert!(c.targets.check("https://hook.eu2.make.com/abc").is_ok());
-        assert!(crate::target::host_matches("https://hook.eu2.make.com/abc", &c.make_hosts));
-        assert!(!crate::target::host_matches("https://hooks.zapier.com/hooks/standard/1/", &c.make_hosts));
-    }
-
-    #[test]
-    fn bad_values_name_their_variable() {
-        let cases = [
-            ("--make-hosts", "hook..make.com", "RELAY_MAKE_HOSTS"),
-            ("--ingest-rate", "abc", "RELAY_INGEST_RATE"),
-            ("--hook-rate", "0", "RELAY_HOOK_RATE"),
-            ("--retry-schedule", "5s,soon", "RELAY_RETRY_SCHEDULE"),
-            ("--delivery-timeout", "0s", "RELAY_DELIVERY_TIMEOUT"),
-            ("--retention", "500ms", "RELAY_RETENTION"),
-            ("--listen", "nowhere", "RELAY_LISTEN"),
-            ("--database-url", "mysql://x", "RELAY_DATABASE_URL"),
-            ("--allow-private-targets", "maybe", "RELAY_ALLOW_PRIVATE_TARGETS"),
-            ("--target-hosts", "a..b", "RELAY_TARGET_HOSTS"),
-            ("--admin-token", " ", "RELAY_ADMIN_TOKEN"),
-            ("--client-ip-header", "not a header", "RELAY_CLIENT_IP_HEADER"),
-        ];
-        for (flag, value, var) in cases {
-            let e = ServeArgs::from_flags([format!("{flag}={value}")]).unwrap_err();
-            assert_eq!(e.var, var);
-            assert!(e.to_string().starts_with(var) && e.to_string().contains(value), "{e}");
-            assert_eq!(e.to_string().lines().count(), 1, "{e}");
-        }
-    }
-
-    #[test]
-    fn help_shows_every_default() {
-        let help = ServeArgs::augment_args(clap::Command::new("serve")).render_long_help().to_string();
-        let settings = ServeArgs::augment_args(clap::Command::new("serve"));
-        for arg in settings.get_arguments().filter(|a| a.get_long().is_some()) {
-            let long = arg.get_long().unwrap();
-            let entry = help.split(&format!("--{long} ")).nth(1).unwrap_or_else(|| panic!("--{long} is in --help"));
-            let entry = entry.split("\n      --").next().unwrap();
-            assert!(entry.contains("[default: "), "--{long} shows its default: {entry}");
-        }
-        assert_eq!(VARIABLES.len(), settings.get_arguments().filter(|a| a.get_env().is_some()).count());
-    }
-
-    #[test]
-    fn sqlite_urls_name_a_path() {
-        assert_eq!(parse_database("sqlite:///var/lib/relay.db"), Ok(DatabaseUrl::Sqlite("/var/lib/relay.db".into())));
-        assert!(parse_database("sqlite://").is_err());
-    }
-
-    proptest! {
-        /// Any value of any setting either configures the relay or names its variable.
-        #[test]
-        fn any_values_configure_or_name_the_variable(values in proptest::collection::vec(".{0,24}", 12)) {
-            let flags = ["--listen", "--database-url", "--ingest-rate", "--hook-rate", "--retry-schedule",
-                "--delivery-timeout", "--max-body", "--target-hosts", "--allow-private-targets", "--log-format",
-                "--body-timeout", "--max-connections"];
-            let args: Vec<String> = flags.iter().zip(values).map(|(flag, value)| format!("{flag}={value}")).collect();
-            match ServeArgs::from_flags(args) {
-                Ok(args) => prop_assert!(Config::from_args(&args).is_ok()),
-                Err(e) => prop_assert!(e.var.starts_with("RELAY_") && e.to_string().starts_with(e.var), "{}", e),
-            }
-        }
-    }
-}
+mod tests;
