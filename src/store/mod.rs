@@ -131,18 +131,14 @@ impl Store {
     }
 
     /// One step of removing what deleted connections and detached hooks left behind: `Some(rows
-    /// deleted)` while there is more, `None` when nothing is left (then no write was made). On
-    /// SQLite a delete or detach answers at once and leaves the rest to these steps, so that one
-    /// large backlog cannot hold up the single writer; PostgreSQL deletes everything in the
-    /// request's own statement (other writers go on meanwhile), so there is never anything left.
+    /// deleted)` while there is more, `None` when nothing is left. A delete or detach answers at
+    /// once, having made what it removes invisible, and leaves the rows to these steps, so that
+    /// one large backlog is never one long write (`removals.rs` of each backend).
     ///
     /// # Errors
     /// The write failed; the step is tried again later.
     pub async fn reap(&self, limit: usize) -> Result<Option<u64>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.reap(limit).await,
-            Store::Postgres(_) => Ok(None),
-        }
+        dispatch!(self.reap(limit))
     }
 
     /// Makes the space pruned rows took reusable: PostgreSQL vacuums the pruned tables; SQLite

@@ -177,8 +177,7 @@ async fn a_writer_job_that_panics_fails_alone_and_the_writer_goes_on() {
 }
 
 /// A connection with 100,000 waiting deliveries is deleted while another connection ingests:
-/// the API answers within a second (SQLite: at once, the rows go in steps afterwards;
-/// PostgreSQL: one statement the other writers do not wait on), and the other connection's
+/// the API answers at once (the rows go in steps afterwards), and the other connection's
 /// ingests keep their pace throughout.
 #[tokio::test]
 async fn deleting_a_connection_with_a_large_backlog_answers_at_once_and_holds_up_no_other_ingest() {
@@ -217,7 +216,7 @@ async fn deleting_a_connection_with_a_large_backlog_answers_at_once_and_holds_up
     took.sort();
     let p99 = took[took.len() * 99 / 100];
     println!("delete answered in {answered:?}; the other connection's ingests meanwhile: p99 {p99:?}");
-    assert!(answered < Duration::from_secs(1), "the delete answered at once: {answered:?}");
+    assert!(answered < Duration::from_millis(500), "the delete answered at once: {answered:?}");
     assert!(p99 < Duration::from_millis(50), "other ingests kept their pace: p99 {p99:?}");
     // Until everything of it is gone its id stays taken (409); then it is free again.
     let recreate = serde_json::json!({ "name": "big", "id": "big" });

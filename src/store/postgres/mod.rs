@@ -26,6 +26,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 mod in_flight;
 mod ingest;
 mod registry;
+mod removals;
 mod retention;
 mod schema;
 
@@ -236,7 +237,9 @@ impl PostgresStore {
                     INSERT INTO hook_leases (hook_id, owner, until)
                     SELECT hook_id, $1, $2 FROM deliveries
                      WHERE state = $4 AND next_attempt_at <= $3 AND hook_id <> ALL($6) AND id <> ALL($8)
-                     GROUP BY hook_id ORDER BY MIN(next_attempt_at) LIMIT $5
+                     GROUP BY hook_id
+                     HAVING NOT EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id AND h.removing)
+                     ORDER BY MIN(next_attempt_at) LIMIT $5
                     ON CONFLICT (hook_id) DO UPDATE SET owner = EXCLUDED.owner, until = EXCLUDED.until
                      WHERE hook_leases.owner = EXCLUDED.owner OR hook_leases.until <= $3
                     RETURNING hook_id
@@ -386,7 +389,9 @@ impl PostgresStore {
             .query(
                 "SELECT d.id, d.connection_id, e.id, d.hook_id, d.attempts, d.last_status, d.last_error, d.updated_at
                  FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                 WHERE d.state = $1 AND ($2::TEXT IS NULL OR d.connection_id = $2) ORDER BY d.id DESC LIMIT $3",
+                 WHERE d.state = $1 AND ($2::TEXT IS NULL OR d.connection_id = $2)
+                   AND NOT EXISTS (SELECT 1 FROM hooks h WHERE h.id = d.hook_id AND h.removing)
+                 ORDER BY d.id DESC LIMIT $3",
                 &[&DEAD, &connection_id, &(limit as i64)],
             )
             .await?;
@@ -412,7 +417,9 @@ impl PostgresStore {
             .await?
             .query_opt(
                 "UPDATE deliveries SET state = $2, attempts = 0, next_attempt_at = $3, updated_at = $3
-                 WHERE id = $1 AND state = $4 RETURNING hook_id",
+                 WHERE id = $1 AND state = $4
+                   AND NOT EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id AND h.removing)
+                 RETURNING hook_id",
                 &[&id, &PENDING, &now, &DEAD],
             )
             .await?;

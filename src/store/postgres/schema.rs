@@ -89,6 +89,17 @@ ALTER TABLE events ADD COLUMN template_id TEXT;
 ALTER TABLE connections ADD COLUMN ingest_auth TEXT NOT NULL DEFAULT 'signature';
 ALTER TABLE hooks ADD COLUMN secrets TEXT NOT NULL DEFAULT '[]';
 ",
+    // A deleted connection or detached hook is marked and hidden at once, and its rows are
+    // deleted in steps (`removals.rs`), so that one large backlog is not one long statement.
+    r"
+ALTER TABLE connections ADD COLUMN removing BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE hooks ADD COLUMN removing BOOLEAN NOT NULL DEFAULT false;
+CREATE TABLE removals (
+    kind TEXT NOT NULL,
+    id   TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+",
 ];
 
 /// The channel on which registry changes are announced (payload: the connection id).
