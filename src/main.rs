@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// jemalloc, not glibc's allocator: bodies, tasks and buffers are allocated on one thread and
-/// freed on another (the writer, the delivery tasks), and glibc spent about a tenth of the
+/// freed on another (the writer, the delivery tasks), and glibc spent a noticeable share of the
 /// relay's CPU in `malloc`/`free` on that pattern (see BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -68,8 +68,8 @@ impl Registry {
     }
 
     /// Brings the whole index in step with the store, read connection by connection. Only an
-    /// entry that differs from the store's is replaced: a resync every 30 s of a million
-    /// unchanged hooks rebuilt every entry, and each rebuild left the relay about 80 MB larger.
+    /// entry that differs from the store's is replaced: rebuilding a million unchanged hooks
+    /// every 30 s fragmented the heap, and the relay grew with every resync.
     /// What was written after the read began is left alone, so a reload that started earlier
     /// cannot undo it.
     ///

@@ -9,9 +9,9 @@
 //! is shorter than four minutes, so history lives at most one pass interval past the window.
 //!
 //! Deleted connections and detached hooks go the same way ([`reap_removals`]): the request's
-//! own write makes them invisible, the rest is deleted in steps of [`REAP_STEP`] rows.
+//! own write makes them invisible, the rest is deleted in steps of `REAP_STEP` rows.
 //!
-//! A pass deletes in steps of [`STEP`] events, each its own small write, with a pause between
+//! A pass deletes in steps of `STEP` events, each its own small write, with a pause between
 //! them: ingest and delivery writes go in between, so pruning never holds them up for long.
 //! Imports `store` and `metrics`.
 

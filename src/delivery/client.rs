@@ -4,8 +4,8 @@
 //! is refused too).
 //!
 //! It drives `hyper-util`'s pooled client directly rather than through `reqwest`: the wrapper's
-//! request building, redirect layer and response types were about a tenth of the relay's CPU per
-//! delivered event, for features a webhook sender does not use.
+//! request building, redirect layer and response types cost a measurable share of the relay's
+//! CPU per delivered event, for features a webhook sender does not use.
 
 use std::error::Error as StdError;
 use std::future::Future;

@@ -21,11 +21,10 @@ const MAX_BATCH: usize = 512;
 const RECORD_PATIENCE: Duration = Duration::from_secs(30);
 /// How long a batch waits for more attempts to finish before it is written. Nobody waits on a
 /// record but the hook's room (on PostgreSQL not even that: the hook is claimed again once the
-/// attempt is over, [`Store::attempted`]), and every record a batch holds shares its commit and
-/// the index pages it touches: at 7,000 attempts/s on SQLite, 20 ms writes a seventh fewer bytes
-/// per event than 5 ms; on PostgreSQL at 1,000/s records had shared a statement two at a time.
-/// It stays well under a paced hook's spacing (1/5 s for Make), so a hook draining a backlog
-/// rarely waits on it.
+/// attempt is over, see `PostgresStore::attempted`), and every record a batch holds shares its
+/// commit and the index pages it touches, so a longer wait writes fewer bytes per event under
+/// load. It stays well under a paced hook's spacing (1/5 s for Make), so a hook draining a
+/// backlog rarely waits on it.
 const LINGER: Duration = Duration::from_millis(20);
 
 /// Where attempt tasks send what they saw.

@@ -233,8 +233,8 @@ impl PostgresStore {
     /// Runs one statement that changes a connection's registry entry and, in the same statement,
     /// announces the change when it changed a row: one round trip and one commit. As a
     /// transaction of four statements (begin, the change, the announcement, commit) a write
-    /// waited on four round trips, each behind the ingest load for a core: with a million hooks
-    /// under 300 events/s, attach p99 was 9–18 ms, and about 6 ms in most runs this way.
+    /// waited on four round trips, each behind the ingest load for a core, and attach latency
+    /// under load showed it.
     async fn change(&self, connection_id: &str, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<bool, StoreError> {
         self.announced(connection_id, &format!("WITH changed AS ({sql} RETURNING 1)"), params).await
     }

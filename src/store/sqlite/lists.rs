@@ -21,7 +21,7 @@ use crate::model::{Attempt, Event};
 use crate::store::StoreError;
 
 /// How often the lists catch up: the longest tail a listing scans, and the pause it adds to one
-/// commit (about 2 ms per list at 10,000 events/s).
+/// commit grows with it.
 const CATCH_UP_EVERY: Duration = Duration::from_millis(100);
 
 /// One list: how it catches up, and how its newest rows for an owner are read.

@@ -100,9 +100,9 @@ impl SqliteStore {
         let mut db = Db::open(path)?;
         // The writer's page cache stays small (8 MiB) on purpose: once a B-tree rebalance has
         // swapped two pages (it parks one at the lock page's number, 1 GiB in), SQLite scans
-        // the whole cache at every commit until the file is over 1 GiB. With 64 MiB that scan
-        // was 4–5 % of the relay's CPU; the pages a commit touches stay cached either way, and
-        // the rest is one read from the OS cache away.
+        // the whole cache at every commit until the file is over 1 GiB, which with a large cache
+        // shows in the relay's CPU; the pages a commit touches stay cached either way, and the
+        // rest is one read from the OS cache away.
         db.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 5000; PRAGMA wal_autocheckpoint = 16384; PRAGMA cache_size = -8192;",

@@ -3,8 +3,8 @@
 //! fsync.
 //!
 //! An API job runs inside a savepoint of its own, so when it fails it rolls back alone. A bulk
-//! job does not: a savepoint copies every page the job touches to a sub-journal first, which
-//! was a seventh of the writer's CPU. Bulk jobs fail only when the database itself does (a full
+//! job does not: a savepoint copies every page the job touches to a sub-journal first, a large
+//! share of the writer's CPU on the hot path. Bulk jobs fail only when the database itself does (a full
 //! disk, an I/O error), so a failing bulk job spoils its batch instead: the transaction rolls
 //! back and every job in it gets the error, which their callers already answer (a 503 for
 //! ingest) or retry (claims, records).
@@ -344,7 +344,7 @@ fn alone<T>(db: &Db, op: impl FnOnce(&Db) -> Result<T, StoreError>) -> Result<T,
 }
 
 /// Runs a parameterless statement through the statement cache: the writer runs a few of these
-/// per job, and parsing them each time was a fifth of its CPU.
+/// per job, and parsing them each time cost it dearly.
 fn run_statement(db: &Db, sql: &str) -> Result<(), StoreError> {
     db.prepare_cached(sql)?.execute([])?;
     Ok(())
