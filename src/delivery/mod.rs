@@ -244,6 +244,13 @@ fn pacing(rate: u32) -> Quota {
     Quota::with_period(period).expect("the period is above zero").allow_burst(NonZeroU32::MIN)
 }
 
+/// A random number in `[0, 1)`, for spreading retries (no secret depends on it).
+fn random_unit() -> f64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// How much slower than `RELAY_HOOK_RATE` deliveries to one hook are spaced.
 const PACING_HEADROOM: f64 = 1.05;
 
@@ -385,6 +392,7 @@ impl Shared {
             }
             Decision::Retry(wait) => {
                 metrics.attempt(DeliveryOutcome::Retried, sent.duration);
+                let wait = retry::spread(wait, random_unit());
                 NextStep::RetryAt(now_ms().saturating_add(wait.as_millis() as i64))
             }
             Decision::DeadLetter => {

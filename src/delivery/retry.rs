@@ -71,6 +71,17 @@ pub fn decide(
     }
 }
 
+/// How much a retry's wait may grow: up to a tenth of it.
+const SPREAD: f64 = 0.1;
+
+/// Spreads the retries of deliveries that failed together (a Make outage ends, and every
+/// waiting delivery would come back at the same instant): the wait grows by up to a tenth,
+/// in proportion to `unit` (in `[0, 1)`, random per delivery). The schedule and `Retry-After`
+/// stay the lower bound.
+pub fn spread(wait: Duration, unit: f64) -> Duration {
+    wait + wait.mul_f64(SPREAD * unit.clamp(0.0, 1.0))
+}
+
 /// Parses `Retry-After`: whole seconds, or an HTTP date relative to `now`.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -86,6 +97,16 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn retries_are_spread_by_up_to_a_tenth_and_never_come_early() {
+        let wait = Duration::from_secs(30);
+        assert_eq!(spread(wait, 0.0), wait);
+        assert!(spread(wait, 0.999) < Duration::from_secs(33) && spread(wait, 0.999) > Duration::from_millis(32_900));
+        assert_eq!(spread(wait, 7.0), Duration::from_secs(33), "a unit out of range is clamped");
+        let spread_out: std::collections::BTreeSet<_> = (0..10).map(|n| spread(wait, f64::from(n) / 10.0)).collect();
+        assert_eq!(spread_out.len(), 10, "different units, different instants");
+    }
 
     const S: [Duration; 2] = [Duration::from_secs(5), Duration::from_secs(30)];
 
