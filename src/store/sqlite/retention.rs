@@ -9,9 +9,9 @@
 //! flight is passed over and looked at again by the next pass.
 //!
 //! The freed pages go to SQLite's freelist and are reused by the next inserts, so under steady
-//! traffic the file stops growing; it is not shrunk (no incremental vacuum), because the space
-//! is needed again within one retention period and moving pages to return it would cost every
-//! commit (BENCHMARKS.md, soak).
+//! traffic the file stops growing; it is not shrunk (no incremental vacuum): the space is needed
+//! again within one retention period, and shrinking after every step cost more latency than
+//! the little space it returned was worth (BENCHMARKS.md, retention).
 
 use rusqlite::{Connection as Db, params};
 
