@@ -4,6 +4,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY fixtures ./fixtures
+# The workspace's other member (the benchmark): cargo reads every member's manifest.
+COPY bench ./bench
 RUN cargo build --release --locked --bin stencil-relay
 
 FROM debian:bookworm-slim

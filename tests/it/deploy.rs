@@ -38,6 +38,11 @@ fn dockerfile_is_multi_stage_and_runs_the_relay_as_non_root() {
     assert!(docker.matches("FROM ").count() >= 2, "multi-stage");
     assert!(docker.contains("ca-certificates"), "HTTPS deliveries need root certificates");
     assert!(docker.contains("CMD [\"serve\"]"));
+    let manifest: toml::Value = toml::from_str(&read("Cargo.toml")).unwrap();
+    for member in manifest["workspace"]["members"].as_array().unwrap() {
+        let member = member.as_str().unwrap();
+        assert!(docker.contains(&format!("COPY {member} ./{member}")), "the build sees workspace member {member}");
+    }
     assert!(docker.contains("--uid 10001"));
     let entrypoint = read("deploy/docker-entrypoint.sh");
     for line in entrypoint.lines().filter(|l| l.trim_start().starts_with("exec ")) {
