@@ -54,7 +54,6 @@ fn help_shows_every_default() {
         let entry = entry.split("\n      --").next().unwrap();
         assert!(entry.contains("[default: "), "--{long} shows its default: {entry}");
     }
-    assert_eq!(VARIABLES.len(), settings.get_arguments().filter(|a| a.get_env().is_some()).count());
 }
 
 #[test]
@@ -73,7 +72,7 @@ proptest! {
         let args: Vec<String> = flags.iter().zip(values).map(|(flag, value)| format!("{flag}={value}")).collect();
         match ServeArgs::from_flags(args) {
             Ok(args) => prop_assert!(Config::from_args(&args).is_ok()),
-            Err(e) => prop_assert!(e.var.starts_with("RELAY_") && e.to_string().starts_with(e.var), "{}", e),
+            Err(e) => prop_assert!(e.var.starts_with("RELAY_") && e.to_string().starts_with(&e.var), "{}", e),
         }
     }
 }

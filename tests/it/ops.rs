@@ -7,18 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::harness::process::{ingest_until_stopped, test_env};
-use crate::harness::{RelayProcess, Sink, SinkReply, TestServer, event, eventually, stencil_event};
-
-async fn scrape(base: &str) -> (StatusCode, String) {
-    let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
-    (response.status(), response.text().await.unwrap())
-}
-
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{series} not in\n{text}"))
-}
+use crate::harness::{RelayProcess, Sink, SinkReply, TestServer, event, eventually, sample, scrape, stencil_event};
 
 #[tokio::test]
 async fn metrics_count_ingest_outcomes_deliveries_and_levels() {

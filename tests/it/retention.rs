@@ -8,12 +8,11 @@ use reqwest::{Method, StatusCode};
 use stencil_relay::config::DatabaseUrl;
 use stencil_relay::store::Store;
 
-use crate::harness::{Sink, SinkReply, TestServer, event_id, eventually, stencil_event};
+use crate::harness::{Sink, SinkReply, TestServer, event_id, eventually, sample, scrape, stencil_event};
 
-/// `/metrics`' value of `series` (0 when absent).
+/// `/metrics`' value of `series`.
 async fn metric(relay: &TestServer, series: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", relay.base)).await.unwrap().text().await.unwrap();
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    sample(&scrape(&relay.base).await.1, series)
 }
 
 /// Rows in `table` and the bytes the store takes, read from the database itself.

@@ -61,6 +61,19 @@ pub(crate) async fn fresh_schema(base: &str) -> String {
     format!("{base}{separator}options=-csearch_path%3D{schema}")
 }
 
+/// `GET {base}/metrics`: its status and text.
+pub(crate) async fn scrape(base: &str) -> (reqwest::StatusCode, String) {
+    let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+/// The value of `series` in a `/metrics` text (the test fails when it is not there).
+pub(crate) fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{series} not in\n{text}"))
+}
+
 /// A fixture file's bytes.
 pub(crate) fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture exists")
