@@ -76,7 +76,8 @@ impl App {
             None => None,
         };
         let lease = config.lease.unwrap_or(config.delivery_timeout * 2 + Duration::from_secs(60));
-        let (queue, handed) = DeliveryQueue::new(&store, config.hook_rate, lease);
+        let (queue, handed) = DeliveryQueue::new(&store, config.hook_rate, lease, config.disable_after);
+        queue.load_health(&store).await?;
         let dispatcher = Dispatcher {
             store: store.clone(),
             registry: registry.clone(),

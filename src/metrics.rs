@@ -98,6 +98,10 @@ pub struct Levels {
     pub store_bytes: u64,
     /// Hooks attached.
     pub hooks: usize,
+    /// Of them, paused at the moment.
+    pub paused_hooks: u64,
+    /// Of them, disabled.
+    pub disabled_hooks: u64,
     /// Connections.
     pub connections: usize,
 }
@@ -120,6 +124,8 @@ struct Inner {
     store_bytes: Gauge,
     pruned: Family<Table, Counter>,
     hooks: Family<Status, Gauge>,
+    hook_pauses: Counter,
+    hook_disables: Counter,
     connections: Gauge,
 }
 
@@ -158,6 +164,18 @@ impl Default for Metrics {
         registry.register("store_pruned_rows", "Rows deleted by retention, by table", pruned.clone());
         let hooks = Family::<Status, Gauge>::default();
         registry.register("hooks", "Attached hooks by status", hooks.clone());
+        let hook_pauses = Counter::default();
+        registry.register(
+            "hook_pauses",
+            "Times a hook was paused (Retry-After or a run of failures)",
+            hook_pauses.clone(),
+        );
+        let hook_disables = Counter::default();
+        registry.register(
+            "hook_disables",
+            "Hooks disabled after failing for RELAY_DISABLE_AFTER",
+            hook_disables.clone(),
+        );
         let connections = Gauge::default();
         registry.register("connections", "Connections", connections.clone());
         Self {
@@ -173,6 +191,8 @@ impl Default for Metrics {
                 store_bytes,
                 pruned,
                 hooks,
+                hook_pauses,
+                hook_disables,
                 connections,
             }),
         }
@@ -208,14 +228,26 @@ impl Metrics {
         }
     }
 
+    /// Counts a hook paused.
+    pub fn hook_paused(&self) {
+        self.inner.hook_pauses.inc();
+    }
+
+    /// Counts a hook disabled.
+    pub fn hook_disabled(&self) {
+        self.inner.hook_disables.inc();
+    }
+
     /// Renders the Prometheus text exposition with the given current levels.
     pub fn render(&self, levels: &Levels) -> String {
         let level = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.inner.pending.set(level(levels.pending));
         self.inner.oldest_pending_age.set(level(levels.oldest_pending_age.as_secs()));
         self.inner.store_bytes.set(level(levels.store_bytes));
-        for (status, n) in [("active", levels.hooks), ("paused", 0), ("disabled", 0)] {
-            self.inner.hooks.get_or_create(&Status { status }).set(level(n as u64));
+        let unwell = levels.paused_hooks.saturating_add(levels.disabled_hooks);
+        let active = (levels.hooks as u64).saturating_sub(unwell);
+        for (status, n) in [("active", active), ("paused", levels.paused_hooks), ("disabled", levels.disabled_hooks)] {
+            self.inner.hooks.get_or_create(&Status { status }).set(level(n));
         }
         self.inner.connections.set(level(levels.connections as u64));
         let mut out = String::new();
@@ -241,15 +273,23 @@ mod tests {
             pending: 7,
             oldest_pending_age: Duration::from_secs(90),
             store_bytes: 4096,
-            hooks: 2,
+            hooks: 5,
+            paused_hooks: 2,
+            disabled_hooks: 1,
             connections: 1,
         };
+        m.hook_paused();
+        m.hook_disabled();
         let text = m.render(&levels);
         assert!(text.contains("relay_ingest_requests_total{outcome=\"accepted\"} 1"), "{text}");
         assert!(text.contains("relay_ingest_requests_total{outcome=\"rate_limited\"} 1"));
         assert!(text.contains("relay_deliveries_total{outcome=\"delivered\"} 1"));
         assert!(text.contains("relay_pending_deliveries 7"));
         assert!(text.contains("relay_hooks{status=\"active\"} 2") && text.contains("relay_connections 1"));
+        assert!(
+            text.contains("relay_hooks{status=\"paused\"} 2") && text.contains("relay_hooks{status=\"disabled\"} 1")
+        );
+        assert!(text.contains("relay_hook_pauses_total 1") && text.contains("relay_hook_disables_total 1"), "{text}");
         assert!(text.contains("relay_oldest_pending_delivery_age_seconds 90"), "{text}");
         assert!(text.contains("relay_store_size_bytes 4096"));
         assert!(text.contains("relay_store_pruned_rows_total{table=\"events\"} 4"));

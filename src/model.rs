@@ -282,6 +282,9 @@ pub struct Hook {
     pub keys: HookKeys,
     /// Creation time (ms).
     pub created_at: i64,
+    /// Auto-disabled after failing for `RELAY_DISABLE_AFTER`: new events are not queued for it
+    /// and nothing is sent until it is enabled again.
+    pub disabled: bool,
 }
 
 impl Hook {
@@ -368,6 +371,10 @@ pub struct DueDelivery {
     pub attempts: u32,
     /// When the event was accepted (ms).
     pub received_at: i64,
+    /// Its hook's streak as stored when the delivery was claimed, where another instance may
+    /// have been the hook's sender before (PostgreSQL); `None` where this instance's own
+    /// record of the hook is the whole truth.
+    pub streak: Option<Streak>,
 }
 
 /// What happens to a delivery after an attempt.
@@ -392,6 +399,71 @@ pub struct AttemptRecord {
     pub attempt: Attempt,
     /// The delivery's next state.
     pub next: NextStep,
+    /// The hook's failure streak after this attempt, when it is to be stored (it changed, or
+    /// the stored last success is getting old).
+    pub streak: Option<Streak>,
+}
+
+/// A hook's run of failures and what it led to, as stored with the hook. A hook with no
+/// failures and no pause has the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Streak {
+    /// Attempts failed in a row since the last success.
+    pub failures: u32,
+    /// When the first of them was made (ms).
+    pub failing_since: Option<i64>,
+    /// The hook is paused until then (ms). It stays set once the pause is over until an
+    /// attempt succeeds: while set, one attempt at a time probes the hook.
+    pub paused_until: Option<i64>,
+    /// When an attempt last succeeded (ms).
+    pub last_success_at: Option<i64>,
+}
+
+/// How a hook stands, as the hook API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookStatus {
+    /// Deliveries flow.
+    Active,
+    /// Nothing is sent until `paused_until`.
+    Paused,
+    /// Nothing is sent until it is enabled.
+    Disabled,
+}
+
+impl HookStatus {
+    /// Every status, in the order metrics list them.
+    pub const ALL: [Self; 3] = [Self::Active, Self::Paused, Self::Disabled];
+
+    /// The API's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Paused => "paused",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+/// A hook's health as the hook API shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HookHealth {
+    /// Its stored streak.
+    pub streak: Streak,
+    /// When it was disabled (ms).
+    pub disabled_at: Option<i64>,
+}
+
+impl HookHealth {
+    /// The status at `now` (ms).
+    pub fn status(&self, now: i64) -> HookStatus {
+        if self.disabled_at.is_some() {
+            HookStatus::Disabled
+        } else if self.streak.paused_until.is_some_and(|until| until > now) {
+            HookStatus::Paused
+        } else {
+            HookStatus::Active
+        }
+    }
 }
 
 #[cfg(test)]
@@ -407,6 +479,7 @@ mod tests {
             template_id: template_id.map(Into::into),
             keys: HookKeys::generate(),
             created_at: 0,
+            disabled: false,
         }
     }
 

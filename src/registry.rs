@@ -180,13 +180,26 @@ impl Registry {
 
     /// Replaces the signing keys of a hook just stored.
     pub fn set_hook_keys(&self, connection_id: &str, hook_id: &str, keys: HookKeys) {
+        self.change_hook(connection_id, hook_id, |h| h.keys = keys.clone());
+    }
+
+    /// Marks a hook just disabled or enabled in the store.
+    pub fn set_hook_disabled(&self, connection_id: &str, hook_id: &str, disabled: bool) {
+        self.change_hook(connection_id, hook_id, |h| h.disabled = disabled);
+    }
+
+    /// Replaces one hook of a connection by a changed copy; the new list shares every other
+    /// hook with the old one.
+    fn change_hook(&self, connection_id: &str, hook_id: &str, change: impl Fn(&mut Hook)) {
         self.update(connection_id, |e| {
             e.hooks = e
                 .hooks
                 .iter()
                 .map(|h| {
                     if h.id == hook_id {
-                        Arc::new(Hook { keys: keys.clone(), ..Hook::clone(h) })
+                        let mut changed = Hook::clone(h);
+                        change(&mut changed);
+                        Arc::new(changed)
                     } else {
                         Arc::clone(h)
                     }
@@ -314,6 +327,7 @@ mod tests {
             template_id: None,
             keys: HookKeys::One([7; 32]),
             created_at: 0,
+            disabled: false,
         }
     }
 

@@ -5,10 +5,11 @@
 //! ```
 //!
 //! Scenarios: `smoke` (a few seconds; checks every accepted event arrived; asserts no speed),
-//! `ingest`, `latency`, `fanout`, `sustained`, `registry`, `attack`, `pruning`, `all`, and `soak`
+//! `ingest`, `latency`, `fanout`, `sustained`, `registry`, `attack`, `pruning`, `fairness`, `all`, and `soak`
 //! (only by name: it runs for `--seconds`). See BENCHMARKS.md.
 
 mod attack;
+mod fairness;
 mod load;
 mod relay;
 mod report;
@@ -34,6 +35,7 @@ enum Scenario {
     Registry,
     Attack,
     Pruning,
+    Fairness,
     Soak,
     All,
 }
@@ -138,6 +140,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     if all || args.scenario == Scenario::Pruning {
         retention::pruning(&bench, &mut rows).await?;
+    }
+    if all || args.scenario == Scenario::Fairness {
+        fairness::fairness(&bench, &mut rows).await?;
     }
     if args.scenario == Scenario::Soak {
         retention::soak(&bench, &mut rows).await?;

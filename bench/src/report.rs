@@ -66,6 +66,24 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// The summary of an A/B alternated over rounds: each side's p99 end to end (the median over
+/// the rounds, in ms) and the median of the rounds' B ÷ A ratios. `sides` names A and B.
+pub(crate) fn paired_p99_row(scenario: &str, backend: &str, p99: [Vec<f64>; 2], sides: [&str; 2]) -> Row {
+    let rounds = p99[0].len();
+    let ratio = median(p99[1].iter().zip(&p99[0]).map(|(b, a)| b / a).collect());
+    let [a, b] = p99.map(median);
+    let [side_a, side_b] = sides;
+    Row {
+        scenario: scenario.into(),
+        backend: backend.into(),
+        server: "median".into(),
+        note: format!(
+            "p99 end to end: {a:.2} ms {side_a}, {b:.2} ms {side_b} (medians); the median of the rounds' ratios {ratio:.2}× ({rounds} runs)"
+        ),
+        ..Row::default()
+    }
+}
+
 fn cell(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::Bench;
 use crate::load::open_loop;
-use crate::report::{Row, median};
+use crate::report::{Row, paired_p99_row};
 use crate::scenarios::{relay_row, setup_with};
 
 /// Events per second of both scenarios.
@@ -37,18 +37,7 @@ pub(crate) async fn pruning(bench: &Bench, rows: &mut Vec<Row>) -> anyhow::Resul
             rows.push(row);
         }
     }
-    let ratio = median(p99[1].iter().zip(&p99[0]).map(|(prune, keep)| prune / keep).collect());
-    let [keep, prune] = p99.map(median);
-    rows.push(Row {
-        scenario: "pruning".into(),
-        backend: bench.backend.clone(),
-        server: "median".into(),
-        note: format!(
-            "p99 end to end: {keep:.2} ms keeping all, {prune:.2} ms pruning (medians); the median of the rounds' ratios {ratio:.2}× ({} runs)",
-            bench.runs
-        ),
-        ..Row::default()
-    });
+    rows.push(paired_p99_row("pruning", &bench.backend, p99, ["keeping all", "pruning"]));
     Ok(())
 }
 

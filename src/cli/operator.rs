@@ -251,9 +251,19 @@ pub(super) async fn hooks(client: &AdminClient, command: HooksCommand, as_json: 
     let answer = client.call(Method::GET, &format!("/connections/{connection}/hooks"), None).await?;
     Ok(render(&answer, as_json, |v| {
         table(
-            &["ID", "EVENT", "TEMPLATE", "URL", "CREATED"],
+            &["ID", "STATUS", "PAUSED UNTIL", "FAILURES", "LAST SUCCESS", "EVENT", "TEMPLATE", "URL", "CREATED"],
             &v["data"],
-            &["id", "event", "template_id", "url", "created_at"],
+            &[
+                "id",
+                "status",
+                "paused_until",
+                "consecutive_failures",
+                "last_success_at",
+                "event",
+                "template_id",
+                "url",
+                "created_at",
+            ],
         )
     }))
 }

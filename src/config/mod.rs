@@ -17,9 +17,9 @@ use crate::target::{DEFAULT_HOSTS, DEFAULT_PORTS, HostPattern, MAKE_HOSTS, Targe
 mod parse;
 
 use parse::{
-    parse_addr, parse_bool, parse_count, parse_database, parse_duration, parse_header_name, parse_hosts,
-    parse_log_filter, parse_log_format, parse_ports, parse_positive_duration, parse_public_url, parse_rate,
-    parse_retention, parse_schedule, parse_token,
+    parse_addr, parse_at_least_a_second, parse_bool, parse_count, parse_database, parse_duration, parse_header_name,
+    parse_hosts, parse_log_filter, parse_log_format, parse_ports, parse_positive_duration, parse_public_url,
+    parse_rate, parse_schedule, parse_token,
 };
 
 /// The settings of `stencil-relay serve`, parsed and checked value by value by clap (each
@@ -47,8 +47,12 @@ pub struct ServeArgs {
     pub retry_schedule: Schedule,
     /// How long events, their finished deliveries and attempts are kept (an event with a
     /// delivery still pending is kept until it finishes); also the duplicate check's window.
-    #[arg(long, env = "RELAY_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    #[arg(long, env = "RELAY_RETENTION", default_value = "30d", value_parser = parse_at_least_a_second)]
     pub retention: Duration,
+    /// A hook whose attempts have all failed this long is disabled (its waiting deliveries
+    /// become dead letters) until it is enabled or attached again.
+    #[arg(long, env = "RELAY_DISABLE_AFTER", default_value = "5d", value_parser = parse_at_least_a_second)]
+    pub disable_after: Duration,
     /// Timeout of one delivery attempt.
     #[arg(long, env = "RELAY_DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub delivery_timeout: Duration,
@@ -242,6 +246,8 @@ pub struct Config {
     pub retry_schedule: Vec<Duration>,
     /// How long finished history is kept.
     pub retention: Duration,
+    /// How long a hook may fail before it is disabled.
+    pub disable_after: Duration,
     /// Per-attempt timeout.
     pub delivery_timeout: Duration,
     /// Largest ingest body in bytes.
@@ -317,6 +323,7 @@ impl Config {
             hook_rate: a.hook_rate,
             retry_schedule: a.retry_schedule.0.clone(),
             retention: a.retention,
+            disable_after: a.disable_after,
             delivery_timeout: a.delivery_timeout,
             max_body: a.max_body,
             targets: TargetPolicy {

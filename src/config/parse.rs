@@ -81,7 +81,7 @@ pub(super) fn parse_positive_duration(v: &str) -> Result<Duration, String> {
     }
 }
 
-pub(super) fn parse_retention(v: &str) -> Result<Duration, String> {
+pub(super) fn parse_at_least_a_second(v: &str) -> Result<Duration, String> {
     match parse_duration(v)? {
         d if d < Duration::from_secs(1) => Err("expected a duration of at least 1s".to_owned()),
         d => Ok(d),

@@ -17,8 +17,11 @@
 //!    most `hook_rate` of its deliveries. Either way a claim takes none of a hook with an
 //!    attempt under way, so one hook's backlog cannot starve the others and retries are not
 //!    overtaken.
-//! 4. **Attempt** (`Shared::attempt`): wait for the hook's pace (holding no request slot),
-//!    then a slot, then send; the answer becomes a [`Decision`].
+//! 4. **Attempt** (`Shared::attempt`): wait for the hook's pace (the steady one, then the
+//!    adaptive one of `health`), holding no request slot; then a slot (a suspect hook's also
+//!    from the suspects' share); then, unless the hook is paused (the delivery is then handed
+//!    back unsent), send. The answer becomes a [`Decision`] for the delivery and a [`Verdict`]
+//!    for the hook, which may pause, probe, slow or disable it.
 //! 5. **Record** (`recorder`): outcomes finishing close together share one commit (attempt row
 //!    and the delivery's new state together); only then is the ticket returned and the lease
 //!    gone.
@@ -31,8 +34,10 @@
 //! - Per hook, at most `hook_rate` attempts are in flight and requests are spaced
 //!   `1/hook_rate` s apart (see `pacing`); on PostgreSQL the hook's lease makes one instance
 //!   its only sender, so the pace holds across instances.
-//! - At most [`MAX_IN_FLIGHT`] requests run at once; a delivery holds a slot only while its
-//!   request runs.
+//! - At most [`MAX_IN_FLIGHT`] requests run at once, and at most half of them for hooks that are
+//!   not proven healthy; a delivery holds a slot only while its request runs.
+//! - A paused or disabled hook gets no request; after a pause, one probe at a time until one
+//!   succeeds.
 //! - The waiting counts in `slots` may drift from the store (a missed wake-up, another
 //!   process's writes); they are replaced from the store every `RESYNC_EVERY`, and on
 //!   PostgreSQL the claim does not depend on them at all.
@@ -40,6 +45,7 @@
 //! Imports `store`, `registry`, `model`, `target`, `metrics`.
 
 mod client;
+mod health;
 mod recorder;
 pub mod retry;
 mod signing;
@@ -56,12 +62,13 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use client::{ClientError, DeliveryClient, MAX_RESPONSE_BYTES, USER_AGENT, tls_config};
+use health::{Admission, Change, Health, Verdict};
 use retry::{Decision, Gone};
 pub use slots::Ticket;
 use slots::{CLEAR_FOR, HandOffs, Slots};
 
 use crate::metrics::{DeliveryOutcome, Metrics};
-use crate::model::{Attempt, AttemptRecord, DueDelivery, HookKeys, NextStep, now_ms};
+use crate::model::{Attempt, AttemptRecord, DueDelivery, HookKeys, HookStatus, NextStep, Streak, now_ms};
 use crate::registry::Registry;
 use crate::store::{Claim, Fanout, FanoutHook, Scheduling, Store, StoreError};
 use crate::target::{HostPattern, host_matches};
@@ -99,14 +106,16 @@ pub struct Reserved {
 }
 
 impl DeliveryQueue {
-    /// A queue for `store`; `lease` is how long a delivery stays leased to its attempt.
-    pub fn new(store: &Store, hook_rate: u32, lease: Duration) -> (Self, HandedOff) {
+    /// A queue for `store`; `lease` is how long a delivery stays leased to its attempt, and a
+    /// hook failing for `disable_after` is disabled.
+    pub fn new(store: &Store, hook_rate: u32, lease: Duration, disable_after: Duration) -> (Self, HandedOff) {
         let (handed, receiver) = mpsc::unbounded_channel();
         let hand_offs = match store.scheduling() {
             Scheduling::Owning(_) => HandOffs::Owner,
             Scheduling::Leasing(_) => HandOffs::Leased,
         };
-        let slots = Slots::new(MAX_IN_FLIGHT, hook_rate.max(1), hand_offs);
+        let health = Arc::new(Health::new(hook_rate, disable_after));
+        let slots = Slots::new(MAX_IN_FLIGHT, hook_rate.max(1), hand_offs, health);
         (Self { shared: Arc::new(QueueShared { wake: Notify::new(), slots, handed, lease }) }, HandedOff(receiver))
     }
 
@@ -149,6 +158,34 @@ impl DeliveryQueue {
         if !queued.is_empty() {
             self.wake();
         }
+    }
+
+    /// The hook's streak as this instance knows it, when it knows more than the store may
+    /// (the store's copy of the last success is refreshed only now and then).
+    pub fn known_streak(&self, hook_id: &str) -> Option<Streak> {
+        self.health().streak(hook_id)
+    }
+
+    /// The hook was just enabled (or attached again) with a clean record: what this instance
+    /// remembered of its failures goes, and its waiting deliveries are claimed.
+    pub fn hook_enabled(&self, hook_id: &str) {
+        self.health().forget(hook_id);
+        self.wake();
+    }
+
+    /// Starts from the stored health of the hooks that have failures or a pause.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn load_health(&self, store: &Store) -> Result<(), StoreError> {
+        for (hook_id, streak) in store.unwell_hooks().await? {
+            self.health().seed(&hook_id, streak);
+        }
+        Ok(())
+    }
+
+    fn health(&self) -> &Health {
+        &self.shared.slots.health
     }
 
     /// A delivery of `hook_id` waits in the store again, due at `due_at` (a replayed dead
@@ -297,7 +334,13 @@ impl Shared {
             Scheduling::Leasing(store) => {
                 let since = slots.latest_news();
                 let per_hook = self.dispatcher.hook_rate.max(1) as usize;
-                let Ok(claimed) = store.claim(claim, per_hook).await.map_err(failed) else { return false };
+                let held_back = slots.health.held_back(now);
+                let Ok(claimed) = store.claim(claim, per_hook, held_back).await.map_err(failed) else { return false };
+                for d in &claimed.due {
+                    if let Some(streak) = d.streak {
+                        slots.health.seed(&d.hook_id, streak);
+                    }
+                }
                 let full = claimed.due.len() == room;
                 self.spawn_claimed(tracker, claimed.due).await;
                 let clear_until = self.dispatcher.queue.clear_until(now);
@@ -317,9 +360,11 @@ impl Shared {
         }
     }
 
-    /// Re-reads how many deliveries wait in the store per hook, and forgets idle pacers.
+    /// Re-reads how many deliveries wait in the store per hook, and forgets idle pacers and
+    /// healthy hooks' health.
     async fn resync(&self) {
         self.pacer.retain_recent();
+        self.dispatcher.queue.health().forget_idle(now_ms());
         match self.dispatcher.store.waiting_by_hook(now_ms()).await {
             Ok(waiting) => self.dispatcher.queue.slots().resync(&waiting),
             Err(e) => tracing::warn!(cause = %e, "reading waiting deliveries failed"),
@@ -338,9 +383,14 @@ impl Shared {
     }
 
     async fn attempt(self: Arc<Self>, d: DueDelivery, mut ticket: Ticket) {
-        // Paced first, then a permit: a delivery waiting for its hook's turn holds no permit.
+        let health = self.dispatcher.queue.health();
+        // Paced first (the steady pace, then the hook's adaptive one), then a permit: a delivery
+        // waiting for its hook's turn holds no permit.
         let ready = async {
             self.pacer.until_key_ready(&d.hook_id).await;
+            while let Some(turn) = health.turn(&d.hook_id, std::time::Instant::now()) {
+                tokio::time::sleep_until(turn.into()).await;
+            }
             ticket.permit().await
         };
         let ready = tokio::select! {
@@ -351,6 +401,10 @@ impl Shared {
             let _ = self.dispatcher.store.release(vec![d.id]).await;
             return;
         }
+        let probe = match health.admit(&d.hook_id, now_ms()) {
+            Admission::Send { probe } => probe,
+            Admission::HandBack(due_at) => return self.hand_back(d, ticket, due_at).await,
+        };
         let number = d.attempts + 1;
         let at = now_ms();
         let keys = match self.signing_keys(&d).await {
@@ -365,13 +419,26 @@ impl Shared {
                 None
             }
         };
-        let sent = self.dispatcher.client.send(&d, number, keys.as_ref()).await;
+        // A request out for long makes its hook's next ones suspect before its answer comes.
+        let sent = {
+            let request = self.dispatcher.client.send(&d, number, keys.as_ref());
+            tokio::pin!(request);
+            tokio::select! {
+                sent = &mut request => sent,
+                () = tokio::time::sleep(health::SLOW) => {
+                    health.slow(&d.hook_id);
+                    request.await
+                }
+            }
+        };
         ticket.sent();
         // Who answered matters only for a 410; the URL is not parsed again for any other answer.
         let from_make =
             sent.outcome == retry::Outcome::Status(410) && host_matches(&d.url, &self.dispatcher.make_hosts);
         let gone = if from_make { Gone::NotListening } else { Gone::Unsubscribed };
         let decision = retry::decide(sent.outcome, number, &self.dispatcher.schedule, sent.retry_after, gone);
+        let verdict = Verdict::of(sent.outcome, sent.retry_after, gone);
+        let change = health.outcome(&d.hook_id, verdict, now_ms(), sent.duration, probe);
         let status_code = match sent.outcome {
             retry::Outcome::Status(s) => Some(s),
             retry::Outcome::Failed | retry::Outcome::Refused => None,
@@ -400,6 +467,8 @@ impl Shared {
                 NextStep::DeadLetter
             }
         };
+        // The attempt that disables its hook ends as a dead letter, like the hook's others.
+        let next = if change.disable { NextStep::DeadLetter } else { next };
         let record = AttemptRecord {
             delivery_id: d.id,
             hook_id: d.hook_id,
@@ -412,12 +481,75 @@ impl Shared {
                 at,
             },
             next,
+            streak: change.streak,
         };
         if let Scheduling::Leasing(store) = self.dispatcher.store.scheduling() {
             store.attempted(record.delivery_id);
         }
+        let (connection_id, hook_id) = (d.connection_id, record.hook_id.clone());
         // The recorder outlives every attempt (it stops once all senders are gone).
         let _ = self.records.send((record, ticket));
+        self.hook_changed(&connection_id, &hook_id, &change, d.id).await;
+    }
+
+    /// Gives a delivery its hook may not be sent now back to the claim queue, unsent (no
+    /// attempt is used up), due at `due_at`.
+    async fn hand_back(&self, d: DueDelivery, ticket: Ticket, due_at: i64) {
+        if let Err(e) = self.dispatcher.store.release(vec![d.id]).await {
+            tracing::warn!(cause = %e, "handing a delivery back failed; it is taken back when its lease runs out");
+        }
+        drop(ticket);
+        self.dispatcher.queue.slots().waiting(&d.hook_id, due_at);
+    }
+
+    /// Acts on what an attempt changed about its hook: logs a new status, counts it, wakes the
+    /// claim queue when a pause ends, disables the hook (sparing `attempted`, the delivery
+    /// whose record says so itself).
+    async fn hook_changed(&self, connection_id: &str, hook_id: &str, change: &Change, attempted: i64) {
+        let metrics = &self.dispatcher.metrics;
+        match change.became {
+            Some(HookStatus::Paused) => {
+                let until = change.streak.and_then(|s| s.paused_until).unwrap_or_default();
+                let failures = change.streak.map(|s| s.failures).unwrap_or_default();
+                tracing::warn!(paused_until = %crate::model::rfc3339(until), failures, "hook paused");
+                metrics.hook_paused();
+                self.wake_at(until);
+            }
+            Some(HookStatus::Active) => tracing::info!("hook active again: its probe succeeded"),
+            Some(HookStatus::Disabled) | None => {}
+        }
+        if change.disable {
+            self.disable(connection_id, hook_id, attempted).await;
+        }
+    }
+
+    /// Wakes the claim queue at `at` (ms), when a pause ends.
+    fn wake_at(&self, at: i64) {
+        let wait = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0));
+        let (queue, shutdown) = (self.dispatcher.queue.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => queue.wake(),
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+
+    /// Disables a hook whose attempts have all failed for `RELAY_DISABLE_AFTER`: its waiting
+    /// deliveries but `attempted` become dead letters. If the store cannot be written, the
+    /// hook's next failure tries again.
+    async fn disable(&self, connection_id: &str, hook_id: &str, attempted: i64) {
+        let dispatcher = &self.dispatcher;
+        match dispatcher.store.disable_hook(connection_id, hook_id, now_ms(), attempted).await {
+            Ok(Some(dead_lettered)) => {
+                dispatcher.registry.set_hook_disabled(connection_id, hook_id, true);
+                dispatcher.queue.health().forget(hook_id);
+                dispatcher.metrics.hook_disabled();
+                tracing::warn!(dead_lettered, "hook disabled: its attempts have all failed for RELAY_DISABLE_AFTER");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(cause = %e, "disabling a failing hook failed; its next failure tries again"),
+        }
     }
 
     /// The keys that sign `d`'s delivery, as the registry has its hook; from the store when this
@@ -437,6 +569,7 @@ impl Shared {
         match self.dispatcher.store.detach_hook(&d.connection_id, &d.hook_id).await {
             Ok(_) => {
                 self.dispatcher.registry.remove_hook(&d.connection_id, &d.hook_id);
+                self.dispatcher.queue.health().forget(&d.hook_id);
                 tracing::info!("target answered 410 Gone; hook detached");
             }
             Err(e) => tracing::error!(cause = %e, "detaching a gone hook failed; it is retried"),

@@ -29,6 +29,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::health::Health;
 use crate::model::now_ms;
 use crate::store::Waiting;
 
@@ -52,6 +53,11 @@ pub(super) enum HandOffs {
 pub(super) struct Slots {
     hooks: DashMap<String, HookSlot>,
     permits: Arc<Semaphore>,
+    /// The suspects' share of the permits (half): a suspect hook's request holds one of these
+    /// as well, so failing and slow hooks together never hold more than half of all permits.
+    suspects: Arc<Semaphore>,
+    /// Which hooks are paused, probing or suspect.
+    pub(super) health: Arc<Health>,
     per_hook: u32,
     hand_offs: HandOffs,
     /// Stamps each delivery that starts waiting, so that what a claim saw of a hook does not
@@ -98,6 +104,8 @@ pub struct Ticket {
     slots: Arc<Slots>,
     hook_id: String,
     permit: Option<OwnedSemaphorePermit>,
+    /// A suspect hook's permit from the suspects' share, held with `permit`.
+    share: Option<OwnedSemaphorePermit>,
 }
 
 impl Ticket {
@@ -107,17 +115,24 @@ impl Ticket {
     }
 
     /// Waits for a global permit unless the ticket holds one (`false` only if the permits are
-    /// gone, which they never are while the dispatcher runs).
+    /// gone, which they never are while the dispatcher runs). A suspect hook's request first
+    /// waits for the suspects' share, holding no global permit meanwhile: a claimed delivery's
+    /// permit goes back while it waits, so waiting suspects cannot hold the healthy hooks' half.
     pub(super) async fn permit(&mut self) -> bool {
+        if self.share.is_none() && self.slots.health.is_suspect(&self.hook_id) {
+            self.permit = None;
+            self.share = Arc::clone(&self.slots.suspects).acquire_owned().await.ok();
+        }
         if self.permit.is_none() {
             self.permit = self.slots.permit().await;
         }
         self.permit.is_some()
     }
 
-    /// The attempt's request is over: its global permit goes back, the hook's room stays taken.
+    /// The attempt's request is over: its permits go back, the hook's room stays taken.
     pub(super) fn sent(&mut self) {
         self.permit = None;
+        self.share = None;
     }
 }
 
@@ -135,10 +150,12 @@ impl Drop for Ticket {
 
 impl Slots {
     /// Room for `permits` requests in flight, `per_hook` attempts of one hook at once.
-    pub(super) fn new(permits: usize, per_hook: u32, hand_offs: HandOffs) -> Arc<Self> {
+    pub(super) fn new(permits: usize, per_hook: u32, hand_offs: HandOffs, health: Arc<Health>) -> Arc<Self> {
         Arc::new(Self {
             hooks: DashMap::new(),
             permits: Arc::new(Semaphore::new(permits)),
+            suspects: Arc::new(Semaphore::new(permits.div_ceil(2))),
+            health,
             per_hook,
             hand_offs,
             stamps: AtomicU64::new(0),
@@ -156,11 +173,11 @@ impl Slots {
     }
 
     /// A ticket for a delivery handed off at `now` (ms), if its hook has room and nothing
-    /// waiting, a permit is free (the attempt takes one when it is about to send) and, on a
-    /// shared store, the hook is cleared for hand-offs; with it, when the delivery's lease must
-    /// end at the latest (the hook's own lease).
+    /// waiting, is neither paused nor probing, a permit is free (the attempt takes one when it
+    /// is about to send) and, on a shared store, the hook is cleared for hand-offs; with it,
+    /// when the delivery's lease must end at the latest (the hook's own lease).
     pub(super) fn try_hand_off(self: &Arc<Self>, hook_id: &str, now: i64) -> Option<(Ticket, i64)> {
-        if self.permits.available_permits() == 0 {
+        if self.permits.available_permits() == 0 || !self.health.may_hand_off(hook_id) {
             return None;
         }
         let mut slot = match self.hand_offs {
@@ -176,7 +193,7 @@ impl Slots {
             HandOffs::Leased => slot.lease_until,
         };
         drop(slot);
-        Some((Ticket { slots: Arc::clone(self), hook_id: hook_id.to_owned(), permit: None }, lease_until))
+        Some((Ticket { slots: Arc::clone(self), hook_id: hook_id.to_owned(), permit: None, share: None }, lease_until))
     }
 
     /// A ticket for a delivery the claim queue gave out: it waited in the store until now.
@@ -185,7 +202,7 @@ impl Slots {
         slot.waiting = slot.waiting.saturating_sub(1);
         slot.in_flight += 1;
         drop(slot);
-        Ticket { slots: Arc::clone(self), hook_id: hook_id.to_owned(), permit: Some(permit) }
+        Ticket { slots: Arc::clone(self), hook_id: hook_id.to_owned(), permit: Some(permit), share: None }
     }
 
     /// A delivery of this hook now waits in the store, due at `due_at` (ms): queued at ingest,
@@ -204,14 +221,18 @@ impl Slots {
 
     /// The hooks a claim at `now` should look at, earliest due first, with room for at most
     /// `room` deliveries in all: those with deliveries due and none in flight, each for up to
-    /// `per_hook`. A hook with deliveries in flight waits for them: a claimed delivery then never
-    /// has to race a newer one for its hook's next paced turn, so the oldest goes first.
+    /// `per_hook` (one to probe a hook after a pause, none of a paused one). A hook with
+    /// deliveries in flight waits for them: a claimed delivery then never has to race a newer
+    /// one for its hook's next paced turn, so the oldest goes first.
     pub(super) fn claimable(&self, now: i64, room: usize) -> Vec<Asked> {
         let mut due: Vec<(i64, Asked)> = self
             .hooks
             .iter()
             .filter(|s| s.waiting > 0 && s.due_at <= now && s.in_flight == 0)
-            .map(|s| (s.due_at, Asked { hook_id: s.key().clone(), limit: self.per_hook as usize, news: s.news }))
+            .filter_map(|s| {
+                let limit = self.health.claim_limit(s.key(), now, self.per_hook as usize);
+                (limit > 0).then(|| (s.due_at, Asked { hook_id: s.key().clone(), limit, news: s.news }))
+            })
             .collect();
         due.sort_unstable_by_key(|(at, _)| *at);
         let mut left = room;
@@ -296,6 +317,11 @@ impl Slots {
 mod tests {
     use super::*;
 
+    /// Health with nothing to report.
+    fn healthy() -> Arc<Health> {
+        Arc::new(Health::new(5, Duration::from_secs(86_400)))
+    }
+
     /// A hand-off at time 0, where only its ticket matters.
     fn hand_off(slots: &Arc<Slots>, hook_id: &str) -> Option<Ticket> {
         slots.try_hand_off(hook_id, 0).map(|(ticket, _)| ticket)
@@ -303,7 +329,7 @@ mod tests {
 
     #[test]
     fn hand_off_needs_room_and_an_empty_queue() {
-        let slots = Slots::new(10, 2, HandOffs::Owner);
+        let slots = Slots::new(10, 2, HandOffs::Owner, healthy());
         let first = hand_off(&slots, "h").expect("room");
         let second = hand_off(&slots, "h").expect("room");
         assert!(hand_off(&slots, "h").is_none(), "two in flight is the cap");
@@ -320,7 +346,7 @@ mod tests {
 
     #[tokio::test]
     async fn permits_are_held_only_while_a_request_runs() {
-        let slots = Slots::new(1, 5, HandOffs::Owner);
+        let slots = Slots::new(1, 5, HandOffs::Owner, healthy());
         let mut a = hand_off(&slots, "a").unwrap();
         let mut b = hand_off(&slots, "b").expect("a hand-off takes its permit only to send");
         assert!(a.permit().await);
@@ -336,9 +362,30 @@ mod tests {
         assert!(slots.hooks.is_empty());
     }
 
+    #[tokio::test]
+    async fn suspect_hooks_together_hold_at_most_half_of_the_permits() {
+        let health = healthy();
+        let verdict = super::super::health::Verdict::Success;
+        health.outcome("slow", verdict, 0, Duration::from_secs(9), false);
+        health.outcome("fine", verdict, 0, Duration::from_millis(5), false);
+        let slots = Slots::new(4, 5, HandOffs::Owner, health);
+        let mut slow: Vec<Ticket> = (0..3).map(|_| hand_off(&slots, "slow").unwrap()).collect();
+        assert!(slow[0].permit().await && slow[1].permit().await);
+        let mut third = slow.pop().unwrap();
+        let waiting = tokio::spawn(async move { third.permit().await.then_some(third) });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a third suspect request waits for the suspects' share");
+        let mut healthy_one = hand_off(&slots, "fine").unwrap();
+        let mut healthy_two = hand_off(&slots, "fine").unwrap();
+        assert!(healthy_one.permit().await && healthy_two.permit().await, "the other half stays free for proven hooks");
+        slow[0].sent();
+        let third = waiting.await.unwrap().expect("a suspect's request finished, the next one goes");
+        drop((slow, third, healthy_one, healthy_two));
+    }
+
     #[test]
     fn on_a_shared_store_hand_offs_wait_for_a_claim_that_drained_the_hook_and_last_a_while() {
-        let slots = Slots::new(10, 5, HandOffs::Leased);
+        let slots = Slots::new(10, 5, HandOffs::Leased, healthy());
         let now = now_ms();
         let (clear_until, lease_until) = (now + 1_000, now + 5_000);
         assert!(slots.try_hand_off("a", now).is_none(), "no claim has leased the hook yet");
@@ -363,7 +410,7 @@ mod tests {
 
     #[test]
     fn claims_name_idle_hooks_with_work_due_earliest_first() {
-        let slots = Slots::new(10, 2, HandOffs::Owner);
+        let slots = Slots::new(10, 2, HandOffs::Owner, healthy());
         let _in_flight = hand_off(&slots, "busy");
         slots.waiting("late", 50);
         slots.waiting("early", 10);
@@ -381,7 +428,7 @@ mod tests {
 
     #[test]
     fn resync_replaces_drifted_counts() {
-        let slots = Slots::new(10, 5, HandOffs::Owner);
+        let slots = Slots::new(10, 5, HandOffs::Owner, healthy());
         slots.waiting("a", 0);
         slots.waiting("a", 0);
         let _in_flight = hand_off(&slots, "b").unwrap();

@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 use super::AppState;
 use super::auth::authorize;
 use super::error::ApiError;
-use super::hooks::{hook_json, ingest_url, rejections_json};
+use super::hooks::{hooks_json, ingest_url, rejections_json};
 use super::io::{limit, query_param, read_json};
 use super::response::{empty, json};
 use super::routes::Route;
@@ -63,8 +63,7 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
         }
         Route::ConnectionHooks(id) => {
             let entry = state.registry.get(id).ok_or_else(|| ApiError::not_found("connection"))?;
-            let hooks: Vec<Value> = entry.hooks.iter().map(|h| hook_json(h)).collect();
-            Ok(json(StatusCode::OK, &json!({ "data": hooks })))
+            Ok(json(StatusCode::OK, &json!({ "data": hooks_json(state, &entry).await? })))
         }
         Route::RotateApiKey(id) => {
             state.registry.get(id).ok_or_else(|| ApiError::not_found("connection"))?;

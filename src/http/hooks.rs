@@ -3,6 +3,7 @@
 //! through the authenticated connection's own entry, so another connection's hook is simply not
 //! found (and a detach of it changes nothing).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -21,8 +22,8 @@ use super::io::{limit, read_json};
 use super::response::{empty, json};
 use super::routes::Route;
 use crate::model::{
-    Attempt, Event, HOOK_ID_PREFIX, Hook, HookKeys, IMAGE_CREATED, MAX_TEMPLATE_ID_LEN, event_type,
-    is_valid_template_id, now_ms, random_token, rfc3339,
+    Attempt, Event, HOOK_ID_PREFIX, Hook, HookHealth, HookKeys, HookStatus, IMAGE_CREATED, MAX_TEMPLATE_ID_LEN,
+    event_type, is_valid_template_id, now_ms, random_token, rfc3339,
 };
 use crate::registry::Entry;
 use crate::rejections::Summary;
@@ -37,12 +38,21 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
     let query = query.as_deref();
     match route {
         Route::Connection => Ok(json(StatusCode::OK, &connection_check_json(state, req.headers(), &entry))),
-        Route::ListHooks => {
-            let hooks: Vec<Value> = entry.hooks.iter().map(|h| hook_json(h)).collect();
-            Ok(json(StatusCode::OK, &json!({ "data": hooks })))
-        }
+        Route::ListHooks => Ok(json(StatusCode::OK, &json!({ "data": hooks_json(state, &entry).await? }))),
         Route::AttachHook => attach(state, &entry, req).await,
-        Route::GetHook(id) => Ok(json(StatusCode::OK, &hook_json(own_hook(&entry, id)?))),
+        Route::GetHook(id) => {
+            let hook = own_hook(&entry, id)?;
+            let health = state.store.hook_health(&entry.connection.id).await?;
+            Ok(json(StatusCode::OK, &hook_json(hook, &live_health(state, hook, &health))))
+        }
+        Route::EnableHook(id) => {
+            let hook = own_hook(&entry, id)?;
+            if !state.store.enable_hook(&entry.connection.id, id).await? {
+                return Err(ApiError::not_found("hook"));
+            }
+            enabled(state, hook);
+            Ok(json(StatusCode::OK, &hook_json(&Hook { disabled: false, ..hook.clone() }, &HookHealth::default())))
+        }
         Route::DetachHook(id) => {
             // Make and Zapier repeat detaches and show a 404 as a failure: a hook this
             // connection does not have is already detached. The store deletes only by
@@ -168,13 +178,23 @@ async fn attach(state: &AppState, entry: &Arc<Entry>, req: Request<Incoming>) ->
         template_id: template_id.map(Into::into),
         keys: HookKeys::generate(),
         created_at: now_ms(),
+        disabled: false,
     };
-    let (status, hook) = match state.store.attach_hook(hook).await? {
+    let (status, mut hook) = match state.store.attach_hook(hook).await? {
         Attached::Created(hook) => (StatusCode::CREATED, hook),
         Attached::Existing(hook) => (StatusCode::OK, hook),
     };
+    // Attaching a disabled hook's URL again is how Make and Zapier would bring it back.
+    let mut health = HookHealth::default();
+    if hook.disabled {
+        state.store.enable_hook(&hook.connection_id, &hook.id).await?;
+        enabled(state, &hook);
+        hook.disabled = false;
+    } else if status == StatusCode::OK {
+        health = state.store.hook_health(&hook.connection_id).await?.remove(&hook.id).unwrap_or_default();
+    }
     state.registry.add_hook(hook.clone());
-    let mut body = hook_json(&hook);
+    let mut body = hook_json(&hook, &health);
     body["secret"] = hook.keys.current_secret().into();
     Ok(json(status, &body))
 }
@@ -226,13 +246,42 @@ fn own_hook<'a>(entry: &'a Entry, id: &str) -> Result<&'a Hook, ApiError> {
     entry.hook(id).ok_or_else(|| ApiError::not_found("hook"))
 }
 
-pub(super) fn hook_json(h: &Hook) -> Value {
+/// A hook just enabled in the store: the registry and the dispatcher learn it.
+fn enabled(state: &AppState, hook: &Hook) {
+    state.registry.set_hook_disabled(&hook.connection_id, &hook.id, false);
+    state.queue.hook_enabled(&hook.id);
+    tracing::info!(connection = %hook.connection_id, hook = %hook.id, "hook enabled");
+}
+
+/// A connection's hooks as the API shows them, with their health.
+pub(super) async fn hooks_json(state: &AppState, entry: &Entry) -> Result<Vec<Value>, ApiError> {
+    let health = state.store.hook_health(&entry.connection.id).await?;
+    Ok(entry.hooks.iter().map(|h| hook_json(h, &live_health(state, h, &health))).collect())
+}
+
+/// A hook's health: as stored, with this instance's fresher knowledge of its streak (the
+/// store's copy of the last success is refreshed only now and then).
+fn live_health(state: &AppState, hook: &Hook, stored: &HashMap<String, HookHealth>) -> HookHealth {
+    let mut health = stored.get(&hook.id).copied().unwrap_or_default();
+    if let Some(streak) = state.queue.known_streak(&hook.id).filter(|_| health.disabled_at.is_none()) {
+        health.streak = streak;
+    }
+    health
+}
+
+pub(super) fn hook_json(h: &Hook, health: &HookHealth) -> Value {
+    let now = now_ms();
+    let status = health.status(now);
     json!({
         "id": h.id,
         "url": h.url,
         "event": h.event,
         "template_id": h.template_id,
         "created_at": rfc3339(h.created_at),
+        "status": status.as_str(),
+        "paused_until": health.streak.paused_until.filter(|_| status == HookStatus::Paused).map(rfc3339),
+        "last_success_at": health.streak.last_success_at.map(rfc3339),
+        "consecutive_failures": health.streak.failures,
     })
 }
 

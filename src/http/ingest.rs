@@ -88,10 +88,11 @@ async fn accept(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let envelope = Envelope::parse(&body)?;
     let template_id = envelope.template_id.or(url_template);
+    // A disabled hook gets no new deliveries until it is enabled (its old ones are dead letters).
     let hooks: Vec<FanoutHook> = entry
         .hooks
         .iter()
-        .filter(|h| h.matches(&envelope.event_type, template_id.as_deref()))
+        .filter(|h| !h.disabled && h.matches(&envelope.event_type, template_id.as_deref()))
         .map(|h| FanoutHook { id: h.id.clone(), url: h.url.clone() })
         .collect();
     let event =

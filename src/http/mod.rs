@@ -315,6 +315,8 @@ async fn dispatch(
                 oldest_pending_age: Duration::from_millis(u64::try_from(waited).unwrap_or(0)),
                 store_bytes: stats.size_bytes,
                 hooks: state.registry.hook_count(),
+                paused_hooks: stats.paused_hooks,
+                disabled_hooks: stats.disabled_hooks,
                 connections: state.registry.len(),
             });
             let mut response = Response::new(Full::new(Bytes::from(text)));

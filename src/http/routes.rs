@@ -8,6 +8,8 @@
 //! | GET, POST | /v1/hooks | hooks |
 //! | GET, DELETE | /v1/hooks/{id} | hooks |
 //! | GET | /v1/hooks/{id}/deliveries | hooks |
+//! | GET | /v1/hooks/{id}/secret | hooks |
+//! | POST | /v1/hooks/{id}/secret/rotate, /v1/hooks/{id}/enable | hooks |
 //! | GET | /v1/events | hooks |
 //! | GET, POST | /admin/v1/connections | admin |
 //! | GET, DELETE | /admin/v1/connections/{id} | admin |
@@ -48,6 +50,8 @@ pub enum Route<'a> {
     HookSecret(&'a str),
     /// `POST /v1/hooks/{id}/secret/rotate`
     RotateHookSecret(&'a str),
+    /// `POST /v1/hooks/{id}/enable`
+    EnableHook(&'a str),
     /// `GET /v1/events`
     Events,
     /// `GET /admin/v1/connections`
@@ -88,6 +92,7 @@ impl Route<'_> {
             Route::HookDeliveries(_) => "GET /v1/hooks/{id}/deliveries",
             Route::HookSecret(_) => "GET /v1/hooks/{id}/secret",
             Route::RotateHookSecret(_) => "POST /v1/hooks/{id}/secret/rotate",
+            Route::EnableHook(_) => "POST /v1/hooks/{id}/enable",
             Route::Events => "GET /v1/events",
             Route::ListConnections => "GET /admin/v1/connections",
             Route::CreateConnection => "POST /admin/v1/connections",
@@ -122,6 +127,7 @@ pub const PATTERNS: &[&str] = &[
     "GET /v1/hooks/{id}/deliveries",
     "GET /v1/hooks/{id}/secret",
     "POST /v1/hooks/{id}/secret/rotate",
+    "POST /v1/hooks/{id}/enable",
     "GET /v1/events",
     "GET /admin/v1/connections",
     "POST /admin/v1/connections",
@@ -157,6 +163,7 @@ pub(super) fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Api
         ["v1", "hooks", id, "secret", "rotate"] if !id.is_empty() => {
             (pick(m, [("POST", Route::RotateHookSecret(id))]), "POST")
         }
+        ["v1", "hooks", id, "enable"] if !id.is_empty() => (pick(m, [("POST", Route::EnableHook(id))]), "POST"),
         ["v1", "events"] => (pick(m, [("GET", Route::Events)]), "GET"),
         ["admin", "v1", "connections"] => {
             (pick(m, [("GET", Route::ListConnections), ("POST", Route::CreateConnection)]), "GET, POST")

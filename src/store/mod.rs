@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
-use crate::model::{Attempt, AttemptRecord, Connection, DeadLetter, Event, Hook, HookKeys, Hooks, SigningSecret};
+use crate::model::{
+    Attempt, AttemptRecord, Connection, DeadLetter, Event, Hook, HookHealth, HookKeys, Hooks, SigningSecret, Streak,
+};
 
 pub use postgres::{ChangeFeed, PostgresStore};
 use rows::{
@@ -254,6 +256,48 @@ impl Store {
     /// The write failed.
     pub async fn detach_hook(&self, connection_id: &str, hook_id: &str) -> Result<bool, StoreError> {
         dispatch!(self.detach_hook(connection_id.to_owned(), hook_id.to_owned()))
+    }
+
+    /// Each of a connection's hooks' stored health, by hook id.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn hook_health(&self, connection_id: &str) -> Result<HashMap<String, HookHealth>, StoreError> {
+        dispatch!(self.hook_health(connection_id.to_owned()))
+    }
+
+    /// The streaks of the hooks that have failures or a pause (and are not disabled), for the
+    /// dispatcher to start from.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn unwell_hooks(&self) -> Result<Vec<(String, Streak)>, StoreError> {
+        dispatch!(self.unwell_hooks())
+    }
+
+    /// Disables a connection's hook at `at` (ms) and dead-letters its waiting deliveries but
+    /// `except` (the delivery whose failed attempt disabled it, recorded with its own outcome).
+    /// `Some(dead-lettered)`, or `None` when there is no such hook or it was disabled already.
+    ///
+    /// # Errors
+    /// The write failed: nothing changed.
+    pub async fn disable_hook(
+        &self,
+        connection_id: &str,
+        hook_id: &str,
+        at: i64,
+        except: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        dispatch!(self.disable_hook(connection_id.to_owned(), hook_id.to_owned(), at, except))
+    }
+
+    /// Makes a connection's hook active with a clean record (no failures, no pause, enabled);
+    /// `false` when there is no such hook.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn enable_hook(&self, connection_id: &str, hook_id: &str) -> Result<bool, StoreError> {
+        dispatch!(self.enable_hook(connection_id.to_owned(), hook_id.to_owned()))
     }
 
     /// Commits an event and one delivery for each hook of `fanout` that still exists.

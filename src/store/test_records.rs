@@ -31,6 +31,7 @@ pub(super) fn hook(id: &str) -> impl FnOnce(Arc<str>) -> Result<Hook, StoreError
             template_id: None,
             keys: HookKeys::generate(),
             created_at: 0,
+            disabled: false,
         })
     }
 }

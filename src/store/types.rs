@@ -5,11 +5,24 @@ use std::sync::Arc;
 
 use crate::model::{DueDelivery, Hook};
 
+/// An error and its sources, `: `-separated.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
+}
+
 /// A failure of the store; ingest answers it with 503 and the admin/hook APIs with 503 too.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The database refused or failed an operation (full disk, IO error, corruption…).
-    #[error("database error")]
+    /// The database refused or failed an operation (full disk, IO error, corruption…). Shown
+    /// with its causes, so that a log line says what the database said.
+    #[error("database error: {}", causes(&**.0))]
     Backend(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// The store was shut down.
     #[error("the store is closed")]
@@ -158,4 +171,8 @@ pub struct StoreStats {
     /// Bytes the store takes on disk (SQLite: the file and its WAL; PostgreSQL: the relay's
     /// tables with their indexes and TOAST).
     pub size_bytes: u64,
+    /// Hooks paused at the moment.
+    pub paused_hooks: u64,
+    /// Hooks disabled.
+    pub disabled_hooks: u64,
 }

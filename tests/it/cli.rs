@@ -121,6 +121,8 @@ async fn operator_commands_manage_connections_hooks_and_dead_letters() {
 
     let (_, out, _) = operator(&relay.base, t, &["hooks", "list", "--connection", "acme"]).await;
     assert!(out.contains(&hook) && out.contains(&sink.url), "{out}");
+    assert!(out.lines().next().is_some_and(|h| h.contains("STATUS") && h.contains("FAILURES")), "{out}");
+    assert!(out.lines().nth(1).is_some_and(|l| l.contains(" active ")), "{out}");
     let (_, out, _) = operator(&relay.base, t, &["connections", "show", "acme"]).await;
     assert!(out.lines().any(|l| l.starts_with("hook_count") && l.ends_with('1')), "{out}");
 

@@ -12,6 +12,7 @@ mod crash;
 mod delivery;
 mod deploy;
 mod hardening;
+mod health;
 mod hooks;
 mod inbound;
 mod ingest;

@@ -61,6 +61,7 @@ fn hook(id: &str) -> Hook {
         template_id: None,
         keys: HookKeys::generate(),
         created_at: 0,
+        disabled: false,
     }
 }
 
@@ -98,6 +99,7 @@ async fn a_batch_of_records_written_again_after_a_failure_is_applied_once() {
         hook_id: hook.id.clone(),
         attempt: attempt(number, status),
         next,
+        streak: None,
     };
     let first: Arc<[AttemptRecord]> = Arc::from([record(1, 500, NextStep::RetryAt(20))]);
     store.record(Arc::clone(&first)).await.unwrap();
@@ -195,14 +197,15 @@ async fn claims_on_postgresql_say_which_hooks_they_left_nothing_due_of() {
     attach_all(&store, &[&busy, &quiet]).await;
     queue_to(&store, &busy, &["e1", "e2"]).await;
     queue_to(&store, &quiet, &["e3"]).await;
-    let mut leased = leasing.claim(Claim { now: 10, lease_until: 1_000, limit: 10 }, 1).await.unwrap().leased_hooks;
+    let mut leased =
+        leasing.claim(Claim { now: 10, lease_until: 1_000, limit: 10 }, 1, vec![]).await.unwrap().leased_hooks;
     leased.sort();
     assert_eq!(leased, [(busy.id.clone(), false), (quiet.id.clone(), true)], "e2 was left waiting");
     let (early, late) = (hook("hk_early"), hook("hk_late"));
     attach_all(&store, &[&early, &late]).await;
     queue_to(&store, &early, &["e4", "e5"]).await;
     queue_to(&store, &late, &["e6"]).await;
-    let claimed = leasing.claim(Claim { now: 20, lease_until: 1_000, limit: 2 }, 2).await.unwrap();
+    let claimed = leasing.claim(Claim { now: 20, lease_until: 1_000, limit: 2 }, 2, vec![]).await.unwrap();
     assert_eq!(event_ids(&claimed.due.iter().map(|d| (d.id, d.event_id.clone())).collect::<Vec<_>>()), ["e4", "e5"]);
     assert_eq!(claimed.leased_hooks, [(early.id.clone(), true)], "the late hook's delivery did not fit: not drained");
 }
@@ -249,6 +252,7 @@ async fn a_detach_deletes_the_hooks_deliveries_in_every_state_and_no_other() {
                 hook_id: d.hook_id,
                 attempt: Attempt { event_id: d.event_id, ..attempt(1, if dead { 400 } else { 200 }) },
                 next: if dead { NextStep::DeadLetter } else { NextStep::Delivered },
+                streak: None,
             }
         })
         .collect();
@@ -376,6 +380,7 @@ async fn delivered(store: &Store, id: i64, hook: &Hook) {
         hook_id: hook.id.clone(),
         attempt: attempt(1, 200),
         next: NextStep::Delivered,
+        streak: None,
     };
     store.record(Arc::from([record])).await.unwrap();
 }
@@ -497,7 +502,7 @@ async fn claim(store: &Store, claim: Claim, per_hook: usize) -> Vec<DueDelivery>
             }
             claimed.due
         }
-        Scheduling::Leasing(leaser) => leaser.claim(claim, per_hook).await.unwrap().due,
+        Scheduling::Leasing(leaser) => leaser.claim(claim, per_hook, vec![]).await.unwrap().due,
     }
 }
 

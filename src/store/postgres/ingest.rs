@@ -300,6 +300,7 @@ impl Batches {
                     payload: event.payload.clone(),
                     attempts: 0,
                     received_at: event.received_at,
+                    streak: None,
                 })
             })
             .collect();

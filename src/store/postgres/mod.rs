@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+mod health;
 mod in_flight;
 mod ingest;
 mod registry;
@@ -32,7 +33,7 @@ mod schema;
 
 use super::{Claim, DEAD, Fanout, Ingested, LeasedClaim, PENDING, StoreError, Waiting, stored_state};
 use crate::metrics::Metrics;
-use crate::model::{Attempt, AttemptRecord, DeadLetter, DueDelivery, Event, random_token};
+use crate::model::{Attempt, AttemptRecord, DeadLetter, DueDelivery, Event, Streak, random_token};
 use in_flight::InFlight;
 use ingest::IngestQueue;
 use schema::{CHANGES_CHANNEL, MIGRATION_LOCK, MIGRATIONS};
@@ -223,13 +224,19 @@ impl PostgresStore {
     /// whether the claim took all of it that was due, which clears it for hand-offs at ingest
     /// for a while. Claims of one instance run one at a time (`claiming`).
     ///
+    /// Hook health is read in the same statement: a hook stored as paused or disabled is not
+    /// claimed, nor one in `paused` (this instance paused it and the record saying so is on
+    /// its way); a hook probing after a pause gives one delivery. Each delivery comes back with
+    /// its hook's stored streak.
+    ///
     /// # Errors
     /// The statement failed: nothing was leased.
-    pub async fn claim(&self, claim: Claim, per_hook: usize) -> Result<LeasedClaim, StoreError> {
+    pub async fn claim(&self, claim: Claim, per_hook: usize, paused: Vec<String>) -> Result<LeasedClaim, StoreError> {
         let _one_at_a_time = self.claiming.lock().await;
         let (limit, per_hook) = (claim.limit as i64, per_hook as i64);
         let owner: &str = &self.owner;
-        let excluded = self.in_flight.excluded(claim.now);
+        let mut excluded = self.in_flight.excluded(claim.now);
+        excluded.hooks.extend(paused);
         let client = self.pool.get().await?;
         let rows = client
             .query(
@@ -238,7 +245,8 @@ impl PostgresStore {
                     SELECT hook_id, $1, $2 FROM deliveries
                      WHERE state = $4 AND next_attempt_at <= $3 AND hook_id <> ALL($6) AND id <> ALL($8)
                      GROUP BY hook_id
-                     HAVING NOT EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id AND h.removing)
+                     HAVING NOT EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id
+                                        AND (h.removing OR h.disabled_at IS NOT NULL OR h.paused_until > $3))
                      ORDER BY MIN(next_attempt_at) LIMIT $5
                     ON CONFLICT (hook_id) DO UPDATE SET owner = EXCLUDED.owner, until = EXCLUDED.until
                      WHERE hook_leases.owner = EXCLUDED.owner OR hook_leases.until <= $3
@@ -246,14 +254,16 @@ impl PostgresStore {
                  ), due AS (
                     SELECT d.id, d.connection_id, d.hook_id, d.url, d.attempts, d.event_seq, d.next_attempt_at,
                            ROW_NUMBER() OVER (PARTITION BY d.hook_id ORDER BY d.next_attempt_at, d.id) AS rn,
-                           COUNT(*) OVER (PARTITION BY d.hook_id) AS of_hook
-                    FROM deliveries d JOIN leased l ON l.hook_id = d.hook_id
+                           COUNT(*) OVER (PARTITION BY d.hook_id) AS of_hook,
+                           h.consecutive_failures, h.failing_since, h.paused_until, h.last_success_at
+                    FROM deliveries d JOIN leased l ON l.hook_id = d.hook_id JOIN hooks h ON h.id = d.hook_id
                     WHERE d.state = $4 AND d.next_attempt_at <= $3 AND d.id <> ALL($8)
                  )
                  SELECT due.id, due.connection_id, due.hook_id, due.url, due.attempts, e.id, e.payload, e.received_at,
-                        due.of_hook
+                        due.of_hook, due.consecutive_failures, due.failing_since, due.paused_until, due.last_success_at
                  FROM due JOIN events e ON e.seq = due.event_seq
-                 WHERE due.rn <= $7 ORDER BY due.next_attempt_at, due.id LIMIT $5",
+                 WHERE due.rn <= CASE WHEN due.paused_until IS NULL THEN $7::BIGINT ELSE 1 END
+                 ORDER BY due.next_attempt_at, due.id LIMIT $5",
                 &[
                     &owner,
                     &claim.lease_until,
@@ -284,6 +294,12 @@ impl PostgresStore {
                 event_id: r.get(5),
                 payload: Bytes::from(r.get::<_, Vec<u8>>(6)),
                 received_at: r.get(7),
+                streak: Some(Streak {
+                    failures: r.get::<_, i32>(9).unsigned_abs(),
+                    failing_since: r.get(10),
+                    paused_until: r.get(11),
+                    last_success_at: r.get(12),
+                }),
             })
             .collect();
         self.in_flight.claimed(&mut due, claim.lease_until);
@@ -311,9 +327,23 @@ impl PostgresStore {
         for rec in records.iter() {
             columns.push(rec);
         }
+        // The pause an attempt led to is stored no later than the attempt.
+        self.store_streaks(&records).await?;
         let c = &columns;
-        let params: [&(dyn ToSql + Sync); 10] =
-            [&c.id, &c.attempt, &c.state, &c.next_at, &c.status, &c.error, &c.at, &c.hook_id, &c.event_id, &c.duration];
+        // A delivery its hook's disabling dead-lettered meanwhile stays a dead letter.
+        let params: [&(dyn ToSql + Sync); 11] = [
+            &c.id,
+            &c.attempt,
+            &c.state,
+            &c.next_at,
+            &c.status,
+            &c.error,
+            &c.at,
+            &c.hook_id,
+            &c.event_id,
+            &c.duration,
+            &DEAD,
+        ];
         self.pool
             .get()
             .await?
@@ -325,7 +355,7 @@ impl PostgresStore {
                  ), updated AS (
                     UPDATE deliveries d SET attempts = r.attempt, state = r.state, next_attempt_at = r.next_at,
                            last_status = r.status, last_error = r.error, updated_at = r.at
-                    FROM r WHERE d.id = r.id AND d.attempts < r.attempt
+                    FROM r WHERE d.id = r.id AND d.attempts < r.attempt AND d.state <> $11
                     RETURNING r.*
                  )
                  INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)

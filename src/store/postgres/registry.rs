@@ -316,8 +316,7 @@ pub(super) const CONNECTION_COLUMNS: &str =
     "SELECT id, name, api_key_hash, secrets, ingest_rate, created_at, ingest_auth FROM connections WHERE NOT removing";
 /// Hooks read per round trip when the registry is loaded.
 pub(super) const SNAPSHOT_PAGE: i32 = 10_000;
-pub(super) const HOOK_COLUMNS: &str =
-    "SELECT id, connection_id, url, event, template_id, created_at, secrets FROM hooks WHERE NOT removing";
+pub(super) const HOOK_COLUMNS: &str = "SELECT id, connection_id, url, event, template_id, created_at, secrets, disabled_at IS NOT NULL FROM hooks WHERE NOT removing";
 
 /// Inserts a connection unless its id or API key is taken; how many rows it added (0 or 1).
 pub(super) async fn insert_connection(
@@ -381,5 +380,6 @@ pub(super) fn hook_row(r: &Row, connection_id: Arc<str>) -> Result<Hook, StoreEr
         template_id: (!template.is_empty()).then(|| template.into()),
         keys: stored_hook_keys(r.get(6))?,
         created_at: r.get(5),
+        disabled: r.get(7),
     })
 }

@@ -82,10 +82,13 @@ impl PostgresStore {
                 &[&PENDING],
             )
             .await?;
+        let (paused_hooks, disabled_hooks) = self.unwell_counts().await?;
         Ok(StoreStats {
             pending: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
             oldest_pending_at: row.get(1),
             size_bytes: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+            paused_hooks,
+            disabled_hooks,
         })
     }
 }

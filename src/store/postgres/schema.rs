@@ -100,6 +100,17 @@ CREATE TABLE removals (
     PRIMARY KEY (kind, id)
 );
 ",
+    // Hook health: a hook's failure streak, pause and auto-disable are stored with it, so every
+    // instance's claims respect them and they hold across restarts. Few hooks are unwell at a
+    // time; the partial index lists them.
+    r"
+ALTER TABLE hooks ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE hooks ADD COLUMN failing_since BIGINT;
+ALTER TABLE hooks ADD COLUMN paused_until BIGINT;
+ALTER TABLE hooks ADD COLUMN last_success_at BIGINT;
+ALTER TABLE hooks ADD COLUMN disabled_at BIGINT;
+CREATE INDEX hooks_unwell ON hooks (id) WHERE consecutive_failures > 0 OR paused_until IS NOT NULL OR disabled_at IS NOT NULL;
+",
 ];
 
 /// The channel on which registry changes are announced (payload: the connection id).

@@ -4,8 +4,9 @@
 use rusqlite::{Connection as Db, Row, params};
 
 use super::IN_FLIGHT;
+use super::health::store_streak;
 use crate::model::AttemptRecord;
-use crate::store::{Claim, PENDING, StoreError, stored_state};
+use crate::store::{Claim, DEAD, PENDING, StoreError, stored_state};
 
 /// A delivery a claim just leased, before its event is read.
 pub(super) struct Leased {
@@ -52,8 +53,9 @@ pub(super) fn claim_hooks(
     let mut next = db.prepare_cached(
         "SELECT MIN(next_attempt_at) FROM deliveries WHERE hook_id = ?1 AND state = ?2 AND lease_until IS NULL",
     )?;
-    // A hook detached a moment ago may still be named: what is left of it is being removed.
-    let mut exists = db.prepare_cached("SELECT 1 FROM hooks WHERE id = ?1")?;
+    // A hook detached a moment ago may still be named: what is left of it is being removed. A
+    // disabled hook's replayed dead letters wait until it is enabled.
+    let mut exists = db.prepare_cached("SELECT 1 FROM hooks WHERE id = ?1 AND disabled_at IS NULL")?;
     let mut next_due = Vec::with_capacity(hooks.len());
     for (hook, limit) in hooks {
         if !exists.exists([hook])? {
@@ -75,7 +77,7 @@ pub(super) fn claim_hooks(
 pub(super) fn record(db: &Db, records: &[AttemptRecord]) -> Result<(), StoreError> {
     let mut update = db.prepare_cached(
         "UPDATE OR FAIL deliveries SET attempts = ?2, state = ?3, next_attempt_at = ?4, lease_until = NULL,
-                last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1 AND attempts < ?2",
+                last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1 AND attempts < ?2 AND state <> ?8",
     )?;
     let mut insert = db.prepare_cached(
         "INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)
@@ -84,8 +86,9 @@ pub(super) fn record(db: &Db, records: &[AttemptRecord]) -> Result<(), StoreErro
     for rec in records {
         let a = &rec.attempt;
         let (state, next_at) = stored_state(rec.next, a.at);
+        // A delivery its hook's disabling dead-lettered meanwhile stays a dead letter.
         let updated =
-            update.execute(params![rec.delivery_id, a.attempt, state, next_at, a.status_code, a.error, a.at])?;
+            update.execute(params![rec.delivery_id, a.attempt, state, next_at, a.status_code, a.error, a.at, DEAD])?;
         if updated == 1 {
             insert.execute(params![
                 rec.delivery_id,
@@ -97,6 +100,9 @@ pub(super) fn record(db: &Db, records: &[AttemptRecord]) -> Result<(), StoreErro
                 a.duration_ms as i64,
                 a.at
             ])?;
+        }
+        if let Some(streak) = &rec.streak {
+            store_streak(db, &rec.hook_id, streak)?;
         }
     }
     Ok(())

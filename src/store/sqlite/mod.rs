@@ -23,6 +23,7 @@ mod backup;
 mod checkpoint;
 mod claims;
 mod event_ids;
+mod health;
 mod lists;
 mod registry;
 mod removals;
@@ -211,7 +212,8 @@ impl SqliteStore {
             let mut wal = path.as_os_str().to_owned();
             wal.push("-wal");
             let size_bytes = size(&path) + size(Path::new(&wal));
-            Ok(StoreStats { pending, oldest_pending_at, size_bytes })
+            let (paused_hooks, disabled_hooks) = Self::unwell_counts(db)?;
+            Ok(StoreStats { pending, oldest_pending_at, size_bytes, paused_hooks, disabled_hooks })
         })
         .await
     }
@@ -307,6 +309,7 @@ impl SqliteStore {
                         payload: event.payload.clone(),
                         attempts: 0,
                         received_at: event.received_at,
+                        streak: None,
                     });
                 }
             }
@@ -369,6 +372,7 @@ impl SqliteStore {
                     payload: Bytes::from(payload),
                     attempts,
                     received_at,
+                    streak: None,
                 });
             }
             due.sort_by_key(|d| d.id);

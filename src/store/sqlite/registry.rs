@@ -29,7 +29,7 @@ impl SqliteStore {
             let mut snapshot = Snapshot::default();
             let mut builder = SnapshotBuilder::new(connections, |c, hooks| snapshot.connections.push((c, hooks)));
             let mut stmt = db.prepare(
-                "SELECT id, connection_id, url, event, template_id, created_at, secrets FROM hooks
+                "SELECT id, connection_id, url, event, template_id, created_at, secrets, disabled_at IS NOT NULL FROM hooks
                  ORDER BY connection_id, created_at, id",
             )?;
             let mut rows = stmt.query([])?;
@@ -102,7 +102,7 @@ impl SqliteStore {
                 .optional()?;
             let Some(connection) = connection else { return Ok(None) };
             let mut stmt = db.prepare_cached(
-                "SELECT id, connection_id, url, event, template_id, created_at, secrets FROM hooks WHERE connection_id = ?1 ORDER BY created_at, id",
+                "SELECT id, connection_id, url, event, template_id, created_at, secrets, disabled_at IS NOT NULL FROM hooks WHERE connection_id = ?1 ORDER BY created_at, id",
             )?;
             let shared: Arc<str> = id.as_str().into();
             let mut rows = stmt.query([&id])?;
@@ -216,7 +216,7 @@ impl SqliteStore {
             let template = hook.template_id.clone().unwrap_or_default();
             let existing = db
                 .prepare_cached(
-                    "SELECT id, connection_id, url, event, template_id, created_at, secrets FROM hooks
+                    "SELECT id, connection_id, url, event, template_id, created_at, secrets, disabled_at IS NOT NULL FROM hooks
                      WHERE connection_id = ?1 AND url = ?2 AND event = ?3 AND template_id = ?4",
                 )?
                 .query_row(params![hook.connection_id, hook.url, hook.event, template], |row| {

@@ -56,5 +56,6 @@ pub(super) fn hook_row(r: &Row<'_>, connection_id: Arc<str>) -> Result<Hook, Sto
         template_id: (!template.is_empty()).then(|| template.into()),
         keys: stored_hook_keys(&secrets)?,
         created_at: r.get(5)?,
+        disabled: r.get(7)?,
     })
 }

@@ -199,6 +199,16 @@ CREATE TABLE removals (
     PRIMARY KEY (kind, id)
 ) WITHOUT ROWID;
 ",
+    // Hook health: a hook's failure streak, pause and auto-disable are stored with it, so they
+    // hold across restarts. Few hooks are unwell at a time; the partial index lists them.
+    r"
+ALTER TABLE hooks ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE hooks ADD COLUMN failing_since INTEGER;
+ALTER TABLE hooks ADD COLUMN paused_until INTEGER;
+ALTER TABLE hooks ADD COLUMN last_success_at INTEGER;
+ALTER TABLE hooks ADD COLUMN disabled_at INTEGER;
+CREATE INDEX hooks_unwell ON hooks (id) WHERE consecutive_failures > 0 OR paused_until IS NOT NULL OR disabled_at IS NOT NULL;
+",
 ];
 
 pub(super) fn migrate(db: &mut Db) -> Result<(), StoreError> {

@@ -94,6 +94,7 @@ async fn a_record_written_twice_is_applied_once() {
         hook_id: h.id.clone(),
         attempt: attempt(status),
         next,
+        streak: None,
     };
     store.record(Arc::from([record(500, NextStep::RetryAt(10))])).await.unwrap();
     store.record(Arc::from([record(500, NextStep::RetryAt(10)), record(200, NextStep::Delivered)])).await.unwrap();

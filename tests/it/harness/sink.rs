@@ -108,6 +108,12 @@ impl Sink {
         all
     }
 
+    /// Forgets the requests received so far and not yet looked at.
+    pub(crate) async fn drain(&self) {
+        let mut rx = self.received.lock().await;
+        while rx.try_recv().is_ok() {}
+    }
+
     /// Asserts nothing arrives within `quiet`.
     pub(crate) async fn assert_silent(&self, quiet: Duration) {
         let mut rx = self.received.lock().await;
