@@ -75,8 +75,7 @@ impl App {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        let lease = config.lease.unwrap_or(config.delivery_timeout * 2 + Duration::from_secs(60));
-        let (queue, handed) = DeliveryQueue::new(&store, config.hook_rate, lease, config.disable_after);
+        let (queue, handed) = DeliveryQueue::new(&store, config.hook_rate, config.lease, config.disable_after);
         queue.load_health(&store).await?;
         let dispatcher = Dispatcher {
             store: store.clone(),

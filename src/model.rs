@@ -371,6 +371,9 @@ pub struct DueDelivery {
     pub attempts: u32,
     /// When the event was accepted (ms).
     pub received_at: i64,
+    /// When its lease runs out (ms, this instance's clock): an attempt that could not end by
+    /// then is not started, for the delivery may be another instance's by then.
+    pub lease_until: i64,
     /// Its hook's streak as stored when the delivery was claimed, where another instance may
     /// have been the hook's sender before (PostgreSQL); `None` where this instance's own
     /// record of the hook is the whole truth.

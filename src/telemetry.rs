@@ -4,9 +4,12 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Targets that log values the relay must never print (the PostgreSQL driver logs statement
-/// parameters, signing secrets among them, at DEBUG); held at INFO whatever `RELAY_LOG` says.
-const QUIET_TARGETS: &[&str] = &["tokio_postgres::query=info", "tokio_postgres::prepare=info"];
+/// Targets held down whatever `RELAY_LOG` says: the PostgreSQL driver logs statement parameters,
+/// signing secrets among them, at DEBUG (held at INFO); the certificate verifier logs every
+/// refused certificate at ERROR, which the relay already reports where it matters — as the
+/// attempt's error, or as the one line a refused database connection stops the start with.
+const QUIET_TARGETS: &[&str] =
+    &["tokio_postgres::query=info", "tokio_postgres::prepare=info", "rustls_platform_verifier=off"];
 
 /// Installs the global subscriber; a second call (tests) is a no-op.
 pub fn init(filter: &str, format: LogFormat) {

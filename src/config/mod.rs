@@ -87,8 +87,8 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests and attempts.
     #[arg(long, env = "RELAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
-    /// How long a claimed delivery (and, with PostgreSQL, a hook) stays with this instance
-    /// [default: twice the delivery timeout plus a minute].
+    /// How long a claimed delivery (and, with PostgreSQL, a hook) stays with this instance; at
+    /// least twice the delivery timeout [default: twice the delivery timeout plus a minute].
     #[arg(long, env = "RELAY_LEASE", value_parser = parse_positive_duration)]
     pub lease: Option<Duration>,
     /// How long a client may take to send its request headers.
@@ -204,7 +204,13 @@ pub fn explain(error: &clap::Error) -> Option<ConfigError> {
     let var = command.get_arguments().find(|a| a.get_long() == Some(long.as_str()))?.get_env()?.to_str()?.to_owned();
     let value = text(ContextKind::InvalidValue).unwrap_or_default();
     let problem = std::error::Error::source(error).map_or_else(|| "invalid value".to_owned(), ToString::to_string);
-    Some(ConfigError { var, problem: format!("{problem}, got {value:?}") })
+    // A database URL may carry a password and the admin token is one: their values are not shown.
+    let problem = if matches!(var.as_str(), "RELAY_DATABASE_URL" | "RELAY_ADMIN_TOKEN") {
+        problem
+    } else {
+        format!("{problem}, got {value:?}")
+    };
+    Some(ConfigError { var, problem })
 }
 
 fn other(error: &clap::Error) -> ConfigError {
@@ -267,8 +273,9 @@ pub struct Config {
     /// Bound on graceful shutdown.
     pub shutdown_grace: Duration,
     /// How long claimed deliveries and owned hooks stay with an instance before another may
-    /// take them over; `None`: twice the delivery timeout plus a minute.
-    pub lease: Option<Duration>,
+    /// take them over; at least twice the delivery timeout, so that an attempt started with
+    /// half its lease left always ends inside it.
+    pub lease: Duration,
     /// Bound on receiving request headers (slow-header clients are cut off).
     pub header_timeout: Duration,
     /// Bound on receiving a request body (slow-body clients get 408).
@@ -315,6 +322,18 @@ impl Config {
     /// # Errors
     /// Settings that cannot work together, naming the variable to change.
     pub fn from_args(a: &ServeArgs) -> Result<Self, ConfigError> {
+        let twice_the_timeout = a.delivery_timeout.saturating_mul(2);
+        let lease = a.lease.unwrap_or(twice_the_timeout.saturating_add(Duration::from_secs(60)));
+        if lease < twice_the_timeout {
+            return Err(ConfigError {
+                var: "RELAY_LEASE".to_owned(),
+                problem: format!(
+                    "{} is less than twice RELAY_DELIVERY_TIMEOUT ({}): an attempt could outlive its lease and be made twice",
+                    humantime::format_duration(lease),
+                    humantime::format_duration(a.delivery_timeout)
+                ),
+            });
+        }
         Ok(Self {
             listen: a.listen,
             database: a.database_url.clone(),
@@ -337,7 +356,7 @@ impl Config {
             log_format: a.log_format,
             public_url: a.public_url.clone(),
             shutdown_grace: a.shutdown_grace,
-            lease: a.lease,
+            lease,
             header_timeout: a.header_timeout,
             body_timeout: a.body_timeout,
             max_connections: a.max_connections,

@@ -116,6 +116,7 @@ pub(super) fn parse_database(v: &str) -> Result<DatabaseUrl, String> {
         return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
     }
     if v.starts_with("postgres://") || v.starts_with("postgresql://") {
+        crate::store::check_postgres_url(v)?;
         return Ok(DatabaseUrl::Postgres(v.to_owned()));
     }
     Err("expected sqlite://PATH or postgres://USER@HOST/DATABASE".to_owned())

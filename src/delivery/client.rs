@@ -80,6 +80,11 @@ pub struct DeliveryClient {
 }
 
 impl DeliveryClient {
+    /// The longest an attempt's request may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Builds the client: TLS verified against the operating system's roots, HTTP/1.1.
     ///
     /// # Errors

@@ -189,7 +189,7 @@ impl DeliveryQueue {
     }
 
     /// A delivery of `hook_id` waits in the store again, due at `due_at` (a replayed dead
-    /// letter): the claim queue is told and woken.
+    /// letter, an attempt handed back unsent): the claim queue is told and woken.
     pub fn rescheduled(&self, hook_id: &str, due_at: i64) {
         self.shared.slots.waiting(hook_id, due_at);
         self.wake();
@@ -201,10 +201,12 @@ impl DeliveryQueue {
     }
 
     /// Until when a hook a claim at `now` found drained may have its deliveries handed off:
-    /// [`CLEAR_FOR`], and no later than half the lease before the hook's lease runs out, so a
-    /// handed delivery's lease (which ends with the hook's) always has half a lease to run.
+    /// [`CLEAR_FOR`], and no later than three quarters of a lease before the hook's lease runs
+    /// out, so a handed delivery's lease (which ends with the hook's) always has that long to
+    /// run: an attempt's timeout (at most half a lease) and a quarter of a lease to wait for the
+    /// hook's pace.
     fn clear_until(&self, now: i64) -> i64 {
-        let clear = CLEAR_FOR.min(self.shared.lease / 2);
+        let clear = CLEAR_FOR.min(self.shared.lease / 4);
         now.saturating_add(i64::try_from(clear.as_millis()).unwrap_or(i64::MAX))
     }
 
@@ -286,6 +288,16 @@ fn random_unit() -> f64 {
     let mut bytes = [0u8; 8];
     let _ = getrandom::fill(&mut bytes);
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What an attempt does once its turn and a request slot came, or did not.
+enum Start {
+    /// Send it.
+    Go,
+    /// Its lease would run out before the attempt could end: back to the queue, unsent.
+    HandBack,
+    /// Shutting down: the lease is given back.
+    Stop,
 }
 
 /// How much slower than `RELAY_HOOK_RATE` deliveries to one hook are spaced.
@@ -384,22 +396,46 @@ impl Shared {
 
     async fn attempt(self: Arc<Self>, d: DueDelivery, mut ticket: Ticket) {
         let health = self.dispatcher.queue.health();
+        // An attempt that could outlive its lease is not started: the delivery may be another
+        // instance's by the time it ends, and would be attempted twice. A delivery whose turn
+        // (the hook's pace held up by 429s, a busy share of request slots) comes too late for
+        // that goes back to the queue without taking the turn from the next one.
+        let timeout = i64::try_from(self.dispatcher.client.timeout().as_millis()).unwrap_or(i64::MAX);
+        let in_time = |wait: Duration| {
+            let wait = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+            now_ms().saturating_add(wait).saturating_add(timeout) <= d.lease_until
+        };
         // Paced first (the steady pace, then the hook's adaptive one), then a permit: a delivery
         // waiting for its hook's turn holds no permit.
-        let ready = async {
+        let start = async {
             self.pacer.until_key_ready(&d.hook_id).await;
-            while let Some(turn) = health.turn(&d.hook_id, std::time::Instant::now()) {
+            loop {
+                let now = std::time::Instant::now();
+                let Some(turn) = health.turn(&d.hook_id, now) else { break };
+                if !in_time(turn - now) {
+                    return Start::HandBack;
+                }
                 tokio::time::sleep_until(turn.into()).await;
             }
-            ticket.permit().await
+            if !ticket.permit().await {
+                return Start::Stop;
+            }
+            if in_time(Duration::ZERO) { Start::Go } else { Start::HandBack }
         };
-        let ready = tokio::select! {
-            ready = ready => ready,
-            () = self.shutdown.cancelled() => false,
+        let start = tokio::select! {
+            start = start => start,
+            () = self.shutdown.cancelled() => Start::Stop,
         };
-        if !ready {
-            let _ = self.dispatcher.store.release(vec![d.id]).await;
-            return;
+        match start {
+            Start::Go => {}
+            Start::Stop => {
+                let _ = self.dispatcher.store.release(vec![d.id]).await;
+                return;
+            }
+            Start::HandBack => {
+                tracing::info!("the delivery's lease would run out before its attempt could end; handed back");
+                return self.hand_back(d, ticket, now_ms()).await;
+            }
         }
         let probe = match health.admit(&d.hook_id, now_ms()) {
             Admission::Send { probe } => probe,
@@ -499,7 +535,7 @@ impl Shared {
             tracing::warn!(cause = %e, "handing a delivery back failed; it is taken back when its lease runs out");
         }
         drop(ticket);
-        self.dispatcher.queue.slots().waiting(&d.hook_id, due_at);
+        self.dispatcher.queue.rescheduled(&d.hook_id, due_at);
     }
 
     /// Acts on what an attempt changed about its hook: logs a new status, counts it, wakes the

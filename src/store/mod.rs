@@ -86,6 +86,15 @@ macro_rules! dispatch {
     };
 }
 
+/// Checks a PostgreSQL URL's settings (its `sslmode`, the `sslrootcert` it names) before the
+/// relay starts.
+///
+/// # Errors
+/// One line saying what is wrong.
+pub fn check_postgres_url(url: &str) -> Result<(), String> {
+    postgres::Target::parse(url).map(drop)
+}
+
 impl Store {
     /// The scheduling protocol of this store.
     pub fn scheduling(&self) -> Scheduling<'_> {

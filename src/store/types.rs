@@ -5,13 +5,17 @@ use std::sync::Arc;
 
 use crate::model::{DueDelivery, Hook};
 
-/// An error and its sources, `: `-separated.
+/// An error and its sources, `: `-separated; a source whose text is already there (many errors
+/// repeat their source's) is not repeated.
 fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut next = e.source();
     while let Some(cause) = next {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         next = cause.source();
     }
     text
@@ -21,9 +25,10 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database refused or failed an operation (full disk, IO error, corruption…). Shown
-    /// with its causes, so that a log line says what the database said.
+    /// with its causes, so that a log line says what the database said; it is not given as a
+    /// `source` too, or reports that walk sources would say it twice.
     #[error("database error: {}", causes(&**.0))]
-    Backend(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    Backend(Arc<dyn std::error::Error + Send + Sync>),
     /// The store was shut down.
     #[error("the store is closed")]
     Closed,
@@ -33,6 +38,9 @@ pub enum StoreError {
     /// A write failed unexpectedly (a bug, not the database): its transaction was rolled back.
     #[error("the write was abandoned")]
     Abandoned,
+    /// The store's settings cannot be used (a PostgreSQL URL's TLS settings).
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// The outcome of creating a connection.

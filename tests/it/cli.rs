@@ -46,7 +46,9 @@ fn bad_settings_stop_the_start_with_one_line_and_exit_2() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(var) && stderr.contains(value), "{stderr}");
+        // A database URL may carry a password: it is not repeated.
+        let shown = var != "RELAY_DATABASE_URL";
+        assert!(stderr.contains(var) && stderr.contains(value) == shown, "{stderr}");
     }
 }
 

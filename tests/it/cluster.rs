@@ -195,3 +195,60 @@ async fn migrate_store_moves_an_sqlite_relay_to_postgresql_without_losing_pendin
         .unwrap();
     assert!(String::from_utf8_lossy(&rerun.stdout).contains("0 of 3"), "running it again adds nothing");
 }
+
+/// libfaketime, which shifts a process's wall clock (not its monotonic one) without touching
+/// its code (Debian's `faketime`; `.ci/run` installs it).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and libfaketime: .ci/run sets them up"]
+async fn instances_whose_clocks_disagree_still_share_a_hook_by_the_databases_clock() {
+    assert!(std::path::Path::new(LIBFAKETIME).exists(), "needs {LIBFAKETIME} (Debian's faketime)");
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = cluster_env(dir.path()).await;
+    env.retain(|(k, _)| k != "RELAY_HOOK_RATE");
+    env.push(("RELAY_HOOK_RATE".to_owned(), "5".to_owned()));
+    let mut ahead = env.clone();
+    ahead.extend([
+        ("LD_PRELOAD".to_owned(), LIBFAKETIME.to_owned()),
+        ("FAKETIME".to_owned(), "+45s".to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+    ]);
+    let (a, b) = (RelayProcess::spawn(&env), RelayProcess::spawn(&ahead));
+    let skew = b.send(Method::GET, "/healthz", None, None, &[]).await;
+    assert_eq!(skew.status, StatusCode::OK);
+    let sink = Sink::start().await;
+    let conn = a.connection("acme").await;
+    let hook = a.attach(&conn, &sink.url, None).await;
+    knows_hook(&b, &conn, &hook).await;
+    // Instance b's clock runs 45 s ahead: by its own clock every lease a holds (3 s) has run
+    // out. a takes the hook and its first events (paced at 5/s, most of them wait in a for their
+    // turn); then events through b make b claim: by its own clock it would take the hook over
+    // and attempt the deliveries a holds, beside a.
+    let ids: Vec<String> = (0..30).map(|n| format!("skew-{n}")).collect();
+    for id in &ids[..15] {
+        assert_eq!(a.ingest(&conn, &event(id, None)).await.status, StatusCode::ACCEPTED);
+    }
+    let mut arrivals = vec![sink.recv().await];
+    for id in &ids[15..] {
+        assert_eq!(b.ingest(&conn, &event(id, None)).await.status, StatusCode::ACCEPTED);
+    }
+    arrivals.extend(sink.recv_n(ids.len() - 1).await);
+    sink.assert_silent(Duration::from_millis(1500)).await;
+    let mut delivered: Vec<&str> = arrivals.iter().map(|r| r.header("webhook-id")).collect();
+    delivered.sort_unstable();
+    let mut expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(delivered, expected, "each event once: no delivery attempted by both");
+    for window in arrivals.windows(6) {
+        let span = window[5].at - window[0].at;
+        assert!(span >= Duration::from_millis(950), "6 requests within {span:?}: the hook's pace of 5/s was broken");
+    }
+    // The skew was real: b stamped the events it accepted with its own clock.
+    let events = b.api(&conn, Method::GET, "/events?limit=30", None).await.body;
+    let stamped_by_b = events["data"].as_array().unwrap().iter().find(|e| e["id"] == "skew-29").unwrap();
+    let _ = &a;
+    let at = humantime::parse_rfc3339(stamped_by_b["received_at"].as_str().unwrap()).unwrap();
+    let ahead = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    assert!(ahead > Duration::from_secs(30), "b's clock ran {ahead:?} ahead");
+}

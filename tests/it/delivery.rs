@@ -236,3 +236,31 @@ async fn target_rules_in_force_apply_to_hooks_attached_under_looser_ones() {
     let letters = relay.await_dead_letters("?connection=acme", 1).await;
     assert_eq!(letters[0]["attempts"], 1, "not retried");
 }
+
+#[tokio::test]
+async fn an_attempt_that_would_outlive_its_lease_is_handed_back_not_sent() {
+    // A 429 halves the hook's pace: deliveries already leased would wait longer for their turn
+    // than their 2 s lease leaves room for a 1 s attempt, and go back to the queue instead.
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::harness::process::sqlite_env(dir.path());
+    env.retain(|(k, _)| k != "RELAY_HOOK_RATE" && k != "RELAY_LEASE");
+    env.push(("RELAY_HOOK_RATE".to_owned(), "5".to_owned()));
+    env.push(("RELAY_LEASE".to_owned(), "2s".to_owned())); // the least allowed: twice the 1 s timeout
+    let relay = crate::harness::RelayProcess::spawn(&env);
+    let sink = Sink::start().await;
+    sink.script([SinkReply::Status(429)]);
+    let conn = relay.connection("acme").await;
+    relay.attach(&conn, &sink.url, None).await;
+    let ids: Vec<String> = (0..6).map(|n| format!("leased-{n}")).collect();
+    for id in &ids {
+        relay.ingest(&conn, &event(id, None)).await;
+    }
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    while seen.len() < ids.len() || seen.values().sum::<usize>() < ids.len() + 1 {
+        *seen.entry(sink.recv().await.header("webhook-id").to_owned()).or_default() += 1;
+    }
+    sink.assert_silent(Duration::from_millis(500)).await;
+    assert_eq!(seen.values().sum::<usize>(), ids.len() + 1, "each once, and the one that got the 429 again: {seen:?}");
+    let log = relay.log();
+    assert!(log.iter().any(|l| l.contains("handed back")), "an attempt was handed back unsent");
+}

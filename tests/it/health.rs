@@ -119,8 +119,9 @@ async fn each_429_halves_the_pace_and_successes_restore_it() {
         let expected = Duration::from_millis(halved);
         assert!(*gap >= expected.mul_f64(0.95) && *gap < expected * 2, "{gaps:?}");
     }
-    let last = gaps[gaps.len() - 3..].iter().max().unwrap();
-    assert!(*last < Duration::from_millis(420), "back near the full pace after successes: {gaps:?}");
+    let mut last: Vec<Duration> = gaps[gaps.len() - 5..].to_vec();
+    last.sort();
+    assert!(last[2] < Duration::from_millis(300), "back near the full pace after successes: {gaps:?}");
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ mod integrations;
 mod isolation;
 mod ops;
 mod outbound;
+mod postgres;
 mod restart;
 mod retention;
 mod stencil;

@@ -134,10 +134,16 @@ async fn a_hook_is_claimed_again_once_its_delivery_is_recorded_released_or_its_l
     assert_eq!(event_ids(&second), ["e2"], "recorded: the next one");
     store.release(vec![second[0].0]).await.unwrap();
     assert_eq!(claimed(&store, 40, 1_000).await, second, "released: the same one again");
-    assert_eq!(claimed(&store, 1_000, 2_000).await, second, "and once its lease ran out");
+    // A 100 ms lease: its own instance tells by its clock; the hook's lease in PostgreSQL runs
+    // by the database's.
+    assert_eq!(claimed(&store, 1_000, 1_100).await, second, "and once its lease ran out");
     if is_postgres() {
         let other = Store::open(&url, Metrics::default()).await.unwrap();
-        assert_eq!(claimed(&other, 2_000, 3_000).await, second, "by another instance once the hook's lease ran out");
+        let taken_over = crate::harness::eventually("the hook's lease to run out", || async {
+            Some(claimed(&other, 2_000, 3_000).await).filter(|c| !c.is_empty())
+        })
+        .await;
+        assert_eq!(taken_over, second, "by another instance once the hook's lease ran out");
     }
 }
 

@@ -152,6 +152,7 @@ mod tests {
                 payload: "{}".into(),
                 attempts: 0,
                 received_at: 0,
+                lease_until: i64::MAX,
                 streak: None,
             })
             .collect()

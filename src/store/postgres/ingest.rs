@@ -165,7 +165,7 @@ impl Batches {
         let hook_ids: Vec<&String> = planned(fanout).collect();
         let client = self.pool.get().await?;
         let statement = client
-            .prepare_cached(
+            .prepare_cached(concat!(
                 "WITH event AS (
                     INSERT INTO events (connection_id, id, type, payload, received_at, template_id)
                     VALUES ($1, $2, $3, $4, $5, $8)
@@ -173,13 +173,15 @@ impl Batches {
                  ), made AS (
                     INSERT INTO deliveries
                         (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
-                    SELECT event.seq, h.id, h.connection_id, h.url, $6, 0, $5, $5 FROM event, hooks h
+                    SELECT event.seq, h.id, h.connection_id, h.url, $6, 0, ",
+                db_now!(),
+                ", $5 FROM event, hooks h
                     WHERE h.id = ANY($7) AND h.connection_id = $1
                     RETURNING id, hook_id
                  )
                  SELECT (SELECT seq FROM event), ARRAY(SELECT id FROM made ORDER BY id),
                         ARRAY(SELECT hook_id FROM made ORDER BY id)",
-            )
+            ))
             .await?;
         let params: [&(dyn ToSql + Sync); 8] = [
             connection_id,
@@ -212,7 +214,7 @@ impl Batches {
         }
         let client = self.pool.get().await?;
         let statement = client
-            .prepare_cached(
+            .prepare_cached(concat!(
                 "WITH input AS (
                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], $9::text[])
                         WITH ORDINALITY AS i(connection_id, id, type, payload, received_at, template_id, n)
@@ -225,7 +227,9 @@ impl Batches {
                  ), made AS (
                     INSERT INTO deliveries
                         (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
-                    SELECT e.seq, h.id, h.connection_id, h.url, $6, 0, i.received_at, i.received_at
+                    SELECT e.seq, h.id, h.connection_id, h.url, $6, 0, ",
+                db_now!(),
+                ", i.received_at
                     FROM event e
                     JOIN input i ON i.connection_id = e.connection_id AND i.id = e.id
                     JOIN unnest($7::bigint[], $8::text[]) AS p(n, hook_id) ON p.n = i.n
@@ -241,7 +245,7 @@ impl Batches {
                  FROM input i
                  LEFT JOIN event e ON e.connection_id = i.connection_id AND e.id = i.id
                  LEFT JOIN made_by_event m ON m.event_seq = e.seq",
-            )
+            ))
             .await?;
         let c = &columns;
         let params: [&(dyn ToSql + Sync); 9] = [
@@ -300,6 +304,7 @@ impl Batches {
                     payload: event.payload.clone(),
                     attempts: 0,
                     received_at: event.received_at,
+                    lease_until: fanout.lease_until,
                     streak: None,
                 })
             })

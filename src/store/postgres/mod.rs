@@ -14,14 +14,24 @@
 //! table for every batch as it grew, until autovacuum's next `ANALYZE` replaced it.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::mpsc;
+use tokio_postgres::AsyncMessage;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// The database's clock, in ms since the epoch, as SQL: every time a lease or a due time is
+/// compared against or set from, so instances whose clocks disagree still agree on them. (`now()`
+/// is the statement's start, the same everywhere in one statement.)
+macro_rules! db_now {
+    () => {
+        "(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT"
+    };
+}
 
 mod health;
 mod in_flight;
@@ -30,6 +40,7 @@ mod registry;
 mod removals;
 mod retention;
 mod schema;
+mod tls;
 
 use super::{Claim, DEAD, Fanout, Ingested, LeasedClaim, PENDING, StoreError, Waiting, stored_state};
 use crate::metrics::Metrics;
@@ -37,6 +48,7 @@ use crate::model::{Attempt, AttemptRecord, DeadLetter, DueDelivery, Event, Strea
 use in_flight::InFlight;
 use ingest::IngestQueue;
 use schema::{CHANGES_CHANNEL, MIGRATION_LOCK, MIGRATIONS};
+pub(crate) use tls::Target;
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -45,8 +57,13 @@ impl From<tokio_postgres::Error> for StoreError {
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
+    /// A connection that could not be made says why itself ("error performing TLS handshake:
+    /// …"), without the pool's wrapping.
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::Backend(Arc::new(e))
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Backend(Arc::new(e)),
+            e => StoreError::Backend(Arc::new(e)),
+        }
     }
 }
 
@@ -56,6 +73,7 @@ pub struct PostgresStore {
     pool: Pool,
     ingests: IngestQueue,
     config: Arc<tokio_postgres::Config>,
+    tls: MakeRustlsConnect,
     /// This instance's name in `hook_leases`.
     owner: Arc<str>,
     /// The deliveries this instance has claimed and not yet settled.
@@ -89,15 +107,26 @@ impl Drop for ChangeFeed {
 impl PostgresStore {
     /// Connects the pool and migrates (once, even when instances start together).
     pub(super) async fn open(url: &str, metrics: Metrics) -> Result<Self, StoreError> {
-        let config = tokio_postgres::Config::from_str(url)?;
-        let manager =
-            Manager::from_config(pooled(&config), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager).max_size(16).build().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let Target { mut config, tls } = Target::parse(url).map_err(StoreError::Settings)?;
+        bounded(&mut config);
+        let manager = Manager::from_config(
+            pooled(&config),
+            tls.clone(),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Settings(e.to_string()))?;
         let in_flight: Arc<InFlight> = Arc::default();
         let ingests = IngestQueue::start(pool.clone(), metrics.clone(), Arc::clone(&in_flight));
         let owner = Arc::from(random_token("instance_", 8));
         let store =
-            Self { pool, ingests, config: Arc::new(config), owner, in_flight, claiming: Arc::default(), metrics };
+            Self { pool, ingests, config: Arc::new(config), tls, owner, in_flight, claiming: Arc::default(), metrics };
         store.migrate().await?;
         store.fill_hook_secrets().await?;
         Ok(store)
@@ -131,7 +160,7 @@ impl PostgresStore {
 
     /// Opens a dedicated connection that `LISTEN`s for registry changes.
     pub(super) async fn listen(&self) -> Result<ChangeFeed, StoreError> {
-        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let (client, mut connection) = self.config.connect(self.tls.clone()).await?;
         let (tx, changes) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
@@ -240,16 +269,23 @@ impl PostgresStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "WITH leased AS (
+                concat!(
+                    "WITH leased AS (
                     INSERT INTO hook_leases (hook_id, owner, until)
-                    SELECT hook_id, $1, $2 FROM deliveries
-                     WHERE state = $4 AND next_attempt_at <= $3 AND hook_id <> ALL($6) AND id <> ALL($8)
+                    SELECT hook_id, $1, ",
+                    db_now!(),
+                    " + $2 FROM deliveries
+                     WHERE state = $4 AND next_attempt_at <= ",
+                    db_now!(),
+                    " AND hook_id <> ALL($6) AND id <> ALL($8)
                      GROUP BY hook_id
                      HAVING NOT EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id
                                         AND (h.removing OR h.disabled_at IS NOT NULL OR h.paused_until > $3))
                      ORDER BY MIN(next_attempt_at) LIMIT $5
                     ON CONFLICT (hook_id) DO UPDATE SET owner = EXCLUDED.owner, until = EXCLUDED.until
-                     WHERE hook_leases.owner = EXCLUDED.owner OR hook_leases.until <= $3
+                     WHERE hook_leases.owner = EXCLUDED.owner OR hook_leases.until <= ",
+                    db_now!(),
+                    "
                     RETURNING hook_id
                  ), due AS (
                     SELECT d.id, d.connection_id, d.hook_id, d.url, d.attempts, d.event_seq, d.next_attempt_at,
@@ -257,16 +293,19 @@ impl PostgresStore {
                            COUNT(*) OVER (PARTITION BY d.hook_id) AS of_hook,
                            h.consecutive_failures, h.failing_since, h.paused_until, h.last_success_at
                     FROM deliveries d JOIN leased l ON l.hook_id = d.hook_id JOIN hooks h ON h.id = d.hook_id
-                    WHERE d.state = $4 AND d.next_attempt_at <= $3 AND d.id <> ALL($8)
+                    WHERE d.state = $4 AND d.next_attempt_at <= ",
+                    db_now!(),
+                    " AND d.id <> ALL($8)
                  )
                  SELECT due.id, due.connection_id, due.hook_id, due.url, due.attempts, e.id, e.payload, e.received_at,
                         due.of_hook, due.consecutive_failures, due.failing_since, due.paused_until, due.last_success_at
                  FROM due JOIN events e ON e.seq = due.event_seq
                  WHERE due.rn <= CASE WHEN due.paused_until IS NULL THEN $7::BIGINT ELSE 1 END
                  ORDER BY due.next_attempt_at, due.id LIMIT $5",
+                ),
                 &[
                     &owner,
-                    &claim.lease_until,
+                    &(claim.lease_until - claim.now),
                     &claim.now,
                     &PENDING,
                     &limit,
@@ -294,6 +333,7 @@ impl PostgresStore {
                 event_id: r.get(5),
                 payload: Bytes::from(r.get::<_, Vec<u8>>(6)),
                 received_at: r.get(7),
+                lease_until: claim.lease_until,
                 streak: Some(Streak {
                     failures: r.get::<_, i32>(9).unsigned_abs(),
                     failing_since: r.get(10),
@@ -307,17 +347,24 @@ impl PostgresStore {
         Ok(LeasedClaim { due, leased_hooks })
     }
 
+    /// Due times are the database's: the wait until the next is read from it and added to
+    /// this instance's `now`.
     pub(super) async fn next_due(&self, now: i64) -> Result<Option<i64>, StoreError> {
         let row = self
             .pool
             .get()
             .await?
             .query_one(
-                "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = $1 AND next_attempt_at > $2",
-                &[&PENDING, &now],
+                concat!(
+                    "SELECT MIN(next_attempt_at) - ",
+                    db_now!(),
+                    " FROM deliveries WHERE state = $1 AND next_attempt_at > ",
+                    db_now!()
+                ),
+                &[&PENDING],
             )
             .await?;
-        Ok(row.get(0))
+        Ok(row.get::<_, Option<i64>>(0).map(|wait| now.saturating_add(wait)))
     }
 
     /// One statement for the whole batch (columns as arrays): the same round trips however many
@@ -348,18 +395,23 @@ impl PostgresStore {
             .get()
             .await?
             .execute(
-                "WITH r AS (
+                concat!(
+                    "WITH r AS (
                     SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::int[], $6::text[],
                                          $7::bigint[], $8::text[], $9::text[], $10::bigint[])
                         AS r(id, attempt, state, next_at, status, error, at, hook_id, event_id, duration)
                  ), updated AS (
-                    UPDATE deliveries d SET attempts = r.attempt, state = r.state, next_attempt_at = r.next_at,
+                    UPDATE deliveries d SET attempts = r.attempt, state = r.state,
+                           next_attempt_at = ",
+                    db_now!(),
+                    " + (r.next_at - r.at),
                            last_status = r.status, last_error = r.error, updated_at = r.at
                     FROM r WHERE d.id = r.id AND d.attempts < r.attempt AND d.state <> $11
                     RETURNING r.*
                  )
                  INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)
                  SELECT id, hook_id, event_id, attempt, status, error, duration, at FROM updated",
+                ),
                 &params,
             )
             .await?;
@@ -446,15 +498,42 @@ impl PostgresStore {
             .get()
             .await?
             .query_opt(
-                "UPDATE deliveries SET state = $2, attempts = 0, next_attempt_at = $3, updated_at = $3
-                 WHERE id = $1 AND state = $4
-                   AND NOT EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id AND h.removing)
-                 RETURNING hook_id",
+                concat!(
+                    "UPDATE deliveries SET state = $2, attempts = 0, next_attempt_at = ",
+                    db_now!(),
+                    ", updated_at = $3
+                     WHERE id = $1 AND state = $4
+                       AND NOT EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id AND h.removing)
+                     RETURNING hook_id"
+                ),
                 &[&id, &PENDING, &now, &DEAD],
             )
             .await?;
         Ok(row.map(|r| r.get(0)))
     }
+}
+
+/// How long a request waits for a pooled connection before it fails (503): with the database
+/// gone, every request fails this fast instead of queueing behind the pool.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+/// How long opening a connection (TCP, TLS, authentication) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest any statement may run on the server, so that a stuck one (a lock held by a
+/// hung session, a runaway plan) frees its connection; the relay's own statements take
+/// milliseconds, and `VACUUM` lifts it for itself.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections that notice a dead peer: a connect timeout, TCP keep-alives, and a TCP user
+/// timeout (unacknowledged data for this long closes the connection, so a statement sent into a
+/// network partition fails instead of waiting for ever).
+fn bounded(config: &mut tokio_postgres::Config) {
+    config
+        .connect_timeout(CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(15))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(20));
 }
 
 /// The pool's sessions plan without bitmap scans. `deliveries` is a queue: every delivered row
@@ -464,7 +543,11 @@ impl PostgresStore {
 /// relay needs a bitmap scan. Options from the URL are kept.
 fn pooled(config: &tokio_postgres::Config) -> tokio_postgres::Config {
     let mut pooled = config.clone();
-    let options = format!("{} -c enable_bitmapscan=off", config.get_options().unwrap_or_default());
+    let options = format!(
+        "{} -c enable_bitmapscan=off -c statement_timeout={}",
+        config.get_options().unwrap_or_default(),
+        STATEMENT_TIMEOUT.as_millis()
+    );
     pooled.options(options.trim_start());
     pooled
 }
@@ -506,10 +589,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pooled_sessions_keep_the_urls_options_and_plan_without_bitmap_scans() {
-        let url = tokio_postgres::Config::from_str("postgres://u@h/db?options=-csearch_path%3Ds").unwrap();
-        assert_eq!(pooled(&url).get_options(), Some("-csearch_path=s -c enable_bitmapscan=off"));
-        let bare = tokio_postgres::Config::from_str("postgres://u@h/db").unwrap();
-        assert_eq!(pooled(&bare).get_options(), Some("-c enable_bitmapscan=off"));
+    fn pooled_sessions_keep_the_urls_options_plan_without_bitmap_scans_and_bound_statements() {
+        let url: tokio_postgres::Config = "postgres://u@h/db?options=-csearch_path%3Ds".parse().unwrap();
+        let bounded = "-c enable_bitmapscan=off -c statement_timeout=30000";
+        assert_eq!(pooled(&url).get_options(), Some(format!("-csearch_path=s {bounded}").as_str()));
+        let bare: tokio_postgres::Config = "postgres://u@h/db".parse().unwrap();
+        assert_eq!(pooled(&bare).get_options(), Some(bounded));
     }
 }

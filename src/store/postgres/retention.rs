@@ -63,7 +63,13 @@ impl PostgresStore {
     /// Marks the space of pruned rows reusable now rather than at autovacuum's pace (the module
     /// says why). `VACUUM` takes no lock that stops reads or writes.
     pub(in crate::store) async fn vacuum(&self) -> Result<(), StoreError> {
-        self.pool.get().await?.batch_execute("VACUUM events, deliveries, attempts").await?;
+        // VACUUM may take longer than the pool's statement timeout, and cannot share a
+        // multi-statement string: the timeout is lifted for it alone.
+        let client = self.pool.get().await?;
+        client.batch_execute("SET statement_timeout = 0").await?;
+        let vacuumed = client.batch_execute("VACUUM events, deliveries, attempts").await;
+        client.batch_execute("RESET statement_timeout").await?;
+        vacuumed?;
         Ok(())
     }
 

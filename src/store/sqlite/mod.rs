@@ -309,6 +309,7 @@ impl SqliteStore {
                         payload: event.payload.clone(),
                         attempts: 0,
                         received_at: event.received_at,
+                        lease_until: fanout.lease_until,
                         streak: None,
                     });
                 }
@@ -372,6 +373,7 @@ impl SqliteStore {
                     payload: Bytes::from(payload),
                     attempts,
                     received_at,
+                    lease_until: claim.lease_until,
                     streak: None,
                 });
             }

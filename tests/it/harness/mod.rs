@@ -1,6 +1,7 @@
 //! Test support: the server under test, HTTP sinks, waiting helpers.
 
 pub(crate) mod client;
+pub(crate) mod pg_server;
 pub(crate) mod process;
 pub(crate) mod server;
 pub(crate) mod sink;
