@@ -81,17 +81,7 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
             let data: Vec<Value> = letters.iter().map(dead_letter_json).collect();
             Ok(json(StatusCode::OK, &json!({ "data": data })))
         }
-        Route::RetryDeadLetter(id) => {
-            let number = id.strip_prefix(DELIVERY_ID_PREFIX).unwrap_or(id).parse::<i64>().ok();
-            let now = now_ms();
-            let hook = match number {
-                Some(n) => state.store.retry_dead_letter(n, now).await?,
-                None => None,
-            };
-            let Some(hook) = hook else { return Err(ApiError::not_found("dead letter")) };
-            state.queue.rescheduled(&hook, now);
-            Ok(json(StatusCode::ACCEPTED, &json!({ "id": id, "status": "scheduled" })))
-        }
+        Route::RetryDeadLetter(id) => retry_dead_letter(state, id, None).await,
         _ => Err(ApiError::not_found("route")),
     }
 }
@@ -277,7 +267,21 @@ fn connection_json(state: &AppState, headers: &HeaderMap, e: &Entry) -> Value {
     })
 }
 
-fn dead_letter_json(d: &DeadLetter) -> Value {
+/// `POST …/dead-letters/{id}/retry`: the dead letter is scheduled again from attempt 1 (only
+/// `connection`'s, when given: the hook API replays a tenant's own).
+pub(super) async fn retry_dead_letter(state: &AppState, id: &str, connection: Option<&str>) -> Reply {
+    let number = id.strip_prefix(DELIVERY_ID_PREFIX).unwrap_or(id).parse::<i64>().ok();
+    let now = now_ms();
+    let hook = match number {
+        Some(n) => state.store.retry_dead_letter(n, now, connection).await?,
+        None => None,
+    };
+    let Some(hook) = hook else { return Err(ApiError::not_found("dead letter")) };
+    state.queue.rescheduled(&hook, now);
+    Ok(json(StatusCode::ACCEPTED, &json!({ "id": id, "status": "scheduled" })))
+}
+
+pub(super) fn dead_letter_json(d: &DeadLetter) -> Value {
     json!({
         "id": format!("{DELIVERY_ID_PREFIX}{}", d.id),
         "connection_id": d.connection_id,

@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::admin::{dead_letter_json, retry_dead_letter};
 use super::auth::authorize;
 use super::error::ApiError;
 use super::io::{limit, read_json};
@@ -72,6 +73,13 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
             let data: Vec<Value> = attempts.iter().map(attempt_json).collect();
             Ok(json(StatusCode::OK, &json!({ "data": data })))
         }
+        Route::OwnDeadLetters => {
+            let letters = state.store.dead_letters(Some(&entry.connection.id), limit(query, 50, 500)?).await?;
+            let data: Vec<Value> = letters.iter().map(dead_letter_json).collect();
+            Ok(json(StatusCode::OK, &json!({ "data": data })))
+        }
+        Route::RetryOwnDeadLetter(id) => retry_dead_letter(state, id, Some(&entry.connection.id)).await,
+        Route::TestEvent => test_event(state, &entry, req).await,
         Route::Events => {
             let events = state.store.events(&entry.connection.id, limit(query, 10, 100)?).await?;
             Ok(json(StatusCode::OK, &EventList { data: listed(&events) }))
@@ -198,6 +206,40 @@ async fn attach(state: &AppState, entry: &Arc<Entry>, req: Request<Incoming>) ->
     body["secret"] = hook.keys.current_secret().into();
     Ok(json(status, &body))
 }
+
+/// `POST /v1/test-events`: a sample `image.created` — Stencil's documented payload with an id of
+/// its own and the body's `template_id`, if any — goes through the real pipeline to the
+/// connection's hooks, so a scenario's "Run once" has something to catch without rendering an
+/// image. It counts against the connection's ingest rate like Stencil's own.
+async fn test_event(state: &AppState, entry: &Arc<Entry>, req: Request<Incoming>) -> Reply {
+    let (parts, body) = req.into_parts();
+    let empty = parts.headers.get(hyper::header::CONTENT_LENGTH).is_none_or(|n| n.as_bytes() == b"0");
+    let input: TestEventIn =
+        if empty { TestEventIn::default() } else { read_json(&parts.headers, body, state.body_pace()).await? };
+    if input.template_id.as_deref().is_some_and(|t| !is_valid_template_id(t)) {
+        return Err(ApiError::validation(format!(
+            "template_id must be 1 to {MAX_TEMPLATE_ID_LEN} characters of A-Z, a-z, 0-9, '.', '_' and '-'"
+        )));
+    }
+    let rate = entry.limiter.check();
+    if !rate.allowed {
+        return Err(ApiError::rate_limited(rate.retry_after));
+    }
+    let mut sample: Value = serde_json::from_str(SAMPLE_EVENT).expect("the sample is JSON");
+    sample["id"] = random_token("evt_test_", 12).into();
+    sample["test"] = true.into();
+    let body = Bytes::from(serde_json::to_vec(&sample).expect("JSON serialises"));
+    super::ingest::accept(state, entry, body, now_ms(), input.template_id).await
+}
+
+/// `POST /v1/test-events`'s optional body.
+#[derive(Debug, Default, Deserialize)]
+struct TestEventIn {
+    template_id: Option<String>,
+}
+
+/// Stencil's documented `image.created` payload, the sample a test event sends.
+const SAMPLE_EVENT: &str = include_str!("../../fixtures/payloads/stencil-image-created.json");
 
 /// How long a rotated-out hook key keeps signing beside the new one, so that a receiver can
 /// switch to the new key at its own pace.

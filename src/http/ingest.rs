@@ -79,7 +79,8 @@ fn url_template(query: Option<&str>) -> Result<Option<String>, ApiError> {
     }
 }
 
-async fn accept(
+/// Commits an authenticated event of `entry` and answers as ingest does (202 or 200 duplicate).
+pub(super) async fn accept(
     state: &AppState,
     entry: &Entry,
     body: Bytes,

@@ -12,6 +12,7 @@ mod io;
 mod limits;
 mod response;
 mod routes;
+mod ui;
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -326,6 +327,8 @@ async fn dispatch(
             );
             Ok(response)
         }
+        Route::UiRoot => ui::asset(""),
+        Route::Ui(asset) => ui::asset(asset),
         Route::Ingest(connection_id) => {
             let response =
                 ingest::ingest(state, client, connection_id, req).await.unwrap_or_else(ApiError::into_response);

@@ -3,6 +3,7 @@
 //! | method | path | handler |
 //! |---|---|---|
 //! | GET | /healthz, /readyz, /metrics | ops |
+//! | GET | /ui, /ui/, /ui/{asset} | ui (the dashboard) |
 //! | POST | /v1/ingest/{connection_id} | ingest |
 //! | GET | /v1/connection | hooks |
 //! | GET, POST | /v1/hooks | hooks |
@@ -11,6 +12,9 @@
 //! | GET | /v1/hooks/{id}/secret | hooks |
 //! | POST | /v1/hooks/{id}/secret/rotate, /v1/hooks/{id}/enable | hooks |
 //! | GET | /v1/events | hooks |
+//! | POST | /v1/test-events | hooks |
+//! | GET | /v1/dead-letters | hooks |
+//! | POST | /v1/dead-letters/{id}/retry | hooks |
 //! | GET, POST | /admin/v1/connections | admin |
 //! | GET, DELETE | /admin/v1/connections/{id} | admin |
 //! | GET | /admin/v1/connections/{id}/hooks | admin |
@@ -32,6 +36,10 @@ pub enum Route<'a> {
     Readyz,
     /// `GET /metrics`
     Metrics,
+    /// `GET /ui` (the page, as `/ui/`)
+    UiRoot,
+    /// `GET /ui/{asset}` (`""`: the page)
+    Ui(&'a str),
     /// `POST /v1/ingest/{connection_id}`
     Ingest(&'a str),
     /// `GET /v1/connection`
@@ -54,6 +62,12 @@ pub enum Route<'a> {
     EnableHook(&'a str),
     /// `GET /v1/events`
     Events,
+    /// `POST /v1/test-events`
+    TestEvent,
+    /// `GET /v1/dead-letters`
+    OwnDeadLetters,
+    /// `POST /v1/dead-letters/{id}/retry`
+    RetryOwnDeadLetter(&'a str),
     /// `GET /admin/v1/connections`
     ListConnections,
     /// `POST /admin/v1/connections`
@@ -83,6 +97,9 @@ impl Route<'_> {
             Route::Healthz => "GET /healthz",
             Route::Readyz => "GET /readyz",
             Route::Metrics => "GET /metrics",
+            Route::UiRoot => "GET /ui",
+            Route::Ui("") => "GET /ui/",
+            Route::Ui(_) => "GET /ui/{asset}",
             Route::Ingest(_) => "POST /v1/ingest/{connection_id}",
             Route::Connection => "GET /v1/connection",
             Route::ListHooks => "GET /v1/hooks",
@@ -94,6 +111,9 @@ impl Route<'_> {
             Route::RotateHookSecret(_) => "POST /v1/hooks/{id}/secret/rotate",
             Route::EnableHook(_) => "POST /v1/hooks/{id}/enable",
             Route::Events => "GET /v1/events",
+            Route::TestEvent => "POST /v1/test-events",
+            Route::OwnDeadLetters => "GET /v1/dead-letters",
+            Route::RetryOwnDeadLetter(_) => "POST /v1/dead-letters/{id}/retry",
             Route::ListConnections => "GET /admin/v1/connections",
             Route::CreateConnection => "POST /admin/v1/connections",
             Route::GetConnection(_) => "GET /admin/v1/connections/{id}",
@@ -118,6 +138,9 @@ pub const PATTERNS: &[&str] = &[
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
+    "GET /ui",
+    "GET /ui/",
+    "GET /ui/{asset}",
     "POST /v1/ingest/{connection_id}",
     "GET /v1/connection",
     "GET /v1/hooks",
@@ -129,6 +152,9 @@ pub const PATTERNS: &[&str] = &[
     "POST /v1/hooks/{id}/secret/rotate",
     "POST /v1/hooks/{id}/enable",
     "GET /v1/events",
+    "POST /v1/test-events",
+    "GET /v1/dead-letters",
+    "POST /v1/dead-letters/{id}/retry",
     "GET /admin/v1/connections",
     "POST /admin/v1/connections",
     "GET /admin/v1/connections/{id}",
@@ -152,6 +178,8 @@ pub(super) fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Api
         ["healthz"] => (pick(m, [("GET", Route::Healthz)]), "GET"),
         ["readyz"] => (pick(m, [("GET", Route::Readyz)]), "GET"),
         ["metrics"] => (pick(m, [("GET", Route::Metrics)]), "GET"),
+        ["ui"] => (pick(m, [("GET", Route::UiRoot)]), "GET"),
+        ["ui", asset] => (pick(m, [("GET", Route::Ui(asset))]), "GET"),
         ["v1", "ingest", id] if !id.is_empty() => (pick(m, [("POST", Route::Ingest(id))]), "POST"),
         ["v1", "connection"] => (pick(m, [("GET", Route::Connection)]), "GET"),
         ["v1", "hooks"] => (pick(m, [("GET", Route::ListHooks), ("POST", Route::AttachHook)]), "GET, POST"),
@@ -165,6 +193,11 @@ pub(super) fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Api
         }
         ["v1", "hooks", id, "enable"] if !id.is_empty() => (pick(m, [("POST", Route::EnableHook(id))]), "POST"),
         ["v1", "events"] => (pick(m, [("GET", Route::Events)]), "GET"),
+        ["v1", "test-events"] => (pick(m, [("POST", Route::TestEvent)]), "POST"),
+        ["v1", "dead-letters"] => (pick(m, [("GET", Route::OwnDeadLetters)]), "GET"),
+        ["v1", "dead-letters", id, "retry"] if !id.is_empty() => {
+            (pick(m, [("POST", Route::RetryOwnDeadLetter(id))]), "POST")
+        }
         ["admin", "v1", "connections"] => {
             (pick(m, [("GET", Route::ListConnections), ("POST", Route::CreateConnection)]), "GET, POST")
         }

@@ -400,11 +400,16 @@ impl Store {
     }
 
     /// Schedules a dead letter again from attempt 1; its hook, or `None` if there is no such dead
-    /// letter.
+    /// letter (of `connection`, when one is given: a tenant replays only its own).
     ///
     /// # Errors
     /// The write failed.
-    pub async fn retry_dead_letter(&self, id: i64, now: i64) -> Result<Option<String>, StoreError> {
-        dispatch!(self.retry_dead_letter(id, now))
+    pub async fn retry_dead_letter(
+        &self,
+        id: i64,
+        now: i64,
+        connection: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        dispatch!(self.retry_dead_letter(id, now, connection.map(str::to_owned)))
     }
 }

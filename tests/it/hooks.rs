@@ -1,11 +1,13 @@
 //! The hook API as Make and Zapier call it, isolation between connections, and the
 //! target-URL rules.
 
+use std::time::Duration;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::harness::process::sqlite_env;
-use crate::harness::{Conn, RelayProcess, Sink, TestServer, event, stencil_event};
+use crate::harness::{Conn, RelayProcess, Sink, SinkReply, TestServer, event, stencil_event};
 
 #[tokio::test]
 async fn connection_check_needs_a_valid_key() {
@@ -294,4 +296,48 @@ async fn the_rightmost_forwarded_for_entry_is_the_client() {
     let victim = [("x-forwarded-for", "203.0.113.7, 198.51.100.20")];
     let other = relay.send(Method::GET, "/v1/connection", Some("sk_guess"), None, &victim).await;
     assert_eq!(other.status, StatusCode::UNAUTHORIZED, "writing a victim's address first does not lock it out");
+}
+
+#[tokio::test]
+async fn a_test_event_goes_through_the_pipeline_to_the_connections_hooks_only() {
+    let relay = TestServer::start().await;
+    let (a, b) = (relay.connection("a").await, relay.connection("b").await);
+    let (sink_a, sink_b) = (Sink::start().await, Sink::start().await);
+    relay.attach(&a, &sink_a.url, None).await;
+    relay.attach(&a, &format!("{}/tpl", sink_a.url), Some("tpl-9")).await;
+    relay.attach(&b, &sink_b.url, None).await;
+    let sent = relay.api(&a, Method::POST, "/test-events", None).await;
+    assert_eq!((sent.status, &sent.body["deliveries"]), (StatusCode::ACCEPTED, &1.into()), "{:?}", sent.body);
+    let got = sink_a.recv().await;
+    let id = sent.body["event_id"].as_str().unwrap();
+    assert!(id.starts_with("evt_test_") && got.header("webhook-id") == id);
+    let payload: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!((&payload["test"], &payload["status"]), (&true.into(), &"completed".into()), "Stencil's shape");
+    let templated = relay.api(&a, Method::POST, "/test-events", Some(json!({ "template_id": "tpl-9" }))).await;
+    assert_eq!(templated.body["deliveries"], 2, "the template's hook gets it too");
+    let bad = relay.api(&a, Method::POST, "/test-events", Some(json!({ "template_id": "no way" }))).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    sink_b.assert_silent(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_connection_lists_and_replays_its_own_dead_letters_only() {
+    let relay = TestServer::start().await;
+    let (a, b) = (relay.connection("a").await, relay.connection("b").await);
+    let sink = Sink::start_with(SinkReply::Status(400)).await;
+    relay.attach(&a, &sink.url, None).await;
+    relay.attach(&b, &format!("{}/b", sink.url), None).await;
+    relay.ingest(&a, &event("dead-a", None)).await;
+    relay.ingest(&b, &event("dead-b", None)).await;
+    let own = relay.await_list(&a.api_key, "/v1/dead-letters", 1).await;
+    assert_eq!((own.len(), &own[0]["event_id"]), (1, &"dead-a".into()));
+    let theirs = relay.await_list(&b.api_key, "/v1/dead-letters", 1).await;
+    let path = format!("/dead-letters/{}/retry", theirs[0]["id"].as_str().unwrap());
+    assert_eq!(relay.api(&a, Method::POST, &path, None).await.status, StatusCode::NOT_FOUND, "not a's to replay");
+    sink.drain().await;
+    sink.answer(SinkReply::Status(200));
+    let path = format!("/dead-letters/{}/retry", own[0]["id"].as_str().unwrap());
+    assert_eq!(relay.api(&a, Method::POST, &path, None).await.status, StatusCode::ACCEPTED);
+    assert_eq!(sink.recv().await.header("webhook-id"), "dead-a");
+    sink.assert_silent(Duration::from_millis(300)).await;
 }

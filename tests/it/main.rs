@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod contract;
 mod crash;
+mod dashboard;
 mod delivery;
 mod deploy;
 mod hardening;

@@ -492,7 +492,12 @@ impl PostgresStore {
             .collect())
     }
 
-    pub(super) async fn retry_dead_letter(&self, id: i64, now: i64) -> Result<Option<String>, StoreError> {
+    pub(super) async fn retry_dead_letter(
+        &self,
+        id: i64,
+        now: i64,
+        connection: Option<String>,
+    ) -> Result<Option<String>, StoreError> {
         let row = self
             .pool
             .get()
@@ -504,9 +509,10 @@ impl PostgresStore {
                     ", updated_at = $3
                      WHERE id = $1 AND state = $4
                        AND NOT EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id AND h.removing)
+                       AND ($5::TEXT IS NULL OR connection_id = $5)
                      RETURNING hook_id"
                 ),
-                &[&id, &PENDING, &now, &DEAD],
+                &[&id, &PENDING, &now, &DEAD, &connection],
             )
             .await?;
         Ok(row.map(|r| r.get(0)))

@@ -453,15 +453,21 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn retry_dead_letter(&self, id: i64, now: i64) -> Result<Option<String>, StoreError> {
+    pub(super) async fn retry_dead_letter(
+        &self,
+        id: i64,
+        now: i64,
+        connection: Option<String>,
+    ) -> Result<Option<String>, StoreError> {
         self.write(move |db| {
             let hook = db
                 .query_row(
                     "UPDATE deliveries SET state = ?2, attempts = 0, next_attempt_at = ?3, lease_until = NULL,
                             updated_at = ?3
                      WHERE id = ?1 AND state = ?4 AND EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id)
+                       AND (?5 IS NULL OR connection_id = ?5)
                      RETURNING hook_id",
-                    params![id, PENDING, now, DEAD],
+                    params![id, PENDING, now, DEAD, connection],
                     |r| r.get(0),
                 )
                 .optional()?;

@@ -1,0 +1,176 @@
+//! The dashboard in a real browser: headless Chromium driven over WebDriver (chromedriver)
+//! against the real relay binary and real sinks. Needs Debian's `chromium` and
+//! `chromium-driver`: a plain `cargo test` lists these as ignored, and `.ci/run` installs the
+//! browser and runs them. Screenshots of each page go to `target/dashboard/`.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::harness::process::sqlite_env;
+use crate::harness::{Conn, RelayProcess, Sink, SinkReply, eventually};
+
+/// How long the page may take to show what a step waits for.
+const PAGE_PATIENCE: Duration = Duration::from_secs(15);
+
+/// A chromedriver on a port of its own; stopped when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver runs (Debian's chromium-driver)");
+        Self { child, port }
+    }
+
+    /// A headless Chromium session, `width` pixels wide.
+    async fn browser(&self, width: u32) -> Client {
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".to_owned(),
+            json!({ "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                              format!("--window-size={width},900")] }),
+        );
+        let url = format!("http://127.0.0.1:{}", self.port);
+        eventually("chromedriver to take a session", || async {
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(capabilities.clone())
+                .connect(&url)
+                .await
+                .ok()
+        })
+        .await
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Saves a screenshot of the page as `target/dashboard/{name}.png`.
+async fn screenshot(browser: &Client, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), browser.screenshot().await.unwrap()).unwrap();
+}
+
+/// Waits until the element at `css` shows `text`.
+async fn until_text(browser: &Client, css: &str, text: &str) {
+    let deadline = std::time::Instant::now() + PAGE_PATIENCE;
+    loop {
+        if let Ok(element) = browser.find(Locator::Css(css)).await
+            && element.text().await.is_ok_and(|t| t.contains(text))
+        {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{css} never showed {text:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn sign_in(browser: &Client, base: &str, credential: &str) {
+    browser.goto(&format!("{base}/ui/")).await.unwrap();
+    browser.find(Locator::Id("credential")).await.unwrap().send_keys(credential).await.unwrap();
+    browser.find(Locator::Css("#sign-in-form button[type=submit]")).await.unwrap().click().await.unwrap();
+}
+
+async fn click(browser: &Client, css: &str) {
+    browser.wait().at_most(PAGE_PATIENCE).for_element(Locator::Css(css)).await.unwrap().click().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs Chromium and chromedriver (Debian's chromium and chromium-driver): .ci/run installs them"]
+async fn a_project_owner_and_an_operator_use_the_dashboard_in_a_real_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::spawn(&sqlite_env(dir.path()));
+    let make = Sink::start().await;
+    let failing = Sink::start_with(SinkReply::Status(400)).await;
+    let conn: Conn = relay.connection("acme").await;
+    relay.attach(&conn, &make.url, None).await;
+    relay.attach(&conn, &format!("{}/zap", failing.url), None).await;
+    let page = reqwest::get(format!("{}/ui/", relay.base)).await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+
+    let driver = Driver::start();
+    let browser = driver.browser(1280).await;
+    sign_in(&browser, &relay.base, &conn.api_key).await;
+    until_text(&browser, "#hooks tbody", "127.0.0.1").await;
+    until_text(&browser, "#connection-facts", "/v1/ingest/acme").await;
+    let stored: serde_json::Value = browser.execute("return Object.keys(localStorage).length", vec![]).await.unwrap();
+    assert_eq!(stored, 0, "nothing in local storage");
+    assert!(browser.current_url().await.unwrap().query().is_none(), "no secret in the URL");
+
+    // A test event goes through the real pipeline, and its attempt shows.
+    click(&browser, "#send-test").await;
+    let sent = make.recv().await;
+    assert!(sent.header("webhook-id").starts_with("evt_test_"));
+    until_text(&browser, "#events tbody", "evt_test_").await;
+    click(&browser, "#events tbody button").await;
+    until_text(&browser, "#event-payload", "\"status\": \"completed\"").await;
+    eventually("the attempts to show", || async {
+        click(&browser, "#events tbody button").await;
+        let text = browser.find(Locator::Id("event-attempts")).await.ok()?.text().await.ok()?;
+        text.contains("answered 200").then_some(())
+    })
+    .await;
+    screenshot(&browser, "connection").await;
+
+    // A payload with markup is shown as text and runs nothing; its dead letter replays.
+    let hostile = json!({ "id": "evt-xss", "type": "image.created", "status": "completed",
+        "user_defined": { "note": "<img src=x onerror=\"window.__xss=1\">" } });
+    relay.ingest(&conn, &serde_json::to_vec(&hostile).unwrap()).await;
+    make.recv().await;
+    failing.recv().await;
+    until_text(&browser, "#dead-letters tbody", "evt-xss").await;
+    browser.goto(&format!("{}/ui/", relay.base)).await.unwrap(); // a reload keeps the session
+    until_text(&browser, "#events tbody", "evt-xss").await;
+    click(&browser, "#events tbody tr:first-child button").await;
+    until_text(&browser, "#event-payload", "<img src=x onerror").await;
+    let ran: serde_json::Value = browser.execute("return window.__xss === undefined", vec![]).await.unwrap();
+    assert_eq!(ran, true, "the payload's markup ran nothing");
+    assert!(browser.find_all(Locator::Css("#event-payload img")).await.unwrap().is_empty());
+    failing.answer(SinkReply::Status(200));
+    failing.drain().await;
+    click(&browser, "#dead-letters tbody button").await;
+    assert_eq!(failing.recv().await.header("webhook-id"), "evt-xss", "replayed to its hook");
+    screenshot(&browser, "event").await;
+
+    // Narrow screens get the same page.
+    browser.set_window_size(375, 812).await.unwrap();
+    screenshot(&browser, "connection-375px").await;
+    browser.set_window_size(1280, 900).await.unwrap();
+
+    click(&browser, "#sign-out").await;
+    until_text(&browser, "#status", "Signed out").await;
+    let left: serde_json::Value = browser.execute("return sessionStorage.length", vec![]).await.unwrap();
+    assert_eq!(left, 0, "signing out forgets the key");
+
+    // The operator creates a connection; its key is shown once.
+    sign_in(&browser, &relay.base, crate::harness::client::ADMIN_TOKEN).await;
+    until_text(&browser, "#connections tbody", "acme").await;
+    browser.find(Locator::Id("new-name")).await.unwrap().send_keys("Browser Co").await.unwrap();
+    browser.find(Locator::Id("new-id")).await.unwrap().send_keys("browser-co").await.unwrap();
+    click(&browser, "#create-connection button[type=submit]").await;
+    until_text(&browser, "#created-secrets", "sk_").await;
+    until_text(&browser, "#connections tbody", "browser-co").await;
+    screenshot(&browser, "operator").await;
+    let created = relay.admin(Method::GET, "/connections/browser-co", None).await;
+    assert_eq!(created.body["name"], "Browser Co");
+    browser.close().await.unwrap();
+}
