@@ -352,6 +352,36 @@ pub struct DeadLetter {
     pub updated_at: i64,
 }
 
+/// What the operator's overview shows of the store: per connection its backlog and dead
+/// letters, and the hooks that fail most.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overview {
+    /// `(connection id, pending deliveries, dead letters)`, connections with either only.
+    pub connections: Vec<(String, u64, u64)>,
+    /// The hooks with the longest failure streaks (or disabled, or paused), most first:
+    /// `(hook id, connection id, url, health)`.
+    pub failing_hooks: Vec<(String, String, String, HookHealth)>,
+}
+
+/// One delivery of an event, as the dashboard shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDelivery {
+    /// Store id of the delivery (shown as `dlv_<id>`).
+    pub id: i64,
+    /// The hook it is for.
+    pub hook_id: String,
+    /// `pending` (waiting or in flight), `delivered` or `dead`.
+    pub state: &'static str,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Status of the last attempt, when the target answered.
+    pub last_status: Option<u16>,
+    /// Error of the last attempt, when there was one.
+    pub last_error: Option<String>,
+    /// When it last changed (ms).
+    pub updated_at: i64,
+}
+
 /// A delivery claimed by a worker: everything needed to attempt it without the registry.
 #[derive(Debug, Clone)]
 pub struct DueDelivery {

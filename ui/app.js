@@ -82,6 +82,11 @@ function shortUrl(url) {
   }
 }
 
+function hookName(hooks, id) {
+  const hook = hooks.find((h) => h.id === id);
+  return hook ? shortUrl(hook.url) : id;
+}
+
 function hookStatus(h) {
   if (h.status === "paused") return `paused until ${when(h.paused_until)}`;
   return h.status;
@@ -123,11 +128,13 @@ async function showConnection(connection) {
 }
 
 async function refreshConnection() {
-  const [hooks, events, dead] = await Promise.all([
+  const [hooks, events, dead, stats] = await Promise.all([
     api("GET", "/v1/hooks"),
     api("GET", "/v1/events?limit=20"),
     api("GET", "/v1/dead-letters?limit=50"),
+    api("GET", "/v1/stats"),
   ]);
+  drawChart(stats.minutes);
   fill("hooks", hooks.data.map((h) => [
     shortUrl(h.url),
     h.template_id ?? "any",
@@ -136,10 +143,27 @@ async function refreshConnection() {
     String(h.consecutive_failures),
     actionsFor(h),
   ]));
-  fill("events", events.data.map((e) => [
-    button(e.id, () => showEvent(e, hooks.data), `Open event ${e.id}`),
-    e.template_id ?? "—",
-    when(e.received_at),
+  const outcomes = await Promise.all(events.data.map((e) =>
+    api("GET", `/v1/events/${encodeURIComponent(e.id)}/deliveries`).then((a) => a.data, () => [])));
+  const templates = [...new Set(events.data.map((e) => e.template_id).filter(Boolean))];
+  const chosen = $("filter-template").value;
+  $("filter-template").replaceChildren(...["", ...templates].map((t) => {
+    const option = document.createElement("option");
+    option.value = t;
+    option.textContent = t || "any";
+    return option;
+  }));
+  $("filter-template").value = templates.includes(chosen) ? chosen : "";
+  const outcome = $("filter-outcome").value;
+  const shown = events.data
+    .map((e, i) => ({ event: e, deliveries: outcomes[i] }))
+    .filter(({ event }) => !$("filter-template").value || event.template_id === $("filter-template").value)
+    .filter(({ deliveries }) => !outcome || deliveries.some((d) => d.state === outcome));
+  fill("events", shown.map(({ event, deliveries }) => [
+    button(event.id, () => showEvent(event, hooks.data), `Open event ${event.id}`),
+    event.template_id ?? "—",
+    when(event.received_at),
+    deliveries.map((d) => `${hookName(hooks.data, d.hook_id)}: ${d.state}`).join(", ") || "no hook",
   ]));
   fill("dead-letters", dead.data.map((d) => [
     d.event_id,
@@ -153,6 +177,42 @@ async function refreshConnection() {
       await refreshConnection();
     }, `Replay ${d.event_id} to its hook`),
   ]));
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(name, attributes) {
+  const element = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
+  return element;
+}
+
+/** Stacked bars of attempts per minute and a line of the p95 latency, drawn from /v1/stats. */
+function drawChart(minutes) {
+  const [width, height] = [600, 150];
+  const step = width / minutes.length;
+  const most = Math.max(1, ...minutes.map((m) => m.delivered + m.retried + m.dead_lettered + m.detached));
+  const slowest = Math.max(1, ...minutes.map((m) => m.latency_p95_ms ?? 0));
+  const shapes = [svg("line", { x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5, stroke: "currentColor", "stroke-opacity": 0.3 })];
+  minutes.forEach((m, i) => {
+    let top = height;
+    for (const [count, colour] of [[m.delivered, "#2e7d32"], [m.retried, "#ef6c00"], [m.dead_lettered + m.detached, "#c62828"]]) {
+      if (!count) continue;
+      const h = (count / most) * (height - 10);
+      top -= h;
+      shapes.push(svg("rect", { x: i * step + 1, y: top, width: Math.max(step - 2, 1), height: h, fill: colour }));
+    }
+  });
+  const points = minutes
+    .map((m, i) => (m.latency_p95_ms == null ? null : `${i * step + step / 2},${height - (m.latency_p95_ms / slowest) * (height - 10)}`))
+    .filter(Boolean);
+  if (points.length) shapes.push(svg("polyline", { points: points.join(" "), fill: "none", stroke: "#1565c0", "stroke-width": 2 }));
+  $("chart").replaceChildren(...shapes);
+  const sum = (key) => minutes.reduce((n, m) => n + m[key], 0);
+  const latest = [...minutes].reverse().find((m) => m.latency_p95_ms != null);
+  $("chart-summary").textContent = `${sum("delivered")} delivered, ${sum("retried")} retried, ` +
+    `${sum("dead_lettered")} dead letters` +
+    (latest ? `; latency p95 up to ${latest.latency_p95_ms} ms in the latest minute with deliveries.` : ".");
 }
 
 function actionsFor(hook) {
@@ -176,6 +236,18 @@ function actionsFor(hook) {
 async function showEvent(event, hooks) {
   $("event-detail-title").textContent = `Event ${event.id}`;
   $("event-payload").textContent = JSON.stringify(event.payload, null, 2);
+  const deliveries = (await api("GET", `/v1/events/${encodeURIComponent(event.id)}/deliveries`)).data;
+  $("event-deliveries").replaceChildren(...deliveries.map((d) => {
+    const li = document.createElement("li");
+    li.append(`${hookName(hooks, d.hook_id)}: ${d.state} after ${d.attempts} attempt(s) `);
+    if (d.state !== "pending") {
+      li.append(button("Replay to this hook", async () => {
+        await api("POST", `/v1/deliveries/${encodeURIComponent(d.id)}/replay`);
+        say(`Sending ${event.id} to ${hookName(hooks, d.hook_id)} again.`);
+      }, `Replay ${event.id} to ${hookName(hooks, d.hook_id)}`));
+    }
+    return li;
+  }));
   const lists = await Promise.all(hooks.map((h) => api("GET", `/v1/hooks/${encodeURIComponent(h.id)}/deliveries?limit=100`)
     .then((answer) => answer.data.filter((a) => a.event_id === event.id).map((a) => ({ hook: h, attempt: a })))));
   const attempts = lists.flat();
@@ -202,15 +274,88 @@ async function showOperator() {
   refresher = setInterval(() => refreshOperator().catch((e) => say(e.message, true)), REFRESH_MS);
 }
 
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i += 1;
+  }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
 async function refreshOperator() {
-  const answer = await api("GET", "/admin/v1/connections");
+  const [answer, overview] = await Promise.all([api("GET", "/admin/v1/connections"), api("GET", "/admin/v1/overview")]);
+  const facts = [
+    ["Pending deliveries", String(overview.pending)],
+    ["Oldest pending", overview.pending ? `${overview.oldest_pending_age_seconds} s` : "—"],
+    ["Store size", bytes(overview.store_size_bytes)],
+    ["Hooks", `${overview.hooks.active} active, ${overview.hooks.paused} paused, ${overview.hooks.disabled} disabled`],
+  ];
+  $("overview").replaceChildren(...facts.flatMap(([term, value]) => {
+    const dt = document.createElement("dt");
+    dt.textContent = term;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    return [dt, dd];
+  }));
+  fill("failing", overview.failing_hooks.map((h) => [
+    shortUrl(h.url),
+    h.connection_id,
+    h.status,
+    String(h.consecutive_failures),
+    when(h.last_success_at),
+  ]));
+  const backlog = new Map(overview.connections.map((c) => [c.id, c]));
   fill("connections", answer.data.map((c) => [
-    c.id,
+    button(c.id, () => manage(c), `Manage connection ${c.id}`),
     c.name,
     String(c.hook_count),
+    String(backlog.get(c.id)?.pending ?? 0),
+    String(backlog.get(c.id)?.dead_letters ?? 0),
     c.ingest_auth,
     String(c.rejected_ingests ? c.rejected_ingests.total : 0),
   ]));
+}
+
+/** The operator's panel for one connection: settings, key and secret rotation. */
+function manage(connection) {
+  const path = `/admin/v1/connections/${encodeURIComponent(connection.id)}`;
+  $("manage-title").textContent = `Connection ${connection.id}`;
+  $("ingest-auth").value = connection.ingest_auth;
+  $("ingest-rate").value = connection.ingest_rate ?? "";
+  $("rotated").replaceChildren();
+  $("settings").onsubmit = async (submitted) => {
+    submitted.preventDefault();
+    const rate = $("ingest-rate").value.trim();
+    try {
+      await api("PATCH", path, { ingest_auth: $("ingest-auth").value, ingest_rate: rate ? Number(rate) : null });
+      say(`Saved ${connection.id}.`);
+      await refreshOperator();
+    } catch (e) {
+      say(e.message, true);
+    }
+  };
+  $("rotate-key").onclick = async () => {
+    if (!window.confirm(`Rotate the API key of ${connection.id}? The current key stops working at once.`)) return;
+    try {
+      const rotated = await api("POST", `${path}/api-key`);
+      $("rotated").replaceChildren(...copyable("new API key", rotated.api_key));
+      say(`Rotated the API key of ${connection.id}: shown once.`);
+    } catch (e) {
+      say(e.message, true);
+    }
+  };
+  $("rotate-secret").onclick = async () => {
+    try {
+      const rotated = await api("POST", `${path}/signing-secret`, { grace_seconds: 3600 });
+      $("rotated").replaceChildren(...copyable("new signing secret", rotated.signing_secret));
+      say(`Rotated the signing secret of ${connection.id}; the old one verifies until ${when(rotated.previous_expires_at)}.`);
+    } catch (e) {
+      say(e.message, true);
+    }
+  };
+  $("manage").hidden = false;
 }
 
 function copyable(term, value) {
@@ -256,8 +401,10 @@ async function enter() {
 function signOut() {
   sessionStorage.removeItem(KEY);
   clearInterval(refresher);
-  for (const id of ["connection", "operator", "event-detail", "created"]) $(id).hidden = true;
-  for (const id of ["connection-facts", "created-secrets", "event-attempts"]) $(id).replaceChildren();
+  for (const id of ["connection", "operator", "event-detail", "created", "manage"]) $(id).hidden = true;
+  for (const id of ["connection-facts", "created-secrets", "event-attempts", "event-deliveries", "rotated"]) {
+    $(id).replaceChildren();
+  }
   $("event-payload").textContent = "";
   $("who").textContent = "";
   $("sign-out").hidden = true;
@@ -288,6 +435,9 @@ async function start() {
       say(e.message, true);
     }
   });
+  for (const filter of ["filter-template", "filter-outcome"]) {
+    $(filter).addEventListener("change", () => refreshConnection().catch((e) => say(e.message, true)));
+  }
   $("create-connection").addEventListener("submit", async (submitted) => {
     submitted.preventDefault();
     try {

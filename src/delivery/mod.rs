@@ -50,6 +50,7 @@ mod recorder;
 pub mod retry;
 mod signing;
 mod slots;
+pub mod stats;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -89,6 +90,7 @@ pub struct DeliveryQueue {
 
 struct QueueShared {
     wake: Notify,
+    stats: stats::DeliveryStats,
     slots: Arc<Slots>,
     handed: mpsc::UnboundedSender<(DueDelivery, Ticket)>,
     lease: Duration,
@@ -116,7 +118,8 @@ impl DeliveryQueue {
         };
         let health = Arc::new(Health::new(hook_rate, disable_after));
         let slots = Slots::new(MAX_IN_FLIGHT, hook_rate.max(1), hand_offs, health);
-        (Self { shared: Arc::new(QueueShared { wake: Notify::new(), slots, handed, lease }) }, HandedOff(receiver))
+        let shared = QueueShared { wake: Notify::new(), stats: stats::DeliveryStats::default(), slots, handed, lease };
+        (Self { shared: Arc::new(shared) }, HandedOff(receiver))
     }
 
     /// Wakes the dispatcher (coalesced; never blocks).
@@ -182,6 +185,11 @@ impl DeliveryQueue {
             self.health().seed(&hook_id, streak);
         }
         Ok(())
+    }
+
+    /// What this instance's attempts did, per connection and minute (the dashboard's chart).
+    pub fn stats(&self) -> &stats::DeliveryStats {
+        &self.shared.stats
     }
 
     fn health(&self) -> &Health {
@@ -481,25 +489,31 @@ impl Shared {
         };
         tracing::info!(status = status_code, outcome = ?decision, ms = sent.duration.as_millis() as u64, "attempt finished");
         let metrics = &self.dispatcher.metrics;
+        let stats = &self.dispatcher.queue.shared.stats;
+        let ended = now_ms();
         let next = match decision {
             Decision::Detach => {
                 metrics.attempt(DeliveryOutcome::Detached, sent.duration);
+                stats.record(&d.connection_id, DeliveryOutcome::Detached, None, ended);
                 self.detach(&d).await;
                 return;
             }
             Decision::Delivered => {
                 metrics.attempt(DeliveryOutcome::Delivered, sent.duration);
-                let waited = now_ms().saturating_sub(d.received_at);
-                metrics.delivered_after(Duration::from_millis(u64::try_from(waited).unwrap_or(0)));
+                let waited = Duration::from_millis(u64::try_from(ended.saturating_sub(d.received_at)).unwrap_or(0));
+                metrics.delivered_after(waited);
+                stats.record(&d.connection_id, DeliveryOutcome::Delivered, Some(waited), ended);
                 NextStep::Delivered
             }
             Decision::Retry(wait) => {
                 metrics.attempt(DeliveryOutcome::Retried, sent.duration);
+                stats.record(&d.connection_id, DeliveryOutcome::Retried, None, ended);
                 let wait = retry::spread(wait, random_unit());
-                NextStep::RetryAt(now_ms().saturating_add(wait.as_millis() as i64))
+                NextStep::RetryAt(ended.saturating_add(wait.as_millis() as i64))
             }
             Decision::DeadLetter => {
                 metrics.attempt(DeliveryOutcome::DeadLettered, sent.duration);
+                stats.record(&d.connection_id, DeliveryOutcome::DeadLettered, None, ended);
                 NextStep::DeadLetter
             }
         };

@@ -59,6 +59,7 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
         Route::DeleteConnection(id) => {
             let removed = state.store.delete_connection(id).await?;
             state.registry.remove_connection(id);
+            state.queue.stats().forget(id);
             if removed { Ok(empty(StatusCode::NO_CONTENT)) } else { Err(ApiError::not_found("connection")) }
         }
         Route::ConnectionHooks(id) => {
@@ -82,6 +83,7 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
             Ok(json(StatusCode::OK, &json!({ "data": data })))
         }
         Route::RetryDeadLetter(id) => retry_dead_letter(state, id, None).await,
+        Route::Overview => overview(state).await,
         _ => Err(ApiError::not_found("route")),
     }
 }
@@ -270,15 +272,69 @@ fn connection_json(state: &AppState, headers: &HeaderMap, e: &Entry) -> Value {
 /// `POST …/dead-letters/{id}/retry`: the dead letter is scheduled again from attempt 1 (only
 /// `connection`'s, when given: the hook API replays a tenant's own).
 pub(super) async fn retry_dead_letter(state: &AppState, id: &str, connection: Option<&str>) -> Reply {
+    replay(state, id, connection, false).await
+}
+
+/// Schedules delivery `id` again from attempt 1: a dead letter, or with `delivered_too` any
+/// finished delivery (the dashboard's "replay to this hook"); only `connection`'s when given.
+pub(super) async fn replay(state: &AppState, id: &str, connection: Option<&str>, delivered_too: bool) -> Reply {
     let number = id.strip_prefix(DELIVERY_ID_PREFIX).unwrap_or(id).parse::<i64>().ok();
     let now = now_ms();
     let hook = match number {
-        Some(n) => state.store.retry_dead_letter(n, now, connection).await?,
+        Some(n) => state.store.retry_dead_letter(n, now, connection, delivered_too).await?,
         None => None,
     };
-    let Some(hook) = hook else { return Err(ApiError::not_found("dead letter")) };
+    let Some(hook) = hook else {
+        return Err(ApiError::not_found(if delivered_too { "finished delivery" } else { "dead letter" }));
+    };
     state.queue.rescheduled(&hook, now);
     Ok(json(StatusCode::ACCEPTED, &json!({ "id": id, "status": "scheduled" })))
+}
+
+/// How many of the hooks that fail most the overview lists.
+const FAILING_HOOKS: usize = 10;
+
+/// `GET /admin/v1/overview`: the backlog's size and age, the store's size, hooks by status,
+/// per connection its pending deliveries and dead letters, and the hooks that fail most.
+async fn overview(state: &AppState) -> Reply {
+    let overview = state.store.overview(FAILING_HOOKS).await?;
+    let stats = *state.store_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = now_ms();
+    let connections: Vec<Value> = overview
+        .connections
+        .iter()
+        .map(|(id, pending, dead)| json!({ "id": id, "pending": pending, "dead_letters": dead }))
+        .collect();
+    let failing: Vec<Value> = overview
+        .failing_hooks
+        .iter()
+        .map(|(id, connection, url, health)| {
+            json!({
+                "id": id,
+                "connection_id": connection,
+                "url": url,
+                "status": health.status(now).as_str(),
+                "consecutive_failures": health.streak.failures,
+                "last_success_at": health.streak.last_success_at.map(rfc3339),
+            })
+        })
+        .collect();
+    let hooks = state.registry.hook_count() as u64;
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "pending": stats.pending,
+            "oldest_pending_age_seconds": stats.oldest_pending_at.map_or(0, |at| (now - at).max(0) / 1000),
+            "store_size_bytes": stats.size_bytes,
+            "hooks": {
+                "active": hooks.saturating_sub(stats.paused_hooks + stats.disabled_hooks),
+                "paused": stats.paused_hooks,
+                "disabled": stats.disabled_hooks,
+            },
+            "connections": connections,
+            "failing_hooks": failing,
+        }),
+    ))
 }
 
 pub(super) fn dead_letter_json(d: &DeadLetter) -> Value {

@@ -16,15 +16,15 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::admin::{dead_letter_json, retry_dead_letter};
+use super::admin::{dead_letter_json, replay, retry_dead_letter};
 use super::auth::authorize;
 use super::error::ApiError;
 use super::io::{limit, read_json};
 use super::response::{empty, json};
 use super::routes::Route;
 use crate::model::{
-    Attempt, Event, HOOK_ID_PREFIX, Hook, HookHealth, HookKeys, HookStatus, IMAGE_CREATED, MAX_TEMPLATE_ID_LEN,
-    event_type, is_valid_template_id, now_ms, random_token, rfc3339,
+    Attempt, DELIVERY_ID_PREFIX, Event, EventDelivery, HOOK_ID_PREFIX, Hook, HookHealth, HookKeys, HookStatus,
+    IMAGE_CREATED, MAX_TEMPLATE_ID_LEN, event_type, is_valid_template_id, now_ms, random_token, rfc3339,
 };
 use crate::registry::Entry;
 use crate::rejections::Summary;
@@ -80,6 +80,17 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
         }
         Route::RetryOwnDeadLetter(id) => retry_dead_letter(state, id, Some(&entry.connection.id)).await,
         Route::TestEvent => test_event(state, &entry, req).await,
+        Route::Stats => Ok(json(StatusCode::OK, &stats_json(state, &entry.connection.id))),
+        Route::EventDeliveries(id) => {
+            let deliveries = state
+                .store
+                .event_deliveries(&entry.connection.id, id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("event"))?;
+            let data: Vec<Value> = deliveries.iter().map(event_delivery_json).collect();
+            Ok(json(StatusCode::OK, &json!({ "data": data })))
+        }
+        Route::ReplayDelivery(id) => replay(state, id, Some(&entry.connection.id), true).await,
         Route::Events => {
             let events = state.store.events(&entry.connection.id, limit(query, 10, 100)?).await?;
             Ok(json(StatusCode::OK, &EventList { data: listed(&events) }))
@@ -232,6 +243,28 @@ async fn test_event(state: &AppState, entry: &Arc<Entry>, req: Request<Incoming>
     super::ingest::accept(state, entry, body, now_ms(), input.template_id).await
 }
 
+/// `GET /v1/stats`: the connection's last hour, minute by minute, as this instance saw it.
+fn stats_json(state: &AppState, connection_id: &str) -> Value {
+    let minutes: Vec<Value> = state
+        .queue
+        .stats()
+        .last_hour(connection_id, now_ms())
+        .iter()
+        .map(|m| {
+            json!({
+                "at": rfc3339(m.at),
+                "delivered": m.delivered,
+                "retried": m.retried,
+                "dead_lettered": m.dead_lettered,
+                "detached": m.detached,
+                "latency_p50_ms": m.latency_ms(0.5),
+                "latency_p95_ms": m.latency_ms(0.95),
+            })
+        })
+        .collect();
+    json!({ "minutes": minutes })
+}
+
 /// `POST /v1/test-events`'s optional body.
 #[derive(Debug, Default, Deserialize)]
 struct TestEventIn {
@@ -324,6 +357,18 @@ pub(super) fn hook_json(h: &Hook, health: &HookHealth) -> Value {
         "paused_until": health.streak.paused_until.filter(|_| status == HookStatus::Paused).map(rfc3339),
         "last_success_at": health.streak.last_success_at.map(rfc3339),
         "consecutive_failures": health.streak.failures,
+    })
+}
+
+fn event_delivery_json(d: &EventDelivery) -> Value {
+    json!({
+        "id": format!("{DELIVERY_ID_PREFIX}{}", d.id),
+        "hook_id": d.hook_id,
+        "state": d.state,
+        "attempts": d.attempts,
+        "last_status": d.last_status,
+        "last_error": d.last_error,
+        "updated_at": rfc3339(d.updated_at),
     })
 }
 

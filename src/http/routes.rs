@@ -13,6 +13,9 @@
 //! | POST | /v1/hooks/{id}/secret/rotate, /v1/hooks/{id}/enable | hooks |
 //! | GET | /v1/events | hooks |
 //! | POST | /v1/test-events | hooks |
+//! | GET | /v1/stats | hooks |
+//! | GET | /v1/events/{id}/deliveries | hooks |
+//! | POST | /v1/deliveries/{id}/replay | hooks |
 //! | GET | /v1/dead-letters | hooks |
 //! | POST | /v1/dead-letters/{id}/retry | hooks |
 //! | GET, POST | /admin/v1/connections | admin |
@@ -21,6 +24,7 @@
 //! | POST | /admin/v1/connections/{id}/api-key | admin |
 //! | POST | /admin/v1/connections/{id}/signing-secret | admin |
 //! | GET | /admin/v1/dead-letters | admin |
+//! | GET | /admin/v1/overview | admin |
 //! | POST | /admin/v1/dead-letters/{id}/retry | admin |
 
 use hyper::Method;
@@ -64,6 +68,12 @@ pub enum Route<'a> {
     Events,
     /// `POST /v1/test-events`
     TestEvent,
+    /// `GET /v1/stats`
+    Stats,
+    /// `GET /v1/events/{id}/deliveries`
+    EventDeliveries(&'a str),
+    /// `POST /v1/deliveries/{id}/replay`
+    ReplayDelivery(&'a str),
     /// `GET /v1/dead-letters`
     OwnDeadLetters,
     /// `POST /v1/dead-letters/{id}/retry`
@@ -86,6 +96,8 @@ pub enum Route<'a> {
     RotateSigningSecret(&'a str),
     /// `GET /admin/v1/dead-letters`
     DeadLetters,
+    /// `GET /admin/v1/overview`
+    Overview,
     /// `POST /admin/v1/dead-letters/{id}/retry`
     RetryDeadLetter(&'a str),
 }
@@ -112,6 +124,9 @@ impl Route<'_> {
             Route::EnableHook(_) => "POST /v1/hooks/{id}/enable",
             Route::Events => "GET /v1/events",
             Route::TestEvent => "POST /v1/test-events",
+            Route::Stats => "GET /v1/stats",
+            Route::EventDeliveries(_) => "GET /v1/events/{id}/deliveries",
+            Route::ReplayDelivery(_) => "POST /v1/deliveries/{id}/replay",
             Route::OwnDeadLetters => "GET /v1/dead-letters",
             Route::RetryOwnDeadLetter(_) => "POST /v1/dead-letters/{id}/retry",
             Route::ListConnections => "GET /admin/v1/connections",
@@ -123,6 +138,7 @@ impl Route<'_> {
             Route::RotateApiKey(_) => "POST /admin/v1/connections/{id}/api-key",
             Route::RotateSigningSecret(_) => "POST /admin/v1/connections/{id}/signing-secret",
             Route::DeadLetters => "GET /admin/v1/dead-letters",
+            Route::Overview => "GET /admin/v1/overview",
             Route::RetryDeadLetter(_) => "POST /admin/v1/dead-letters/{id}/retry",
         }
     }
@@ -153,6 +169,9 @@ pub const PATTERNS: &[&str] = &[
     "POST /v1/hooks/{id}/enable",
     "GET /v1/events",
     "POST /v1/test-events",
+    "GET /v1/stats",
+    "GET /v1/events/{id}/deliveries",
+    "POST /v1/deliveries/{id}/replay",
     "GET /v1/dead-letters",
     "POST /v1/dead-letters/{id}/retry",
     "GET /admin/v1/connections",
@@ -164,6 +183,7 @@ pub const PATTERNS: &[&str] = &[
     "POST /admin/v1/connections/{id}/api-key",
     "POST /admin/v1/connections/{id}/signing-secret",
     "GET /admin/v1/dead-letters",
+    "GET /admin/v1/overview",
     "POST /admin/v1/dead-letters/{id}/retry",
 ];
 
@@ -194,6 +214,11 @@ pub(super) fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Api
         ["v1", "hooks", id, "enable"] if !id.is_empty() => (pick(m, [("POST", Route::EnableHook(id))]), "POST"),
         ["v1", "events"] => (pick(m, [("GET", Route::Events)]), "GET"),
         ["v1", "test-events"] => (pick(m, [("POST", Route::TestEvent)]), "POST"),
+        ["v1", "stats"] => (pick(m, [("GET", Route::Stats)]), "GET"),
+        ["v1", "events", id, "deliveries"] if !id.is_empty() => (pick(m, [("GET", Route::EventDeliveries(id))]), "GET"),
+        ["v1", "deliveries", id, "replay"] if !id.is_empty() => {
+            (pick(m, [("POST", Route::ReplayDelivery(id))]), "POST")
+        }
         ["v1", "dead-letters"] => (pick(m, [("GET", Route::OwnDeadLetters)]), "GET"),
         ["v1", "dead-letters", id, "retry"] if !id.is_empty() => {
             (pick(m, [("POST", Route::RetryOwnDeadLetter(id))]), "POST")
@@ -219,6 +244,7 @@ pub(super) fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Api
             (pick(m, [("POST", Route::RotateSigningSecret(id))]), "POST")
         }
         ["admin", "v1", "dead-letters"] => (pick(m, [("GET", Route::DeadLetters)]), "GET"),
+        ["admin", "v1", "overview"] => (pick(m, [("GET", Route::Overview)]), "GET"),
         ["admin", "v1", "dead-letters", id, "retry"] if !id.is_empty() => {
             (pick(m, [("POST", Route::RetryDeadLetter(id))]), "POST")
         }

@@ -26,12 +26,14 @@ use std::sync::Arc;
 use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
 use crate::model::{
-    Attempt, AttemptRecord, Connection, DeadLetter, Event, Hook, HookHealth, HookKeys, Hooks, SigningSecret, Streak,
+    Attempt, AttemptRecord, Connection, DeadLetter, Event, EventDelivery, Hook, HookHealth, HookKeys, Hooks, Overview,
+    SigningSecret, Streak,
 };
 
 pub use postgres::{ChangeFeed, PostgresStore};
 use rows::{
-    DEAD, DELIVERED, PENDING, fresh_hook_keys, stored_event, stored_hook_keys, stored_ingest_auth, stored_state,
+    DEAD, DELIVERED, PENDING, fresh_hook_keys, state_name, stored_event, stored_hook_keys, stored_ingest_auth,
+    stored_state,
 };
 use snapshot::{Snapshot, SnapshotBuilder};
 pub use sqlite::SqliteStore;
@@ -399,8 +401,9 @@ impl Store {
         dispatch!(self.dead_letters(connection_id.map(str::to_owned), limit))
     }
 
-    /// Schedules a dead letter again from attempt 1; its hook, or `None` if there is no such dead
-    /// letter (of `connection`, when one is given: a tenant replays only its own).
+    /// Schedules a dead letter — or, with `delivered_too`, any finished delivery — again from
+    /// attempt 1; its hook, or `None` if there is no such delivery (of `connection`, when one is
+    /// given: a tenant replays only its own).
     ///
     /// # Errors
     /// The write failed.
@@ -409,7 +412,30 @@ impl Store {
         id: i64,
         now: i64,
         connection: Option<&str>,
+        delivered_too: bool,
     ) -> Result<Option<String>, StoreError> {
-        dispatch!(self.retry_dead_letter(id, now, connection.map(str::to_owned)))
+        dispatch!(self.retry_dead_letter(id, now, connection.map(str::to_owned), delivered_too))
+    }
+
+    /// Per connection its pending deliveries and dead letters, and the `limit` hooks that fail
+    /// most: read through indexes of unfinished and dead deliveries and of unwell hooks, so it
+    /// costs the backlog, not the history.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn overview(&self, limit: usize) -> Result<Overview, StoreError> {
+        dispatch!(self.overview(limit))
+    }
+
+    /// The deliveries of a connection's event, or `None` when it has no such event.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn event_deliveries(
+        &self,
+        connection_id: &str,
+        event_id: &str,
+    ) -> Result<Option<Vec<EventDelivery>>, StoreError> {
+        dispatch!(self.event_deliveries(connection_id.to_owned(), event_id.to_owned()))
     }
 }

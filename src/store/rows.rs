@@ -18,6 +18,15 @@ pub(super) fn stored_state(next: NextStep, at: i64) -> (i32, i64) {
     }
 }
 
+/// A stored delivery state as the API names it (in flight is still pending).
+pub(super) fn state_name(state: i32) -> &'static str {
+    match state {
+        DELIVERED => "delivered",
+        DEAD => "dead",
+        _ => "pending",
+    }
+}
+
 /// The static name of a stored hook's event type.
 pub(super) fn stored_event(name: &str) -> Result<&'static str, StoreError> {
     event_type(name).ok_or_else(|| StoreError::Corrupt(format!("a hook subscribes to the unknown event type {name:?}")))

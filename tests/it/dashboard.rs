@@ -129,6 +129,9 @@ async fn a_project_owner_and_an_operator_use_the_dashboard_in_a_real_browser() {
         text.contains("answered 200").then_some(())
     })
     .await;
+    until_text(&browser, "#chart-summary", "delivered").await;
+    let bars = browser.find_all(Locator::Css("#chart rect")).await.unwrap();
+    assert!(!bars.is_empty(), "the chart draws the last hour's deliveries");
     screenshot(&browser, "connection").await;
 
     // A payload with markup is shown as text and runs nothing; its dead letter replays.
@@ -149,6 +152,22 @@ async fn a_project_owner_and_an_operator_use_the_dashboard_in_a_real_browser() {
     failing.drain().await;
     click(&browser, "#dead-letters tbody button").await;
     assert_eq!(failing.recv().await.header("webhook-id"), "evt-xss", "replayed to its hook");
+
+    // An event's outcome per hook, the filter by outcome, and a replay to one hook.
+    until_text(&browser, "#event-deliveries", "delivered after 1 attempt").await;
+    make.drain().await;
+    click(&browser, "#event-deliveries li:first-child button").await;
+    assert_eq!(make.recv().await.header("webhook-id"), "evt-xss", "sent again to that hook only");
+    let dead_only = browser.find(Locator::Css("#filter-outcome option[value=dead]")).await.unwrap();
+    dead_only.click().await.unwrap();
+    until_text(&browser, "#events tbody", "evt_test_").await;
+    eventually("the filter to keep only events with a dead letter", || async {
+        let rows = browser.find_all(Locator::Css("#events tbody tr")).await.ok()?;
+        let text = browser.find(Locator::Css("#events tbody")).await.ok()?.text().await.ok()?;
+        (rows.len() == 1 && !text.contains("evt-xss")).then_some(())
+    })
+    .await;
+    browser.find(Locator::Css("#filter-outcome option[value='']")).await.unwrap().click().await.unwrap();
     screenshot(&browser, "event").await;
 
     // Narrow screens get the same page.
@@ -161,9 +180,15 @@ async fn a_project_owner_and_an_operator_use_the_dashboard_in_a_real_browser() {
     let left: serde_json::Value = browser.execute("return sessionStorage.length", vec![]).await.unwrap();
     assert_eq!(left, 0, "signing out forgets the key");
 
-    // The operator creates a connection; its key is shown once.
+    // The operator sees the relay at a glance (a hook failing again is among those that fail
+    // most) and creates a connection; its key is shown once.
+    failing.answer(SinkReply::Status(400));
+    relay.ingest(&conn, &serde_json::to_vec(&json!({ "id": "evt-refused", "type": "image.created" })).unwrap()).await;
+    failing.recv().await;
     sign_in(&browser, &relay.base, crate::harness::client::ADMIN_TOKEN).await;
     until_text(&browser, "#connections tbody", "acme").await;
+    until_text(&browser, "#overview", "Store size").await;
+    until_text(&browser, "#failing tbody", "acme").await;
     browser.find(Locator::Id("new-name")).await.unwrap().send_keys("Browser Co").await.unwrap();
     browser.find(Locator::Id("new-id")).await.unwrap().send_keys("browser-co").await.unwrap();
     click(&browser, "#create-connection button[type=submit]").await;
@@ -172,5 +197,21 @@ async fn a_project_owner_and_an_operator_use_the_dashboard_in_a_real_browser() {
     screenshot(&browser, "operator").await;
     let created = relay.admin(Method::GET, "/connections/browser-co", None).await;
     assert_eq!(created.body["name"], "Browser Co");
+
+    // …and manages one: how Stencil authenticates, and a new API key (the old one stops).
+    click(&browser, "#connections tbody tr:first-child button").await;
+    until_text(&browser, "#manage-title", "acme").await;
+    browser.find(Locator::Css("#ingest-auth option[value=token]")).await.unwrap().click().await.unwrap();
+    click(&browser, "#settings button[type=submit]").await;
+    until_text(&browser, "#status", "Saved acme").await;
+    let acme = relay.admin(Method::GET, "/connections/acme", None).await;
+    assert_eq!(acme.body["ingest_auth"], "token");
+    let accept: serde_json::Value = browser.execute("window.confirm = () => true; return true", vec![]).await.unwrap();
+    assert_eq!(accept, true);
+    click(&browser, "#rotate-key").await;
+    until_text(&browser, "#rotated", "sk_").await;
+    let old_key = relay.api(&conn, Method::GET, "/connection", None).await;
+    assert_eq!(old_key.status, reqwest::StatusCode::UNAUTHORIZED, "the rotated-out key stops working");
+    screenshot(&browser, "operator-manage").await;
     browser.close().await.unwrap();
 }

@@ -341,3 +341,33 @@ async fn a_connection_lists_and_replays_its_own_dead_letters_only() {
     assert_eq!(sink.recv().await.header("webhook-id"), "dead-a");
     sink.assert_silent(Duration::from_millis(300)).await;
 }
+
+#[tokio::test]
+async fn an_events_deliveries_show_per_hook_and_a_finished_one_replays_to_its_hook() {
+    let relay = TestServer::start().await;
+    let (a, b) = (relay.connection("a").await, relay.connection("b").await);
+    let (ok, refusing) = (Sink::start().await, Sink::start_with(SinkReply::Status(400)).await);
+    let good = relay.attach(&a, &ok.url, None).await;
+    let bad = relay.attach(&a, &refusing.url, None).await;
+    relay.ingest(&a, &event("per-hook", None)).await;
+    ok.recv().await;
+    refusing.recv().await;
+    let deliveries = crate::harness::eventually("both outcomes recorded", || async {
+        let reply = relay.api(&a, Method::GET, "/events/per-hook/deliveries", None).await;
+        let data = reply.body["data"].as_array()?.clone();
+        data.iter().all(|d| d["state"] != "pending").then_some(data)
+    })
+    .await;
+    let state_of = |hook: &str| deliveries.iter().find(|d| d["hook_id"] == hook).unwrap()["state"].clone();
+    assert_eq!((state_of(&good), state_of(&bad)), ("delivered".into(), "dead".into()));
+    let not_theirs = relay.api(&b, Method::GET, "/events/per-hook/deliveries", None).await;
+    assert_eq!(not_theirs.status, StatusCode::NOT_FOUND, "another connection's event is not found");
+    let delivered =
+        deliveries.iter().find(|d| d["hook_id"] == good.as_str()).unwrap()["id"].as_str().unwrap().to_owned();
+    let path = format!("/deliveries/{delivered}/replay");
+    assert_eq!(relay.api(&b, Method::POST, &path, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(relay.api(&a, Method::POST, &path, None).await.status, StatusCode::ACCEPTED);
+    let again = ok.recv().await;
+    assert_eq!((again.header("webhook-id"), again.header("x-relay-attempt")), ("per-hook", "1"));
+    refusing.assert_silent(Duration::from_millis(300)).await;
+}

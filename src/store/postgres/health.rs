@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use tokio_postgres::Row;
 
 use super::PostgresStore;
-use crate::model::{AttemptRecord, HookHealth, Streak, now_ms};
+use crate::model::{AttemptRecord, HookHealth, Overview, Streak, now_ms};
 use crate::store::{DEAD, PENDING, StoreError};
 
 /// The columns [`health_row`] reads, in its order.
@@ -103,6 +103,40 @@ impl PostgresStore {
             )
             .await?;
         Ok((row.get::<_, i64>(0).unsigned_abs(), row.get::<_, i64>(1).unsigned_abs()))
+    }
+
+    pub(in crate::store) async fn overview(&self, limit: usize) -> Result<Overview, StoreError> {
+        let client = self.pool.get().await?;
+        // One state per statement, so that each reads its state's partial index only.
+        let by_connection = "SELECT connection_id, COUNT(*) FROM deliveries WHERE state = $1 GROUP BY connection_id";
+        let mut counts: std::collections::BTreeMap<String, (u64, u64)> = std::collections::BTreeMap::new();
+        for (state, dead) in [(PENDING, false), (DEAD, true)] {
+            for r in client.query(by_connection, &[&state]).await? {
+                let entry = counts.entry(r.get(0)).or_default();
+                let n = r.get::<_, i64>(1).unsigned_abs();
+                if dead { entry.1 += n } else { entry.0 += n }
+            }
+        }
+        let failing = client
+            .query(
+                &format!(
+                    "SELECT {HEALTH_COLUMNS}, connection_id, url FROM hooks
+                     WHERE (consecutive_failures > 0 OR paused_until IS NOT NULL OR disabled_at IS NOT NULL) AND NOT removing
+                     ORDER BY disabled_at IS NULL, consecutive_failures DESC LIMIT $1"
+                ),
+                &[&(limit as i64)],
+            )
+            .await?;
+        Ok(Overview {
+            connections: counts.into_iter().map(|(id, (pending, dead))| (id, pending, dead)).collect(),
+            failing_hooks: failing
+                .iter()
+                .map(|r| {
+                    let (id, health) = health_row(r);
+                    (id, r.get(6), r.get(7), health)
+                })
+                .collect(),
+        })
     }
 
     pub(in crate::store) async fn disable_hook(

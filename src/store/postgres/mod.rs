@@ -42,9 +42,11 @@ mod retention;
 mod schema;
 mod tls;
 
-use super::{Claim, DEAD, Fanout, Ingested, LeasedClaim, PENDING, StoreError, Waiting, stored_state};
+use super::{
+    Claim, DEAD, DELIVERED, Fanout, Ingested, LeasedClaim, PENDING, StoreError, Waiting, state_name, stored_state,
+};
 use crate::metrics::Metrics;
-use crate::model::{Attempt, AttemptRecord, DeadLetter, DueDelivery, Event, Streak, random_token};
+use crate::model::{Attempt, AttemptRecord, DeadLetter, DueDelivery, Event, EventDelivery, Streak, random_token};
 use in_flight::InFlight;
 use ingest::IngestQueue;
 use schema::{CHANGES_CHANNEL, MIGRATION_LOCK, MIGRATIONS};
@@ -492,11 +494,48 @@ impl PostgresStore {
             .collect())
     }
 
+    pub(super) async fn event_deliveries(
+        &self,
+        connection_id: String,
+        event_id: String,
+    ) -> Result<Option<Vec<EventDelivery>>, StoreError> {
+        let client = self.pool.get().await?;
+        let Some(event) = client
+            .query_opt("SELECT seq FROM events WHERE connection_id = $1 AND id = $2", &[&connection_id, &event_id])
+            .await?
+        else {
+            return Ok(None);
+        };
+        let seq: i64 = event.get(0);
+        let rows = client
+            .query(
+                "SELECT id, hook_id, state, attempts, last_status, last_error, updated_at FROM deliveries
+                 WHERE event_seq = $1 AND NOT EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id AND h.removing)
+                 ORDER BY id",
+                &[&seq],
+            )
+            .await?;
+        Ok(Some(
+            rows.iter()
+                .map(|r| EventDelivery {
+                    id: r.get(0),
+                    hook_id: r.get(1),
+                    state: state_name(r.get(2)),
+                    attempts: r.get::<_, i32>(3).unsigned_abs(),
+                    last_status: r.get::<_, Option<i32>>(4).map(|s| s as u16),
+                    last_error: r.get(5),
+                    updated_at: r.get(6),
+                })
+                .collect(),
+        ))
+    }
+
     pub(super) async fn retry_dead_letter(
         &self,
         id: i64,
         now: i64,
         connection: Option<String>,
+        delivered_too: bool,
     ) -> Result<Option<String>, StoreError> {
         let row = self
             .pool
@@ -507,12 +546,12 @@ impl PostgresStore {
                     "UPDATE deliveries SET state = $2, attempts = 0, next_attempt_at = ",
                     db_now!(),
                     ", updated_at = $3
-                     WHERE id = $1 AND state = $4
+                     WHERE id = $1 AND (state = $4 OR ($6 AND state = $7))
                        AND NOT EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id AND h.removing)
                        AND ($5::TEXT IS NULL OR connection_id = $5)
                      RETURNING hook_id"
                 ),
-                &[&id, &PENDING, &now, &DEAD, &connection],
+                &[&id, &PENDING, &now, &DEAD, &connection, &delivered_too, &DELIVERED],
             )
             .await?;
         Ok(row.map(|r| r.get(0)))

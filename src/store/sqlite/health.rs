@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection as Db, OptionalExtension, params};
 
 use super::{IN_FLIGHT, SqliteStore};
-use crate::model::{HookHealth, Streak, now_ms};
+use crate::model::{HookHealth, Overview, Streak, now_ms};
 use crate::store::{DEAD, PENDING, StoreError};
 
 /// The columns [`health_row`] reads, in its order.
@@ -63,6 +63,37 @@ impl SqliteStore {
                  FROM hooks WHERE consecutive_failures > 0 OR paused_until IS NOT NULL OR disabled_at IS NOT NULL",
             )?
             .query_row([now_ms()], |r| Ok((r.get(0)?, r.get(1)?)))?)
+    }
+
+    pub(in crate::store) async fn overview(&self, limit: usize) -> Result<Overview, StoreError> {
+        self.read(move |db| {
+            let mut counts: std::collections::BTreeMap<String, (u64, u64)> = std::collections::BTreeMap::new();
+            // One state per statement, so that each reads its state's partial index only.
+            let by_connection =
+                "SELECT connection_id, COUNT(*) FROM deliveries WHERE state = ?1 GROUP BY connection_id";
+            let mut by_connection = db.prepare_cached(by_connection)?;
+            for (state, dead) in [(PENDING, false), (IN_FLIGHT, false), (DEAD, true)] {
+                for row in by_connection.query_map([state], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
+                    let (id, n) = row?;
+                    let entry = counts.entry(id).or_default();
+                    if dead { entry.1 += n } else { entry.0 += n }
+                }
+            }
+            let mut failing = db.prepare_cached(&format!(
+                "SELECT {HEALTH_COLUMNS}, connection_id, url FROM hooks
+                 WHERE consecutive_failures > 0 OR paused_until IS NOT NULL OR disabled_at IS NOT NULL
+                 ORDER BY disabled_at IS NULL, consecutive_failures DESC LIMIT ?1"
+            ))?;
+            let failing_hooks = failing
+                .query_map([limit as i64], |r| {
+                    let (id, health) = health_row(r)?;
+                    Ok((id, r.get(6)?, r.get(7)?, health))
+                })?
+                .collect::<Result<_, _>>()?;
+            let connections = counts.into_iter().map(|(id, (p, d))| (id, p, d)).collect();
+            Ok(Overview { connections, failing_hooks })
+        })
+        .await
     }
 
     pub(in crate::store) async fn disable_hook(

@@ -32,9 +32,11 @@ mod rows;
 mod schema;
 mod writer;
 
-use super::{Claim, DEAD, Fanout, Ingested, OwnedClaim, PENDING, Pruned, StoreError, StoreStats, Waiting};
+use super::{
+    Claim, DEAD, DELIVERED, Fanout, Ingested, OwnedClaim, PENDING, Pruned, StoreError, StoreStats, Waiting, state_name,
+};
 use crate::metrics::Metrics;
-use crate::model::{Attempt, AttemptRecord, DeadLetter, DueDelivery, Event};
+use crate::model::{Attempt, AttemptRecord, DeadLetter, DueDelivery, Event, EventDelivery};
 pub(super) use backup::backup;
 use checkpoint::Checkpointer;
 use claims::{Leased, claim_hooks, expire_in_flight, record};
@@ -453,21 +455,56 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn event_deliveries(
+        &self,
+        connection_id: String,
+        event_id: String,
+    ) -> Result<Option<Vec<EventDelivery>>, StoreError> {
+        self.read(move |db| {
+            let Some(seq) = db
+                .prepare_cached("SELECT seq FROM events WHERE connection_id = ?1 AND id = ?2")?
+                .query_row(params![connection_id, event_id], |r| r.get::<_, i64>(0))
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let mut stmt = db.prepare_cached(
+                "SELECT id, hook_id, state, attempts, last_status, last_error, updated_at FROM deliveries
+                 WHERE event_seq = ?1 AND EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id) ORDER BY id",
+            )?;
+            let rows = stmt.query_map([seq], |r| {
+                Ok(EventDelivery {
+                    id: r.get(0)?,
+                    hook_id: r.get(1)?,
+                    state: state_name(r.get(2)?),
+                    attempts: r.get(3)?,
+                    last_status: r.get(4)?,
+                    last_error: r.get(5)?,
+                    updated_at: r.get(6)?,
+                })
+            })?;
+            Ok(Some(rows.collect::<Result<_, _>>()?))
+        })
+        .await
+    }
+
     pub(super) async fn retry_dead_letter(
         &self,
         id: i64,
         now: i64,
         connection: Option<String>,
+        delivered_too: bool,
     ) -> Result<Option<String>, StoreError> {
         self.write(move |db| {
             let hook = db
                 .query_row(
                     "UPDATE deliveries SET state = ?2, attempts = 0, next_attempt_at = ?3, lease_until = NULL,
                             updated_at = ?3
-                     WHERE id = ?1 AND state = ?4 AND EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id)
+                     WHERE id = ?1 AND (state = ?4 OR (?6 AND state = ?7))
+                       AND EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id)
                        AND (?5 IS NULL OR connection_id = ?5)
                      RETURNING hook_id",
-                    params![id, PENDING, now, DEAD, connection],
+                    params![id, PENDING, now, DEAD, connection, delivered_too, DELIVERED],
                     |r| r.get(0),
                 )
                 .optional()?;
