@@ -219,3 +219,62 @@ async fn a_project_owner_and_an_operator_use_the_dashboard_in_a_real_browser() {
     screenshot(&browser, "operator-manage").await;
     browser.close().await.unwrap();
 }
+
+/// WebDriver's key codes for Tab and Enter.
+const TAB: &str = "\u{e004}";
+const ENTER: &str = "\u{e007}";
+
+#[tokio::test]
+#[ignore = "needs Chromium and chromedriver (Debian's chromium and chromium-driver): .ci/run installs them"]
+async fn the_dashboard_works_from_the_keyboard_and_every_control_has_a_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::spawn(&sqlite_env(dir.path()));
+    let make = Sink::start().await;
+    let conn: Conn = relay.connection("keys").await;
+    relay.attach(&conn, &make.url, None).await;
+    let driver = Driver::start();
+    let browser = driver.browser(1024).await;
+    browser.goto(&format!("{}/ui/", relay.base)).await.unwrap();
+
+    // From the top of the page: Tab reaches the key field first, Enter signs in.
+    let focused = |browser: &Client| {
+        let browser = browser.clone();
+        async move {
+            browser.execute("return document.activeElement ? document.activeElement.id : ''", vec![]).await.unwrap()
+        }
+    };
+    browser.active_element().await.unwrap().send_keys(TAB).await.unwrap();
+    assert_eq!(focused(&browser).await, "credential");
+    let field = browser.active_element().await.unwrap();
+    field.send_keys(&conn.api_key).await.unwrap();
+    field.send_keys(ENTER).await.unwrap();
+    until_text(&browser, "#hooks tbody", "127.0.0.1").await;
+
+    // Tab on until "Send a test event" has the focus, then Enter sends one.
+    let mut presses = 0;
+    while focused(&browser).await != "send-test" {
+        browser.active_element().await.unwrap().send_keys(TAB).await.unwrap();
+        presses += 1;
+        assert!(presses < 40, "Tab never reached the test-event button");
+    }
+    browser.active_element().await.unwrap().send_keys(ENTER).await.unwrap();
+    assert!(make.recv().await.header("webhook-id").starts_with("evt_test_"), "sent from the keyboard");
+
+    let unlabelled: serde_json::Value = browser
+        .execute(
+            "return [...document.querySelectorAll('input, select')].filter((c) => c.labels.length === 0).map((c) => c.id)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(unlabelled, json!([]), "every field has a label");
+    let nameless: serde_json::Value = browser
+        .execute(
+            "return [...document.querySelectorAll('button')].filter((b) => !(b.getAttribute('aria-label') || b.textContent.trim())).length",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(nameless, 0, "every button says what it does");
+    browser.close().await.unwrap();
+}
