@@ -47,6 +47,15 @@ pub fn is_valid_template_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// `Ok` for a valid template id, else the rule it breaks, for the error the caller answers with.
+pub fn check_template_id(id: &str) -> Result<(), String> {
+    if is_valid_template_id(id) {
+        Ok(())
+    } else {
+        Err(format!("template_id must be 1 to {MAX_TEMPLATE_ID_LEN} characters of A-Z, a-z, 0-9, '.', '_' and '-'"))
+    }
+}
+
 /// A fresh hook signing key as a `whsec_` secret.
 pub fn new_hook_secret() -> String {
     HookKeys::generate().current_secret()

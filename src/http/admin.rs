@@ -82,7 +82,7 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
             let data: Vec<Value> = letters.iter().map(dead_letter_json).collect();
             Ok(json(StatusCode::OK, &json!({ "data": data })))
         }
-        Route::RetryDeadLetter(id) => retry_dead_letter(state, id, None).await,
+        Route::RetryDeadLetter(id) => replay(state, id, None, false).await,
         Route::Overview => overview(state).await,
         _ => Err(ApiError::not_found("route")),
     }
@@ -269,19 +269,14 @@ fn connection_json(state: &AppState, headers: &HeaderMap, e: &Entry) -> Value {
     })
 }
 
-/// `POST …/dead-letters/{id}/retry`: the dead letter is scheduled again from attempt 1 (only
-/// `connection`'s, when given: the hook API replays a tenant's own).
-pub(super) async fn retry_dead_letter(state: &AppState, id: &str, connection: Option<&str>) -> Reply {
-    replay(state, id, connection, false).await
-}
-
-/// Schedules delivery `id` again from attempt 1: a dead letter, or with `delivered_too` any
-/// finished delivery (the dashboard's "replay to this hook"); only `connection`'s when given.
+/// Schedules delivery `id` again from attempt 1: a dead letter (`POST …/dead-letters/{id}/retry`),
+/// or with `delivered_too` any finished delivery (the dashboard's "replay to this hook"); only
+/// `connection`'s when given (the hook API replays a tenant's own).
 pub(super) async fn replay(state: &AppState, id: &str, connection: Option<&str>, delivered_too: bool) -> Reply {
     let number = id.strip_prefix(DELIVERY_ID_PREFIX).unwrap_or(id).parse::<i64>().ok();
     let now = now_ms();
     let hook = match number {
-        Some(n) => state.store.retry_dead_letter(n, now, connection, delivered_too).await?,
+        Some(n) => state.store.replay(n, now, connection, delivered_too).await?,
         None => None,
     };
     let Some(hook) = hook else {

@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::admin::{dead_letter_json, replay, retry_dead_letter};
+use super::admin::{dead_letter_json, replay};
 use super::auth::authorize;
 use super::error::ApiError;
 use super::io::{limit, read_json};
@@ -24,7 +24,7 @@ use super::response::{empty, json};
 use super::routes::Route;
 use crate::model::{
     Attempt, DELIVERY_ID_PREFIX, Event, EventDelivery, HOOK_ID_PREFIX, Hook, HookHealth, HookKeys, HookStatus,
-    IMAGE_CREATED, MAX_TEMPLATE_ID_LEN, event_type, is_valid_template_id, now_ms, random_token, rfc3339,
+    IMAGE_CREATED, check_template_id, event_type, now_ms, random_token, rfc3339,
 };
 use crate::registry::Entry;
 use crate::rejections::Summary;
@@ -78,7 +78,7 @@ pub(super) async fn handle(state: &AppState, client: IpAddr, route: Route<'_>, r
             let data: Vec<Value> = letters.iter().map(dead_letter_json).collect();
             Ok(json(StatusCode::OK, &json!({ "data": data })))
         }
-        Route::RetryOwnDeadLetter(id) => retry_dead_letter(state, id, Some(&entry.connection.id)).await,
+        Route::RetryOwnDeadLetter(id) => replay(state, id, Some(&entry.connection.id), false).await,
         Route::TestEvent => test_event(state, &entry, req).await,
         Route::Stats => Ok(json(StatusCode::OK, &stats_json(state, &entry.connection.id))),
         Route::EventDeliveries(id) => {
@@ -164,11 +164,7 @@ impl HookIn {
         };
         let url = targets.check(raw_url.trim()).map_err(ApiError::invalid_url)?;
         let template_id = self.template_id.filter(|t| !t.is_empty());
-        if template_id.as_deref().is_some_and(|t| !is_valid_template_id(t)) {
-            return Err(ApiError::validation(format!(
-                "template_id must be 1 to {MAX_TEMPLATE_ID_LEN} characters of A-Z, a-z, 0-9, '.', '_' and '-'"
-            )));
-        }
+        template_id.as_deref().map(check_template_id).transpose().map_err(ApiError::validation)?;
         Ok((url.into(), event, template_id))
     }
 }
@@ -227,11 +223,7 @@ async fn test_event(state: &AppState, entry: &Arc<Entry>, req: Request<Incoming>
     let empty = parts.headers.get(hyper::header::CONTENT_LENGTH).is_none_or(|n| n.as_bytes() == b"0");
     let input: TestEventIn =
         if empty { TestEventIn::default() } else { read_json(&parts.headers, body, state.body_pace()).await? };
-    if input.template_id.as_deref().is_some_and(|t| !is_valid_template_id(t)) {
-        return Err(ApiError::validation(format!(
-            "template_id must be 1 to {MAX_TEMPLATE_ID_LEN} characters of A-Z, a-z, 0-9, '.', '_' and '-'"
-        )));
-    }
+    input.template_id.as_deref().map(check_template_id).transpose().map_err(ApiError::validation)?;
     let rate = entry.limiter.check();
     if !rate.allowed {
         return Err(ApiError::rate_limited(rate.retry_after));

@@ -18,7 +18,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::io::{discard, query_param, read_body};
 use super::response::json;
-use crate::model::{Event, IMAGE_CREATED, MAX_TEMPLATE_ID_LEN, is_valid_template_id, now_ms};
+use crate::model::{Event, IMAGE_CREATED, check_template_id, now_ms};
 use crate::ratelimit::RateStatus;
 use crate::registry::Entry;
 use crate::signature::SIGNATURE_HEADER;
@@ -70,13 +70,9 @@ pub(super) async fn ingest(
 /// The ingest URL's `template_id`, checked: Stencil's webhooks are set up per template and their
 /// payloads name none, so the URL given to Stencil for a template carries it.
 fn url_template(query: Option<&str>) -> Result<Option<String>, ApiError> {
-    match query_param(query, "template_id") {
-        None => Ok(None),
-        Some(t) if is_valid_template_id(&t) => Ok(Some(t.into_owned())),
-        Some(_) => Err(ApiError::invalid_request(format!(
-            "template_id must be 1 to {MAX_TEMPLATE_ID_LEN} characters of A-Z, a-z, 0-9, '.', '_' and '-'"
-        ))),
-    }
+    let Some(template) = query_param(query, "template_id") else { return Ok(None) };
+    check_template_id(&template).map_err(ApiError::invalid_request)?;
+    Ok(Some(template.into_owned()))
 }
 
 /// Commits an authenticated event of `entry` and answers as ingest does (202 or 200 duplicate).
@@ -168,11 +164,7 @@ impl Envelope {
         };
         let event_type = text(&fields.event).or_else(|| text(&fields.kind)).unwrap_or_else(|| IMAGE_CREATED.to_owned());
         let template_id = text(&fields.template_id);
-        if template_id.as_deref().is_some_and(|t| !is_valid_template_id(t)) {
-            return Err(ApiError::invalid_payload(format!(
-                "template_id must be 1 to {MAX_TEMPLATE_ID_LEN} characters of A-Z, a-z, 0-9, '.', '_' and '-'"
-            )));
-        }
+        template_id.as_deref().map(check_template_id).transpose().map_err(ApiError::invalid_payload)?;
         Ok(Self { id, event_type, template_id })
     }
 }
@@ -301,6 +293,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::model::is_valid_template_id;
 
     #[test]
     fn envelope_reads_id_type_and_template() {

@@ -407,14 +407,14 @@ impl Store {
     ///
     /// # Errors
     /// The write failed.
-    pub async fn retry_dead_letter(
+    pub async fn replay(
         &self,
         id: i64,
         now: i64,
         connection: Option<&str>,
         delivered_too: bool,
     ) -> Result<Option<String>, StoreError> {
-        dispatch!(self.retry_dead_letter(id, now, connection.map(str::to_owned), delivered_too))
+        dispatch!(self.replay(id, now, connection.map(str::to_owned), delivered_too))
     }
 
     /// Per connection its pending deliveries and dead letters, and the `limit` hooks that fail

@@ -1,24 +1,8 @@
 //! The binary's command line: configuration errors, `sign`.
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
-use crate::harness::process::BIN;
-
-/// Runs `command`, killing it if it has not exited within a few seconds (a start that should
-/// have failed but serves instead must fail the test, not hang it).
-fn run_briefly(command: &mut Command) -> Output {
-    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
+use crate::harness::process::{BIN, run_briefly};
 
 /// `serve` with one variable set to `value` and harmless defaults for the rest.
 fn serve_with(var: &str, value: &str) -> Output {

@@ -2,13 +2,13 @@
 //! database is away. Each test starts a PostgreSQL server of its own (`harness::pg_server`), so
 //! a plain `cargo test` lists them as ignored and `.ci/run` runs them.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
 use crate::harness::pg_server::{PgServer, ServerTls};
-use crate::harness::process::{BIN, sqlite_env};
+use crate::harness::process::{BIN, run_briefly, sqlite_env};
 use crate::harness::{RelayProcess, Sink, event, eventually};
 
 /// The test settings with `url` as the store.
@@ -21,17 +21,9 @@ fn env_with(dir: &std::path::Path, url: &str) -> Vec<(String, String)> {
 
 /// Starts the relay on `url` expecting it to refuse: its exit code and what it printed.
 fn refused_start(url: &str) -> (i32, String) {
-    let child = Command::new(BIN)
-        .arg("serve")
-        .env_clear()
-        .env("RELAY_LISTEN", "127.0.0.1:0")
-        .env("RELAY_DATABASE_URL", url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_briefly(
+        Command::new(BIN).arg("serve").env_clear().env("RELAY_LISTEN", "127.0.0.1:0").env("RELAY_DATABASE_URL", url),
+    );
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

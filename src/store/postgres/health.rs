@@ -72,6 +72,7 @@ impl PostgresStore {
         Ok(rows.iter().map(health_row).collect())
     }
 
+    /// The first condition is the `hooks_unwell` index's own, so the index serves the read.
     pub(in crate::store) async fn unwell_hooks(&self) -> Result<Vec<(String, Streak)>, StoreError> {
         let rows = self
             .pool

@@ -530,7 +530,7 @@ impl PostgresStore {
         ))
     }
 
-    pub(super) async fn retry_dead_letter(
+    pub(super) async fn replay(
         &self,
         id: i64,
         now: i64,

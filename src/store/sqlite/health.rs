@@ -42,6 +42,7 @@ impl SqliteStore {
         .await
     }
 
+    /// The first condition is the `hooks_unwell` index's own, so the index serves the read.
     pub(in crate::store) async fn unwell_hooks(&self) -> Result<Vec<(String, Streak)>, StoreError> {
         self.read(|db| {
             let mut stmt = db.prepare(&format!(

@@ -488,7 +488,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn retry_dead_letter(
+    pub(super) async fn replay(
         &self,
         id: i64,
         now: i64,

@@ -13,6 +13,21 @@ use super::client::{ADMIN_TOKEN, RelayClient};
 /// The binary under test.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_stencil-relay");
 
+/// Runs `command`, killing it if it has not exited within a few seconds (a start that should
+/// have failed but serves instead must fail the test, not hang it).
+pub(crate) fn run_briefly(command: &mut Command) -> std::process::Output {
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// A running relay process.
 pub(crate) struct RelayProcess {
     child: Child,
