@@ -243,9 +243,10 @@ async fn an_attempt_that_would_outlive_its_lease_is_handed_back_not_sent() {
     // than their 2 s lease leaves room for a 1 s attempt, and go back to the queue instead.
     let dir = tempfile::tempdir().unwrap();
     let mut env = crate::harness::process::sqlite_env(dir.path());
-    env.retain(|(k, _)| k != "RELAY_HOOK_RATE" && k != "RELAY_LEASE");
+    env.retain(|(k, _)| !matches!(k.as_str(), "RELAY_HOOK_RATE" | "RELAY_LEASE" | "RELAY_DELIVERY_TIMEOUT"));
     env.push(("RELAY_HOOK_RATE".to_owned(), "5".to_owned()));
-    env.push(("RELAY_LEASE".to_owned(), "2s".to_owned())); // the least allowed: twice the 1 s timeout
+    env.push(("RELAY_DELIVERY_TIMEOUT".to_owned(), "1s".to_owned()));
+    env.push(("RELAY_LEASE".to_owned(), "2s".to_owned())); // the least allowed: twice the timeout
     let relay = crate::harness::RelayProcess::spawn(&env);
     let sink = Sink::start().await;
     sink.script([SinkReply::Status(429)]);

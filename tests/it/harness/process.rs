@@ -56,8 +56,8 @@ pub(crate) fn sqlite_env(dir: &Path) -> Vec<(String, String)> {
     [
         ("RELAY_LISTEN", "127.0.0.1:0".to_owned()),
         ("RELAY_DATABASE_URL", format!("sqlite://{}", dir.join("relay.db").display())),
-        ("RELAY_LEASE", "3s".to_owned()),
-        ("RELAY_DELIVERY_TIMEOUT", "1s".to_owned()),
+        ("RELAY_LEASE", "4s".to_owned()),
+        ("RELAY_DELIVERY_TIMEOUT", "2s".to_owned()),
         ("RELAY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ("RELAY_TARGET_HOSTS", "*".to_owned()),
         ("RELAY_ALLOW_PRIVATE_TARGETS", "true".to_owned()),

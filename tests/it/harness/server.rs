@@ -42,13 +42,13 @@ impl TestServer {
             "--listen=127.0.0.1:0",
             &format!("--admin-token={ADMIN_TOKEN}"),
             "--retry-schedule=100ms,200ms,300ms",
-            "--delivery-timeout=1s",
+            "--delivery-timeout=2s",
             "--target-hosts=*",
             "--allow-private-targets=true",
             "--hook-rate=100",
             "--ingest-rate=1000",
             "--shutdown-grace=2s",
-            "--lease=3s",
+            "--lease=4s",
         ])
         .expect("test settings are valid")
     }
