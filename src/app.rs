@@ -124,6 +124,8 @@ impl App {
         let retention = crate::retention::Retention::new(state.config.retention);
         tracker.spawn(retention.run(state.store.clone(), state.metrics.clone(), token.clone()));
         tracker.spawn(crate::retention::reap_removals(state.store.clone(), token.clone()));
+        let (counts, store_for_counts, counted) = (Arc::clone(&state.event_counts), state.store.clone(), token.clone());
+        tracker.spawn(async move { counts.run(store_for_counts, counted).await });
         tracker.spawn(crate::sync::follow(state.store.clone(), state.registry.clone(), changes, token.clone()));
         let mut servers =
             vec![tokio::spawn(http::serve(listener, Surface::Api, Arc::clone(&state), token.clone(), grace))];

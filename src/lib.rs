@@ -11,6 +11,8 @@
 //! - [`registry`]: the in-memory index of connections and hooks (no database reads on hot paths).
 //! - [`store`]: durable state behind one interface (embedded SQLite, or PostgreSQL for several
 //!   instances).
+//! - [`retention`], [`event_counts`]: background upkeep of the store (pruning old history,
+//!   adding the hourly event counts).
 //! - [`signature`], [`target`], [`ratelimit`], [`rejections`], [`model`]: pure building blocks.
 //!
 //! Dependency rule: `cli → app → {http, delivery, registry, store, …}`; nothing imports `app`,
@@ -22,6 +24,7 @@ pub mod config;
 #[cfg(test)]
 mod corpus;
 pub mod delivery;
+pub mod event_counts;
 pub mod http;
 pub mod metrics;
 pub mod model;

@@ -365,12 +365,40 @@ pub struct DeadLetter {
 /// letters, and the hooks that fail most.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overview {
-    /// `(connection id, pending deliveries, dead letters)`, connections with either only.
-    pub connections: Vec<(String, u64, u64)>,
+    /// The connections with pending deliveries, dead letters or events in the last 24 hours,
+    /// by id.
+    pub connections: Vec<ConnectionLoad>,
     /// The hooks with the longest failure streaks (or disabled, or paused), most first:
     /// `(hook id, connection id, url, health)`.
     pub failing_hooks: Vec<(String, String, String, HookHealth)>,
 }
+
+/// What one connection has waiting, buried and received, as the operator view shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionLoad {
+    /// The connection's id.
+    pub id: String,
+    /// Deliveries waiting or in flight.
+    pub pending: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Events received in the current hour and the 23 before it (counted by the hour).
+    pub events_24h: u64,
+}
+
+/// Events one connection received in one hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourCount {
+    /// The connection's id.
+    pub connection_id: String,
+    /// Milliseconds since the epoch divided by [`HOUR_MS`].
+    pub hour: i64,
+    /// How many.
+    pub events: u64,
+}
+
+/// An hour in milliseconds: the unit of [`HourCount::hour`].
+pub const HOUR_MS: i64 = 3_600_000;
 
 /// One delivery of an event, as the dashboard shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

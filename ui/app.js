@@ -313,6 +313,7 @@ async function refreshOperator() {
     String(c.hook_count),
     String(backlog.get(c.id)?.pending ?? 0),
     String(backlog.get(c.id)?.dead_letters ?? 0),
+    String(backlog.get(c.id)?.events_24h ?? 0),
     c.ingest_auth,
     String(c.rejected_ingests ? c.rejected_ingests.total : 0),
   ]));

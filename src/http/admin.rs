@@ -290,15 +290,18 @@ pub(super) async fn replay(state: &AppState, id: &str, connection: Option<&str>,
 const FAILING_HOOKS: usize = 10;
 
 /// `GET /admin/v1/overview`: the backlog's size and age, the store's size, hooks by status,
-/// per connection its pending deliveries and dead letters, and the hooks that fail most.
+/// per connection its pending deliveries, dead letters and events in the last 24 hours, and the
+/// hooks that fail most.
 async fn overview(state: &AppState) -> Reply {
-    let overview = state.store.overview(FAILING_HOOKS).await?;
-    let stats = *state.store_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let now = now_ms();
+    let overview = state.store.overview(FAILING_HOOKS, now).await?;
+    let stats = *state.store_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let connections: Vec<Value> = overview
         .connections
         .iter()
-        .map(|(id, pending, dead)| json!({ "id": id, "pending": pending, "dead_letters": dead }))
+        .map(
+            |c| json!({ "id": c.id, "pending": c.pending, "dead_letters": c.dead_letters, "events_24h": c.events_24h }),
+        )
         .collect();
     let failing: Vec<Value> = overview
         .failing_hooks

@@ -3,6 +3,7 @@
 //! connection's rate limit, then one commit of the event and its deliveries.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -96,11 +97,13 @@ pub(super) async fn accept(
         Event { id: envelope.id, event_type: envelope.event_type, template_id, payload: body, received_at: now };
     let event_id = event.id.clone();
     let (fanout, reserved) = state.queue.plan(hooks, now);
-    let queue = state.queue.clone();
-    // Handed over by the store once committed, even if the client hangs up before that.
+    let (queue, counts, connection_id) =
+        (state.queue.clone(), Arc::clone(&state.event_counts), entry.connection.id.clone());
+    // Handed over and counted once committed, even if the client hangs up before that.
     let hand_over = move |ingested: &mut Ingested| {
         if let Ingested::Accepted { handed, .. } = ingested {
             queue.accepted(reserved, std::mem::take(handed));
+            counts.add(&connection_id, now);
         }
     };
     match state.store.ingest(&entry.connection.id, event, fanout, hand_over).await? {

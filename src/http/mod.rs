@@ -67,6 +67,8 @@ pub struct AppState {
     /// The store's figures as last read in the background (`/metrics` shows them without
     /// touching the store).
     pub store_stats: std::sync::Mutex<crate::store::StoreStats>,
+    /// Events received per connection and hour since the last flush to the store.
+    pub event_counts: Arc<crate::event_counts::EventCounts>,
     /// Ingest requests in progress, in all, per address and per connection id.
     ingest_slots: limits::IngestSlots,
     /// Mints request ids: a random prefix per instance and a counter, so no request pays for
@@ -111,6 +113,7 @@ impl AppState {
             metrics,
             ingest_slots,
             store_stats: std::sync::Mutex::default(),
+            event_counts: Arc::default(),
             request_ids: RequestIds::new(),
         }
     }

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use crate::config::DatabaseUrl;
 use crate::metrics::Metrics;
 use crate::model::{
-    Attempt, AttemptRecord, Connection, DeadLetter, Event, EventDelivery, Hook, HookHealth, HookKeys, Hooks, Overview,
-    SigningSecret, Streak,
+    Attempt, AttemptRecord, Connection, DeadLetter, Event, EventDelivery, HOUR_MS, Hook, HookHealth, HookKeys, Hooks,
+    HourCount, Overview, SigningSecret, Streak,
 };
 
 pub use postgres::{ChangeFeed, PostgresStore};
@@ -47,6 +47,7 @@ pub fn backup_sqlite(source: &std::path::Path, target: &std::path::Path) -> Resu
     sqlite::backup(source, target)
 }
 pub use transfer::{Transfer, TransferDelivery};
+use types::Loads;
 pub use types::{
     Attached, Claim, Created, Fanout, FanoutHook, Ingested, LeasedClaim, OwnedClaim, Pruned, StoreError, StoreStats,
     Waiting,
@@ -417,14 +418,33 @@ impl Store {
         dispatch!(self.replay(id, now, connection.map(str::to_owned), delivered_too))
     }
 
-    /// Per connection its pending deliveries and dead letters, and the `limit` hooks that fail
-    /// most: read through indexes of unfinished and dead deliveries and of unwell hooks, so it
-    /// costs the backlog, not the history.
+    /// Per connection its pending deliveries, dead letters and events received in the 24 hours
+    /// to `now` (ms), and the `limit` hooks that fail most: read through indexes of unfinished
+    /// and dead deliveries and of unwell hooks and from the hourly counts, so it costs the
+    /// backlog, not the history.
     ///
     /// # Errors
     /// The read failed.
-    pub async fn overview(&self, limit: usize) -> Result<Overview, StoreError> {
-        dispatch!(self.overview(limit))
+    pub async fn overview(&self, limit: usize, now: i64) -> Result<Overview, StoreError> {
+        let since_hour = now.div_euclid(HOUR_MS) - 23;
+        dispatch!(self.overview(limit, since_hour))
+    }
+
+    /// Adds to the events received per connection and hour; counts of connections that are
+    /// gone are dropped.
+    ///
+    /// # Errors
+    /// The write failed: nothing was added.
+    pub async fn count_events(&self, counts: Vec<HourCount>) -> Result<(), StoreError> {
+        dispatch!(self.count_events(counts))
+    }
+
+    /// Forgets the hourly event counts before `hour`.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn forget_event_counts(&self, before_hour: i64) -> Result<u64, StoreError> {
+        dispatch!(self.forget_event_counts(before_hour))
     }
 
     /// The deliveries of a connection's event, or `None` when it has no such event.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::model::{DueDelivery, Hook};
+use crate::model::{ConnectionLoad, DueDelivery, Hook};
 
 /// An error and its sources, `: `-separated; a source whose text is already there (many errors
 /// repeat their source's) is not repeated.
@@ -183,4 +183,26 @@ pub struct StoreStats {
     pub paused_hooks: u64,
     /// Hooks disabled.
     pub disabled_hooks: u64,
+}
+
+/// The overview's per-connection figures as its statements read them, each connection once.
+#[derive(Default)]
+pub(super) struct Loads(std::collections::BTreeMap<String, ConnectionLoad>);
+
+impl Loads {
+    /// The figures of connection `id`, zero until read.
+    pub(super) fn of(&mut self, id: String) -> &mut ConnectionLoad {
+        match self.0.entry(id) {
+            std::collections::btree_map::Entry::Occupied(load) => load.into_mut(),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let id = slot.key().clone();
+                slot.insert(ConnectionLoad { id, ..ConnectionLoad::default() })
+            }
+        }
+    }
+
+    /// The connections by id.
+    pub(super) fn into_vec(self) -> Vec<ConnectionLoad> {
+        self.0.into_values().collect()
+    }
 }

@@ -168,6 +168,50 @@ async fn dead_letters_are_listed_and_replayed_from_attempt_one() {
     assert_eq!(relay.admin(Method::POST, "/dead-letters/dlv_999999/retry", None).await.status, StatusCode::NOT_FOUND);
 }
 
+/// The overview's row of connection `id`, once `check` holds for it.
+async fn overview_row(relay: &TestServer, id: &str, check: impl Fn(&Value) -> bool) -> Value {
+    crate::harness::eventually(&format!("the overview's row of {id}"), || async {
+        let overview = relay.admin(Method::GET, "/overview", None).await;
+        let rows = overview.body["connections"].as_array()?.clone();
+        rows.into_iter().find(|row| row["id"] == id && check(row))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_overview_counts_each_connections_backlog_dead_letters_and_events_of_the_last_day() {
+    let relay = TestServer::start().await;
+    let refusing = Sink::start_with(SinkReply::Status(400)).await;
+    let a = relay.connection("a").await;
+    let b = relay.connection("b").await;
+    relay.attach(&a, &refusing.url, None).await;
+    for tag in ["1", "2", "3"] {
+        assert_eq!(relay.ingest(&a, &stencil_event(tag)).await.status, StatusCode::ACCEPTED);
+    }
+    let once = event("evt-once", None);
+    assert_eq!(relay.ingest(&b, &once).await.status, StatusCode::ACCEPTED);
+    assert_eq!(relay.ingest(&b, &once).await.status, StatusCode::OK, "a duplicate is not counted again");
+
+    let row = overview_row(&relay, "a", |row| row["events_24h"] == 3 && row["dead_letters"] == 3).await;
+    assert_eq!(row["pending"], 0);
+    let row = overview_row(&relay, "b", |row| row["events_24h"] == 1).await;
+    assert_eq!((&row["pending"], &row["dead_letters"]), (&json!(0), &json!(0)));
+
+    assert_eq!(relay.admin(Method::DELETE, "/connections/b", None).await.status, StatusCode::NO_CONTENT);
+    // The id is taken until the old connection's rows are gone.
+    crate::harness::eventually("connection b created again", || async {
+        let again = relay.admin(Method::POST, "/connections", Some(json!({ "name": "b again", "id": "b" }))).await;
+        (again.status == StatusCode::CREATED).then_some(())
+    })
+    .await;
+    let overview = relay.admin(Method::GET, "/overview", None).await;
+    let rows = overview.body["connections"].as_array().unwrap();
+    assert!(
+        !rows.iter().any(|row| row["id"] == "b"),
+        "a new connection does not inherit the old one's counts: {rows:?}"
+    );
+}
+
 #[tokio::test]
 async fn admin_token_is_required_and_the_api_is_off_without_one() {
     let relay = TestServer::start().await;

@@ -8,7 +8,7 @@ use tokio_postgres::Row;
 
 use super::PostgresStore;
 use crate::model::{AttemptRecord, HookHealth, Overview, Streak, now_ms};
-use crate::store::{DEAD, PENDING, StoreError};
+use crate::store::{DEAD, Loads, PENDING, StoreError};
 
 /// The columns [`health_row`] reads, in its order.
 const HEALTH_COLUMNS: &str = "id, consecutive_failures, failing_since, paused_until, last_success_at, disabled_at";
@@ -106,17 +106,22 @@ impl PostgresStore {
         Ok((row.get::<_, i64>(0).unsigned_abs(), row.get::<_, i64>(1).unsigned_abs()))
     }
 
-    pub(in crate::store) async fn overview(&self, limit: usize) -> Result<Overview, StoreError> {
+    pub(in crate::store) async fn overview(&self, limit: usize, since_hour: i64) -> Result<Overview, StoreError> {
         let client = self.pool.get().await?;
         // One state per statement, so that each reads its state's partial index only.
         let by_connection = "SELECT connection_id, COUNT(*) FROM deliveries WHERE state = $1 GROUP BY connection_id";
-        let mut counts: std::collections::BTreeMap<String, (u64, u64)> = std::collections::BTreeMap::new();
+        let mut loads = Loads::default();
         for (state, dead) in [(PENDING, false), (DEAD, true)] {
             for r in client.query(by_connection, &[&state]).await? {
-                let entry = counts.entry(r.get(0)).or_default();
+                let load = loads.of(r.get(0));
                 let n = r.get::<_, i64>(1).unsigned_abs();
-                if dead { entry.1 += n } else { entry.0 += n }
+                if dead { load.dead_letters += n } else { load.pending += n }
             }
+        }
+        let received =
+            "SELECT connection_id, SUM(events)::BIGINT FROM event_counts WHERE hour >= $1 GROUP BY connection_id";
+        for r in client.query(received, &[&since_hour]).await? {
+            loads.of(r.get(0)).events_24h = r.get::<_, i64>(1).unsigned_abs();
         }
         let failing = client
             .query(
@@ -129,7 +134,7 @@ impl PostgresStore {
             )
             .await?;
         Ok(Overview {
-            connections: counts.into_iter().map(|(id, (pending, dead))| (id, pending, dead)).collect(),
+            connections: loads.into_vec(),
             failing_hooks: failing
                 .iter()
                 .map(|r| {

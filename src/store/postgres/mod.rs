@@ -33,6 +33,7 @@ macro_rules! db_now {
     };
 }
 
+mod event_counts;
 mod health;
 mod in_flight;
 mod ingest;

@@ -53,6 +53,7 @@ impl PostgresStore {
                 tx.execute("DELETE FROM hooks WHERE id = $1 AND removing", &[&id]).await?;
             } else {
                 tx.execute("DELETE FROM connections WHERE id = $1 AND removing", &[&id]).await?;
+                tx.execute("DELETE FROM event_counts WHERE connection_id = $1", &[&id]).await?;
             }
             tx.execute("DELETE FROM removals WHERE kind = $1 AND id = $2", &[&kind, &id]).await?;
         }

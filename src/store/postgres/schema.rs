@@ -111,6 +111,16 @@ ALTER TABLE hooks ADD COLUMN last_success_at BIGINT;
 ALTER TABLE hooks ADD COLUMN disabled_at BIGINT;
 CREATE INDEX hooks_unwell ON hooks (id) WHERE consecutive_failures > 0 OR paused_until IS NOT NULL OR disabled_at IS NOT NULL;
 ",
+    // Events received per connection and hour (ms since the epoch / 3,600,000), for the
+    // operator view; each instance adds to it from memory every few seconds (`event_counts.rs`).
+    r"
+CREATE TABLE event_counts (
+    connection_id TEXT NOT NULL,
+    hour          BIGINT NOT NULL,
+    events        BIGINT NOT NULL,
+    PRIMARY KEY (connection_id, hour)
+);
+",
 ];
 
 /// The channel on which registry changes are announced (payload: the connection id).

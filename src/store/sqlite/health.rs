@@ -7,7 +7,7 @@ use rusqlite::{Connection as Db, OptionalExtension, params};
 
 use super::{IN_FLIGHT, SqliteStore};
 use crate::model::{HookHealth, Overview, Streak, now_ms};
-use crate::store::{DEAD, PENDING, StoreError};
+use crate::store::{DEAD, Loads, PENDING, StoreError};
 
 /// The columns [`health_row`] reads, in its order.
 const HEALTH_COLUMNS: &str = "id, consecutive_failures, failing_since, paused_until, last_success_at, disabled_at";
@@ -66,9 +66,9 @@ impl SqliteStore {
             .query_row([now_ms()], |r| Ok((r.get(0)?, r.get(1)?)))?)
     }
 
-    pub(in crate::store) async fn overview(&self, limit: usize) -> Result<Overview, StoreError> {
+    pub(in crate::store) async fn overview(&self, limit: usize, since_hour: i64) -> Result<Overview, StoreError> {
         self.read(move |db| {
-            let mut counts: std::collections::BTreeMap<String, (u64, u64)> = std::collections::BTreeMap::new();
+            let mut loads = Loads::default();
             // One state per statement, so that each reads its state's partial index only.
             let by_connection =
                 "SELECT connection_id, COUNT(*) FROM deliveries WHERE state = ?1 GROUP BY connection_id";
@@ -76,9 +76,16 @@ impl SqliteStore {
             for (state, dead) in [(PENDING, false), (IN_FLIGHT, false), (DEAD, true)] {
                 for row in by_connection.query_map([state], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
                     let (id, n) = row?;
-                    let entry = counts.entry(id).or_default();
-                    if dead { entry.1 += n } else { entry.0 += n }
+                    let load = loads.of(id);
+                    if dead { load.dead_letters += n } else { load.pending += n }
                 }
+            }
+            let mut received = db.prepare_cached(
+                "SELECT connection_id, SUM(events) FROM event_counts WHERE hour >= ?1 GROUP BY connection_id",
+            )?;
+            for row in received.query_map([since_hour], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
+                let (id, n) = row?;
+                loads.of(id).events_24h = n;
             }
             let mut failing = db.prepare_cached(&format!(
                 "SELECT {HEALTH_COLUMNS}, connection_id, url FROM hooks
@@ -91,8 +98,7 @@ impl SqliteStore {
                     Ok((id, r.get(6)?, r.get(7)?, health))
                 })?
                 .collect::<Result<_, _>>()?;
-            let connections = counts.into_iter().map(|(id, (p, d))| (id, p, d)).collect();
-            Ok(Overview { connections, failing_hooks })
+            Ok(Overview { connections: loads.into_vec(), failing_hooks })
         })
         .await
     }

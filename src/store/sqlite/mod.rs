@@ -22,6 +22,7 @@ use rusqlite::{Connection as Db, OptionalExtension, params};
 mod backup;
 mod checkpoint;
 mod claims;
+mod event_counts;
 mod event_ids;
 mod health;
 mod lists;

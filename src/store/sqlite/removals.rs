@@ -67,6 +67,7 @@ pub(super) fn reap(db: &Db, limit: usize) -> Result<Reaped, StoreError> {
     if rows == 0 {
         if kind == "connection" {
             db.execute("DELETE FROM connections WHERE id = ?1 AND removing = 1", [&id])?;
+            db.execute("DELETE FROM event_counts WHERE connection_id = ?1", [&id])?;
         }
         db.execute("DELETE FROM removals WHERE kind = ?1 AND id = ?2", [&kind, &id])?;
     }

@@ -209,6 +209,16 @@ ALTER TABLE hooks ADD COLUMN last_success_at INTEGER;
 ALTER TABLE hooks ADD COLUMN disabled_at INTEGER;
 CREATE INDEX hooks_unwell ON hooks (id) WHERE consecutive_failures > 0 OR paused_until IS NOT NULL OR disabled_at IS NOT NULL;
 ",
+    // Events received per connection and hour (ms since the epoch / 3,600,000), for the
+    // operator view; added to from memory every few seconds (`event_counts.rs`).
+    r"
+CREATE TABLE event_counts (
+    connection_id TEXT NOT NULL,
+    hour          INTEGER NOT NULL,
+    events        INTEGER NOT NULL,
+    PRIMARY KEY (connection_id, hour)
+) WITHOUT ROWID;
+",
 ];
 
 pub(super) fn migrate(db: &mut Db) -> Result<(), StoreError> {
