@@ -273,18 +273,28 @@ impl PostgresStore {
         let rows = client
             .query(
                 concat!(
-                    "WITH leased AS (
+                    // Each hook with waiting deliveries once, with its earliest due time: a
+                    // skip scan of the per-hook index, one probe per such hook however long
+                    // its backlog.
+                    "WITH RECURSIVE waiting AS (
+                    (SELECT hook_id, next_attempt_at FROM deliveries WHERE state = $4
+                     ORDER BY hook_id, next_attempt_at LIMIT 1)
+                    UNION ALL
+                    SELECT next.hook_id, next.next_attempt_at FROM waiting w CROSS JOIN LATERAL (
+                        SELECT hook_id, next_attempt_at FROM deliveries WHERE state = $4 AND hook_id > w.hook_id
+                        ORDER BY hook_id, next_attempt_at LIMIT 1
+                    ) next
+                 ), leased AS (
                     INSERT INTO hook_leases (hook_id, owner, until)
-                    SELECT hook_id, $1, ",
+                    SELECT w.hook_id, $1, ",
                     db_now!(),
-                    " + $2 FROM deliveries
-                     WHERE state = $4 AND next_attempt_at <= ",
+                    " + $2 FROM waiting w
+                     WHERE w.next_attempt_at <= ",
                     db_now!(),
-                    " AND hook_id <> ALL($6) AND id <> ALL($8)
-                     GROUP BY hook_id
-                     HAVING NOT EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id
-                                        AND (h.removing OR h.disabled_at IS NOT NULL OR h.paused_until > $3))
-                     ORDER BY MIN(next_attempt_at) LIMIT $5
+                    " AND w.hook_id <> ALL($6)
+                       AND NOT EXISTS (SELECT 1 FROM hooks h WHERE h.id = w.hook_id
+                                       AND (h.removing OR h.disabled_at IS NOT NULL OR h.paused_until > $3))
+                     ORDER BY w.next_attempt_at LIMIT $5
                     ON CONFLICT (hook_id) DO UPDATE SET owner = EXCLUDED.owner, until = EXCLUDED.until
                      WHERE hook_leases.owner = EXCLUDED.owner OR hook_leases.until <= ",
                     db_now!(),
@@ -295,10 +305,13 @@ impl PostgresStore {
                            ROW_NUMBER() OVER (PARTITION BY d.hook_id ORDER BY d.next_attempt_at, d.id) AS rn,
                            COUNT(*) OVER (PARTITION BY d.hook_id) AS of_hook,
                            h.consecutive_failures, h.failing_since, h.paused_until, h.last_success_at
-                    FROM deliveries d JOIN leased l ON l.hook_id = d.hook_id JOIN hooks h ON h.id = d.hook_id
-                    WHERE d.state = $4 AND d.next_attempt_at <= ",
+                    FROM leased l JOIN hooks h ON h.id = l.hook_id CROSS JOIN LATERAL (
+                        SELECT * FROM deliveries d
+                        WHERE d.hook_id = l.hook_id AND d.state = $4 AND d.next_attempt_at <= ",
                     db_now!(),
                     " AND d.id <> ALL($8)
+                        ORDER BY d.next_attempt_at, d.id LIMIT $7::BIGINT + 1
+                    ) d
                  )
                  SELECT due.id, due.connection_id, due.hook_id, due.url, due.attempts, e.id, e.payload, e.received_at,
                         due.of_hook, due.consecutive_failures, due.failing_since, due.paused_until, due.last_success_at
@@ -318,7 +331,8 @@ impl PostgresStore {
                 ],
             )
             .await?;
-        // Per hook: how many of its due deliveries the claim took, and how many were due.
+        // Per hook: how many of its due deliveries the claim took, and how many were due (read
+        // up to one more than it may take: more than that says the same, not all were taken).
         let mut taken: HashMap<&str, (i64, i64)> = HashMap::new();
         for r in &rows {
             let of_hook = taken.entry(r.get(2)).or_insert((0, r.get(8)));
