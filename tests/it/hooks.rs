@@ -370,4 +370,10 @@ async fn an_events_deliveries_show_per_hook_and_a_finished_one_replays_to_its_ho
     let again = ok.recv().await;
     assert_eq!((again.header("webhook-id"), again.header("x-relay-attempt")), ("per-hook", "1"));
     refusing.assert_silent(Duration::from_millis(300)).await;
+    // The hook's attempts keep the first success as well as the replay's, newest first.
+    let attempts = relay.await_attempts(&a, &good, 2).await;
+    let summary: Vec<_> =
+        attempts.iter().map(|t| (t["event_id"].clone(), t["attempt"].clone(), t["status_code"].clone())).collect();
+    assert_eq!(summary, [("per-hook".into(), 1.into(), 200.into()), ("per-hook".into(), 1.into(), 200.into())]);
+    assert!(attempts[0]["at"].as_str() >= attempts[1]["at"].as_str(), "newest first: {attempts:?}");
 }

@@ -230,8 +230,15 @@ impl PostgresStore {
             .get()
             .await?
             .query(
-                "SELECT event_id, attempt, status_code, error, duration_ms, at FROM attempts
-                 WHERE hook_id = $1 ORDER BY id DESC LIMIT $2",
+                "SELECT event_id, attempt, status_code, error, duration_ms, at FROM (
+                    (SELECT event_id, attempt, status_code, error, duration_ms, at FROM attempts
+                     WHERE hook_id = $1 ORDER BY id DESC LIMIT $2)
+                    UNION ALL
+                    (SELECT e.id, 1, d.last_status, NULL, d.sole_attempt_ms, d.updated_at
+                     FROM (SELECT event_seq, last_status, sole_attempt_ms, updated_at FROM deliveries
+                           WHERE hook_id = $1 AND sole_attempt_ms IS NOT NULL ORDER BY id DESC LIMIT $2) d
+                     JOIN events e ON e.seq = d.event_seq)
+                 ) a ORDER BY at DESC LIMIT $2",
                 &[&hook_id, &(limit as i64)],
             )
             .await?;
@@ -395,7 +402,7 @@ impl PostgresStore {
         self.store_streaks(&records).await?;
         let c = &columns;
         // A delivery its hook's disabling dead-lettered meanwhile stays a dead letter.
-        let params: [&(dyn ToSql + Sync); 11] = [
+        let params: [&(dyn ToSql + Sync); 12] = [
             &c.id,
             &c.attempt,
             &c.state,
@@ -407,6 +414,7 @@ impl PostgresStore {
             &c.event_id,
             &c.duration,
             &DEAD,
+            &DELIVERED,
         ];
         self.pool
             .get()
@@ -422,12 +430,14 @@ impl PostgresStore {
                            next_attempt_at = ",
                     db_now!(),
                     " + (r.next_at - r.at),
-                           last_status = r.status, last_error = r.error, updated_at = r.at
+                           last_status = r.status, last_error = r.error, updated_at = r.at,
+                           sole_attempt_ms = CASE WHEN r.attempt = 1 AND r.state = $12 THEN r.duration END
                     FROM r WHERE d.id = r.id AND d.attempts < r.attempt AND d.state <> $11
                     RETURNING r.*
                  )
                  INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)
-                 SELECT id, hook_id, event_id, attempt, status, error, duration, at FROM updated",
+                 SELECT id, hook_id, event_id, attempt, status, error, duration, at FROM updated
+                 WHERE NOT (attempt = 1 AND state = $12)",
                 ),
                 &params,
             )
@@ -558,12 +568,23 @@ impl PostgresStore {
             .await?
             .query_opt(
                 concat!(
-                    "UPDATE deliveries SET state = $2, attempts = 0, next_attempt_at = ",
+                    // A first attempt kept in the row becomes an attempt row before the row
+                    // starts over.
+                    "WITH replayed AS (
+                        SELECT id, hook_id, event_seq, last_status, sole_attempt_ms, updated_at FROM deliveries
+                        WHERE id = $1 AND (state = $4 OR ($6 AND state = $7))
+                          AND NOT EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id AND h.removing)
+                          AND ($5::TEXT IS NULL OR connection_id = $5)
+                        FOR UPDATE
+                     ), kept AS (
+                        INSERT INTO attempts (delivery_id, hook_id, event_id, attempt, status_code, error, duration_ms, at)
+                        SELECT r.id, r.hook_id, e.id, 1, r.last_status, NULL, r.sole_attempt_ms, r.updated_at
+                        FROM replayed r JOIN events e ON e.seq = r.event_seq WHERE r.sole_attempt_ms IS NOT NULL
+                     )
+                     UPDATE deliveries SET state = $2, attempts = 0, sole_attempt_ms = NULL, next_attempt_at = ",
                     db_now!(),
                     ", updated_at = $3
-                     WHERE id = $1 AND (state = $4 OR ($6 AND state = $7))
-                       AND NOT EXISTS (SELECT 1 FROM hooks h WHERE h.id = deliveries.hook_id AND h.removing)
-                       AND ($5::TEXT IS NULL OR connection_id = $5)
+                     WHERE id IN (SELECT id FROM replayed)
                      RETURNING hook_id"
                 ),
                 &[&id, &PENDING, &now, &DEAD, &connection, &delivered_too, &DELIVERED],

@@ -40,13 +40,14 @@ impl PostgresStore {
                      SELECT c.seq FROM considered c
                      WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = c.seq AND d.state = $4)
                  ), doomed_deliveries AS (
-                     SELECT id FROM deliveries WHERE event_seq IN (SELECT seq FROM doomed)
+                     SELECT id, sole_attempt_ms FROM deliveries WHERE event_seq IN (SELECT seq FROM doomed)
                  ), gone AS (
                      DELETE FROM events WHERE seq IN (SELECT seq FROM doomed) RETURNING 1
                  )
                  SELECT (SELECT COUNT(*) FROM gone),
                         (SELECT COUNT(*) FROM doomed_deliveries),
-                        (SELECT COUNT(*) FROM attempts WHERE delivery_id IN (SELECT id FROM doomed_deliveries)),
+                        (SELECT COUNT(*) FROM attempts WHERE delivery_id IN (SELECT id FROM doomed_deliveries))
+                          + (SELECT COUNT(*) FROM doomed_deliveries WHERE sole_attempt_ms IS NOT NULL),
                         (SELECT COUNT(*) FROM candidates),
                         (SELECT MAX(seq) FROM considered),
                         (SELECT seq FROM stop)",
