@@ -149,6 +149,64 @@ async fn deliveries_leased_by_a_killed_instance_are_taken_over_after_the_lease()
     drop(b);
 }
 
+/// The stored state of the delivery of event `id` (PostgreSQL: 0 waiting, 3 handed off).
+async fn delivery_state(env: &[(String, String)], id: &str) -> Option<i32> {
+    let url = &env.iter().find(|(name, _)| name == "RELAY_DATABASE_URL").expect("the cluster's database").1;
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_opt("SELECT d.state FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE e.id = $1", &[&id])
+        .await
+        .unwrap();
+    row.map(|r| r.get(0))
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set RELAY_TEST_POSTGRES_URL (.ci/run does)"]
+async fn deliveries_handed_off_by_a_killed_instance_are_delivered_by_another_after_their_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = cluster_env(dir.path()).await;
+    let sink = Sink::start().await;
+    let a = RelayProcess::spawn(&env);
+    let conn = a.connection("acme").await;
+    a.attach(&conn, &sink.url, None).await;
+    // A first event makes a claim the hook and find nothing else of it due: for a second after,
+    // a's ingests hand its deliveries off, stored in flight, outside the waiting ones.
+    a.ingest(&conn, &event("evt-first", None)).await;
+    sink.recv().await;
+    sink.answer(SinkReply::Slow(Duration::from_secs(30)));
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let id = format!("evt-{n}");
+        assert_eq!(a.ingest(&conn, &event(&id, None)).await.status, StatusCode::ACCEPTED);
+        ids.push(id.clone());
+        if delivery_state(&env, &id).await == Some(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let handed = ids.last().unwrap().clone();
+    assert_eq!(delivery_state(&env, &handed).await, Some(3), "one of the events was handed off: {ids:?}");
+    sink.recv().await; // a is stuck on it
+    let b = RelayProcess::spawn(&env);
+    a.kill();
+    sink.answer(SinkReply::Status(200));
+    let killed = Instant::now();
+    let mut delivered = HashSet::new();
+    while delivered.len() < ids.len() {
+        let got = sink.recv().await;
+        if got.at > killed {
+            delivered.insert(got.header("webhook-id").to_owned()); // sent by b
+        }
+    }
+    assert_eq!(delivered, ids.iter().cloned().collect(), "nothing lost, the handed-off one included");
+    eventually("the handed-off delivery recorded as delivered", || async {
+        (delivery_state(&env, &handed).await == Some(1)).then_some(())
+    })
+    .await;
+    drop(b);
+}
+
 #[tokio::test]
 #[ignore = "needs PostgreSQL: set RELAY_TEST_POSTGRES_URL (.ci/run does)"]
 async fn migrate_store_moves_an_sqlite_relay_to_postgresql_without_losing_pending_work() {

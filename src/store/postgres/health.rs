@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use tokio_postgres::Row;
 
-use super::PostgresStore;
+use super::{HANDED, PostgresStore};
 use crate::model::{AttemptRecord, HookHealth, Overview, Streak, now_ms};
 use crate::store::{DEAD, Loads, PENDING, StoreError};
 
@@ -111,7 +111,7 @@ impl PostgresStore {
         // One state per statement, so that each reads its state's partial index only.
         let by_connection = "SELECT connection_id, COUNT(*) FROM deliveries WHERE state = $1 GROUP BY connection_id";
         let mut loads = Loads::default();
-        for (state, dead) in [(PENDING, false), (DEAD, true)] {
+        for (state, dead) in [(PENDING, false), (HANDED, false), (DEAD, true)] {
             for r in client.query(by_connection, &[&state]).await? {
                 let load = loads.of(r.get(0));
                 let n = r.get::<_, i64>(1).unsigned_abs();
@@ -167,8 +167,8 @@ impl PostgresStore {
         let buried = tx
             .execute(
                 "UPDATE deliveries SET state = $2, last_error = 'hook disabled', updated_at = $4
-                 WHERE hook_id = $1 AND state = $3 AND id <> $5",
-                &[&hook_id, &DEAD, &PENDING, &at, &except],
+                 WHERE hook_id = $1 AND (state = $3 OR state = $6) AND id <> $5",
+                &[&hook_id, &DEAD, &PENDING, &at, &except, &HANDED],
             )
             .await?;
         super::registry::notify(&tx, &connection_id).await?;

@@ -8,9 +8,9 @@
 //! trip and a flush, and an event that arrives alone still goes at once. As in the SQLite
 //! writer, nobody gets an answer before the commit that holds their event.
 //!
-//! Deliveries handed off ([`Fanout::handed`]) are stored waiting like the others; the statement
-//! returns their ids, and they are entered in flight (`in_flight`) before anyone hears
-//! of the commit.
+//! Deliveries handed off ([`Fanout::handed`]) are stored in flight (`HANDED`, with the lease
+//! they are handed under), the others waiting; the statement returns their ids, and the handed
+//! ones are entered in flight in memory (`in_flight`) before anyone hears of the commit.
 //!
 //! An event for a connection that is gone is left out of its batch's insert and answered as
 //! such. A batch that fails as a whole (a connection deleted while the statement runs breaks
@@ -25,6 +25,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
+use super::HANDED;
 use super::in_flight::InFlight;
 use crate::metrics::Metrics;
 use crate::model::{DueDelivery, Event};
@@ -163,6 +164,7 @@ impl Batches {
     async fn commit_one(&self, write: &Write) -> Result<Ingested, StoreError> {
         let Write { connection_id, event, fanout } = write;
         let hook_ids: Vec<&String> = planned(fanout).collect();
+        let handed_ids: Vec<&String> = fanout.handed.iter().map(|h| &h.id).collect();
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(concat!(
@@ -172,8 +174,10 @@ impl Batches {
                     ON CONFLICT (connection_id, id) DO NOTHING RETURNING seq
                  ), made AS (
                     INSERT INTO deliveries
-                        (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
-                    SELECT event.seq, h.id, h.connection_id, h.url, $6, 0, ",
+                        (event_seq, hook_id, connection_id, url, state, lease_until, attempts, next_attempt_at, updated_at)
+                    SELECT event.seq, h.id, h.connection_id, h.url,
+                           CASE WHEN h.id = ANY($9) THEN $10::INT ELSE $6::INT END, CASE WHEN h.id = ANY($9) THEN $11::BIGINT END,
+                           0, ",
                 db_now!(),
                 ", $5 FROM event, hooks h
                     WHERE h.id = ANY($7) AND h.connection_id = $1
@@ -183,7 +187,7 @@ impl Batches {
                         ARRAY(SELECT hook_id FROM made ORDER BY id)",
             ))
             .await?;
-        let params: [&(dyn ToSql + Sync); 8] = [
+        let params: [&(dyn ToSql + Sync); 11] = [
             connection_id,
             &event.id,
             &event.event_type,
@@ -192,6 +196,9 @@ impl Batches {
             &PENDING,
             &hook_ids,
             &event.template_id,
+            &handed_ids,
+            &HANDED,
+            &fanout.lease_until,
         ];
         let row = match client.query_one(&statement, &params).await {
             Ok(row) => row,
@@ -226,13 +233,14 @@ impl Batches {
                     RETURNING seq, connection_id, id
                  ), made AS (
                     INSERT INTO deliveries
-                        (event_seq, hook_id, connection_id, url, state, attempts, next_attempt_at, updated_at)
-                    SELECT e.seq, h.id, h.connection_id, h.url, $6, 0, ",
+                        (event_seq, hook_id, connection_id, url, state, lease_until, attempts, next_attempt_at, updated_at)
+                    SELECT e.seq, h.id, h.connection_id, h.url, p.state, p.lease_until, 0, ",
                 db_now!(),
                 ", i.received_at
                     FROM event e
                     JOIN input i ON i.connection_id = e.connection_id AND i.id = e.id
-                    JOIN unnest($7::bigint[], $8::text[]) AS p(n, hook_id) ON p.n = i.n
+                    JOIN unnest($7::bigint[], $8::text[], $6::int[], $10::bigint[]) AS p(n, hook_id, state, lease_until)
+                      ON p.n = i.n
                     JOIN hooks h ON h.id = p.hook_id AND h.connection_id = e.connection_id
                     ORDER BY i.n
                     RETURNING event_seq, id, hook_id
@@ -248,16 +256,17 @@ impl Batches {
             ))
             .await?;
         let c = &columns;
-        let params: [&(dyn ToSql + Sync); 9] = [
+        let params: [&(dyn ToSql + Sync); 10] = [
             &c.connection_id,
             &c.id,
             &c.event_type,
             &c.payload,
             &c.received_at,
-            &PENDING,
+            &c.hook_state,
             &c.hook_event,
             &c.hook_id,
             &c.template_id,
+            &c.hook_lease,
         ];
         let rows = client.query(&statement, &params).await?;
         self.metrics.commit_batch(writes.len());
@@ -335,6 +344,9 @@ struct Columns<'a> {
     /// For each planned hook, the number of its event in the batch.
     hook_event: Vec<i64>,
     hook_id: Vec<&'a str>,
+    /// Its delivery's state: waiting, or handed off under the lease in `hook_lease`.
+    hook_state: Vec<i32>,
+    hook_lease: Vec<Option<i64>>,
 }
 
 impl<'a> Columns<'a> {
@@ -345,9 +357,14 @@ impl<'a> Columns<'a> {
         self.payload.push(&write.event.payload);
         self.received_at.push(write.event.received_at);
         self.template_id.push(write.event.template_id.as_deref());
-        for hook in planned(&write.fanout) {
+        let fanout = &write.fanout;
+        let queued = fanout.queued.iter().map(|h| (h, PENDING, None));
+        let handed = fanout.handed.iter().map(|h| (h, HANDED, Some(fanout.lease_until)));
+        for (hook, state, lease) in queued.chain(handed) {
             self.hook_event.push(n);
-            self.hook_id.push(hook);
+            self.hook_id.push(&hook.id);
+            self.hook_state.push(state);
+            self.hook_lease.push(lease);
         }
     }
 }

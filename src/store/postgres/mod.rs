@@ -33,6 +33,22 @@ macro_rules! db_now {
     };
 }
 
+/// [`HANDED`] as SQL text, for statements that must match the partial index over it.
+macro_rules! handed {
+    () => {
+        "3"
+    };
+}
+
+/// A delivery handed off at ingest whose attempt is not recorded yet. It is stored with the
+/// lease it was handed under (`lease_until`) and outside the indexes of waiting deliveries, so
+/// that the common path — handed, attempted once, recorded — never enters them. It is waiting
+/// (`PENDING`) again when given back unsent, or when its lease has run out unrecorded (the
+/// instance died, or could not write the record): every claim puts those back first. Only the
+/// instance holding the hook's lease attempts its deliveries, so a put-back delivery is never
+/// attempted by two instances at once.
+const HANDED: i32 = 3;
+
 mod event_counts;
 mod health;
 mod in_flight;
@@ -291,6 +307,12 @@ impl PostgresStore {
                         SELECT hook_id, next_attempt_at FROM deliveries WHERE state = $4 AND hook_id > w.hook_id
                         ORDER BY hook_id, next_attempt_at LIMIT 1
                     ) next
+                 ), lapsed AS (
+                    UPDATE deliveries SET state = $4 WHERE state = ",
+                    handed!(),
+                    " AND lease_until <= ",
+                    db_now!(),
+                    "
                  ), leased AS (
                     INSERT INTO hook_leases (hook_id, owner, until)
                     SELECT w.hook_id, $1, ",
@@ -480,9 +502,17 @@ impl PostgresStore {
         Ok(client.execute("DELETE FROM hook_leases WHERE owner = $1 AND hook_id <> ALL($2)", &[&owner, &keep]).await?)
     }
 
-    /// Nothing to write: the leases live in this instance's memory.
+    /// The leases live in this instance's memory; only deliveries handed off at ingest are
+    /// stored in flight and are put back to waiting.
     pub(super) async fn release(&self, ids: Vec<i64>) -> Result<(), StoreError> {
-        self.in_flight.settled(ids);
+        self.in_flight.settled(ids.iter().copied());
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                concat!("UPDATE deliveries SET state = $2 WHERE id = ANY($1) AND state = ", handed!()),
+                &[&ids, &PENDING],
+            )
+            .await?;
         Ok(())
     }
 
@@ -676,5 +706,11 @@ mod tests {
         assert_eq!(pooled(&url).get_options(), Some(format!("-csearch_path=s {bounded}").as_str()));
         let bare: tokio_postgres::Config = "postgres://u@h/db".parse().unwrap();
         assert_eq!(pooled(&bare).get_options(), Some(bounded));
+    }
+
+    #[test]
+    fn the_handed_state_is_the_same_number_in_sql_as_in_rust() {
+        assert_eq!(handed!(), HANDED.to_string());
+        assert!(schema::MIGRATIONS.iter().any(|m| m.contains(concat!("WHERE state = ", handed!()))));
     }
 }

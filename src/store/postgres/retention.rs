@@ -11,7 +11,7 @@
 //! several times their live size first; so after a pass that deleted rows the pruner vacuums
 //! the three tables itself ([`PostgresStore::vacuum`]), at most every few passes.
 
-use super::PostgresStore;
+use super::{HANDED, PostgresStore};
 use crate::store::{PENDING, Pruned, StoreError, StoreStats};
 
 /// Serialises pruning across instances.
@@ -38,7 +38,7 @@ impl PostgresStore {
                      SELECT c.seq FROM candidates c, stop WHERE stop.seq IS NULL OR c.seq < stop.seq
                  ), doomed AS (
                      SELECT c.seq FROM considered c
-                     WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = c.seq AND d.state = $4)
+                     WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = c.seq AND d.state IN ($4, $5))
                  ), doomed_deliveries AS (
                      SELECT id, sole_attempt_ms FROM deliveries WHERE event_seq IN (SELECT seq FROM doomed)
                  ), gone AS (
@@ -51,7 +51,7 @@ impl PostgresStore {
                         (SELECT COUNT(*) FROM candidates),
                         (SELECT MAX(seq) FROM considered),
                         (SELECT seq FROM stop)",
-                &[&after, &(limit as i64), &cutoff, &PENDING],
+                &[&after, &(limit as i64), &cutoff, &PENDING, &HANDED],
             )
             .await?;
         tx.commit().await?;
@@ -81,12 +81,18 @@ impl PostgresStore {
             .await?
             .query_one(
                 &format!(
-                    "WITH pending AS (SELECT COUNT(*) AS n, MIN(event_seq) AS oldest FROM deliveries WHERE state = $1)
+                    "WITH pending AS (
+                        SELECT SUM(n)::BIGINT AS n, MIN(oldest) AS oldest FROM (
+                            SELECT COUNT(*) AS n, MIN(event_seq) AS oldest FROM deliveries WHERE state = $1
+                            UNION ALL
+                            SELECT COUNT(*), MIN(event_seq) FROM deliveries WHERE state = $2
+                        ) each_state
+                     )
                      SELECT pending.n, (SELECT received_at FROM events WHERE seq = pending.oldest),
                             (SELECT COALESCE(SUM(pg_total_relation_size(to_regclass(t))), 0)::BIGINT FROM unnest({TABLES}) t)
                      FROM pending"
                 ),
-                &[&PENDING],
+                &[&PENDING, &HANDED],
             )
             .await?;
         let (paused_hooks, disabled_hooks) = self.unwell_counts().await?;

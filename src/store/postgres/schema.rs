@@ -130,6 +130,12 @@ ALTER TABLE deliveries ADD COLUMN sole_attempt_ms BIGINT;
 CREATE INDEX deliveries_by_hook_newest ON deliveries (hook_id, id);
 DROP INDEX deliveries_by_hook;
 ",
+    // A delivery handed off at ingest is stored in flight (state 3, `HANDED`) with the lease it
+    // was handed under, outside the two indexes of waiting deliveries that only claims read;
+    // claims put one back to waiting once its lease has run out unrecorded, found here.
+    r"
+CREATE INDEX deliveries_handed ON deliveries (lease_until) WHERE state = 3;
+",
 ];
 
 /// The channel on which registry changes are announced (payload: the connection id).
