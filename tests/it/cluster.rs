@@ -133,20 +133,33 @@ async fn deliveries_leased_by_a_killed_instance_are_taken_over_after_the_lease()
         assert_eq!(a.ingest(&conn, &event(id, None)).await.status, StatusCode::ACCEPTED);
     }
     sink.recv().await; // a holds the hook and its deliveries, stuck on a slow target
-    let b = RelayProcess::spawn(&env);
+    let (b, killed, delivered) = kill_and_take_over(a, &env, &sink, ids.len()).await;
+    assert_eq!(delivered, ids.iter().cloned().collect(), "nothing lost");
+    assert!(killed.elapsed() < Duration::from_secs(15), "taken over once the 2 s lease ran out");
+    drop(b);
+}
+
+/// Starts a second instance, kills `a` (stuck on `sink`), lets the sink answer, and collects the
+/// event ids sent after the kill — by the second instance — until there are `n`; returns the
+/// second instance and when `a` died with them.
+async fn kill_and_take_over(
+    a: RelayProcess,
+    env: &[(String, String)],
+    sink: &Sink,
+    n: usize,
+) -> (RelayProcess, Instant, HashSet<String>) {
+    let b = RelayProcess::spawn(env);
     a.kill();
     sink.answer(SinkReply::Status(200));
     let killed = Instant::now();
     let mut delivered = HashSet::new();
-    while delivered.len() < ids.len() {
+    while delivered.len() < n {
         let got = sink.recv().await;
         if got.at > killed {
-            delivered.insert(got.header("webhook-id").to_owned()); // sent by b
+            delivered.insert(got.header("webhook-id").to_owned());
         }
     }
-    assert_eq!(delivered, ids.iter().cloned().collect(), "nothing lost");
-    assert!(killed.elapsed() < Duration::from_secs(15), "taken over once the 2 s lease ran out");
-    drop(b);
+    (b, killed, delivered)
 }
 
 /// The stored state of the delivery of event `id` (PostgreSQL: 0 waiting, 3 handed off).
@@ -188,17 +201,7 @@ async fn deliveries_handed_off_by_a_killed_instance_are_delivered_by_another_aft
     let handed = ids.last().unwrap().clone();
     assert_eq!(delivery_state(&env, &handed).await, Some(3), "one of the events was handed off: {ids:?}");
     sink.recv().await; // a is stuck on it
-    let b = RelayProcess::spawn(&env);
-    a.kill();
-    sink.answer(SinkReply::Status(200));
-    let killed = Instant::now();
-    let mut delivered = HashSet::new();
-    while delivered.len() < ids.len() {
-        let got = sink.recv().await;
-        if got.at > killed {
-            delivered.insert(got.header("webhook-id").to_owned()); // sent by b
-        }
-    }
+    let (b, _, delivered) = kill_and_take_over(a, &env, &sink, ids.len()).await;
     assert_eq!(delivered, ids.iter().cloned().collect(), "nothing lost, the handed-off one included");
     eventually("the handed-off delivery recorded as delivered", || async {
         (delivery_state(&env, &handed).await == Some(1)).then_some(())
