@@ -12,9 +12,9 @@
 //! deliveries may be claimed while the record waits to share a commit with others, and only the
 //! attempted delivery itself is passed over until its record is written.
 //!
-//! A delivery handed off at ingest is committed as a waiting row and entered here after the
-//! commit, so a claim running meanwhile may find it too: whichever enters it first keeps it, and
-//! a claim also drops what was settled while it ran (its snapshot may predate the record).
+//! A delivery handed off at ingest is committed in flight (`HANDED`, which claims do not read)
+//! and entered here after the commit. A claim drops what was settled while it ran (its snapshot
+//! may predate the record), and an id already here is never entered twice.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -80,7 +80,7 @@ impl InFlight {
         leases.enter(due, until);
     }
 
-    /// Handed off at ingest: in flight until `until` (ms), except what a claim entered first.
+    /// Handed off at ingest: in flight until `until` (ms).
     pub(super) fn handed(&self, handed: &mut Vec<DueDelivery>, until: i64) {
         self.lock().enter(handed, until);
     }
