@@ -163,8 +163,12 @@ impl Batches {
     /// transaction, the event, then a delivery for each planned hook that still exists.
     async fn commit_one(&self, write: &Write) -> Result<Ingested, StoreError> {
         let Write { connection_id, event, fanout } = write;
-        let hook_ids: Vec<&String> = planned(fanout).collect();
-        let handed_ids: Vec<&String> = fanout.handed.iter().map(|h| &h.id).collect();
+        let (mut hook_ids, mut states, mut leases) = (Vec::new(), Vec::new(), Vec::new());
+        for (hook, state, lease) in planned(fanout) {
+            hook_ids.push(hook);
+            states.push(state);
+            leases.push(lease);
+        }
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(concat!(
@@ -175,30 +179,26 @@ impl Batches {
                  ), made AS (
                     INSERT INTO deliveries
                         (event_seq, hook_id, connection_id, url, state, lease_until, attempts, next_attempt_at, updated_at)
-                    SELECT event.seq, h.id, h.connection_id, h.url,
-                           CASE WHEN h.id = ANY($9) THEN $10::INT ELSE $6::INT END, CASE WHEN h.id = ANY($9) THEN $11::BIGINT END,
-                           0, ",
+                    SELECT event.seq, h.id, h.connection_id, h.url, p.state, p.lease_until, 0, ",
                 db_now!(),
-                ", $5 FROM event, hooks h
-                    WHERE h.id = ANY($7) AND h.connection_id = $1
+                ", $5 FROM event, unnest($7::text[], $6::int[], $9::bigint[]) AS p(hook_id, state, lease_until)
+                    JOIN hooks h ON h.id = p.hook_id AND h.connection_id = $1
                     RETURNING id, hook_id
                  )
                  SELECT (SELECT seq FROM event), ARRAY(SELECT id FROM made ORDER BY id),
                         ARRAY(SELECT hook_id FROM made ORDER BY id)",
             ))
             .await?;
-        let params: [&(dyn ToSql + Sync); 11] = [
+        let params: [&(dyn ToSql + Sync); 9] = [
             connection_id,
             &event.id,
             &event.event_type,
             &event.payload.as_ref(),
             &event.received_at,
-            &PENDING,
+            &states,
             &hook_ids,
             &event.template_id,
-            &handed_ids,
-            &HANDED,
-            &fanout.lease_until,
+            &leases,
         ];
         let row = match client.query_one(&statement, &params).await {
             Ok(row) => row,
@@ -357,21 +357,20 @@ impl<'a> Columns<'a> {
         self.payload.push(&write.event.payload);
         self.received_at.push(write.event.received_at);
         self.template_id.push(write.event.template_id.as_deref());
-        let fanout = &write.fanout;
-        let queued = fanout.queued.iter().map(|h| (h, PENDING, None));
-        let handed = fanout.handed.iter().map(|h| (h, HANDED, Some(fanout.lease_until)));
-        for (hook, state, lease) in queued.chain(handed) {
+        for (hook, state, lease) in planned(&write.fanout) {
             self.hook_event.push(n);
-            self.hook_id.push(&hook.id);
+            self.hook_id.push(hook);
             self.hook_state.push(state);
             self.hook_lease.push(lease);
         }
     }
 }
 
-/// The hooks an event goes to, queued or handed off alike.
-fn planned(fanout: &Fanout) -> impl Iterator<Item = &String> {
-    fanout.queued.iter().chain(&fanout.handed).map(|h| &h.id)
+/// The hooks an event goes to, each with the state its delivery is stored in and, when handed
+/// off, the lease it is handed under.
+fn planned(fanout: &Fanout) -> impl Iterator<Item = (&str, i32, Option<i64>)> {
+    let queued = fanout.queued.iter().map(|h| (h.id.as_str(), PENDING, None));
+    queued.chain(fanout.handed.iter().map(|h| (h.id.as_str(), HANDED, Some(fanout.lease_until))))
 }
 
 /// Whether an ingest failed because its connection is gone (the event's foreign key), not
